@@ -98,15 +98,17 @@ class _HardTerms(torch.autograd.Function):
         values_diagonal = values.diagonal().sum()
         sum_p = torch.dot(values.view(-1), same_flat) - values_diagonal
         sum_n = values.sum() - values_diagonal - sum_p
-        mu_p, mu_n = sum_p / n_p.clamp_min(1), sum_n / n_n.clamp_min(1)
+        # Where a set is empty its sum is a rounding residue of the subtractions: report 0.
+        mu_p = torch.where(n_p > 0, sum_p / n_p.clamp_min(1), 0.0)
+        mu_n = torch.where(n_n > 0, sum_n / n_n.clamp_min(1), 0.0)
         centred = values - mu_n
         centred -= same * (mu_p - mu_n)
         centred_diagonal = centred.diagonal().square().sum()
         centred_same = (centred * same).view(-1)
         squares_p = torch.dot(centred_same, centred.view(-1)) - centred_diagonal
         squares_n = torch.dot(centred.view(-1), centred.view(-1)) - centred_diagonal - squares_p
-        sigma_p = sqrt0(squares_p / (n_p - 1).clamp_min(1))
-        sigma_n = sqrt0(squares_n / (n_n - 1).clamp_min(1))
+        sigma_p = torch.where(n_p > 1, sqrt0(squares_p / (n_p - 1).clamp_min(1)), 0.0)
+        sigma_n = torch.where(n_n > 1, sqrt0(squares_n / (n_n - 1).clamp_min(1)), 0.0)
         ctx.save_for_backward(z, same, deviation, centred, n_p, n_n, sigma_p, sigma_n)
         return mu_p, sigma_p, mu_n, sigma_n
 

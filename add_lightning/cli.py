@@ -1,0 +1,181 @@
+"""The ``add-lightning`` command: LightningCLI for fit/validate/test/predict, plus experiments.
+
+Run layout. With ``--trainer.default_root_dir DIR`` (and no ``--trainer.logger`` of your own)
+every file of the run lands directly in ``DIR``::
+
+    DIR/config.yaml              # full config of `fit` (config_<subcommand>.yaml for the others)
+    DIR/events.out.tfevents.*    # TensorBoard scalars and, after `test`, the class-pair heat maps
+    DIR/hparams.yaml
+    DIR/checkpoints/last.ckpt    # end of the latest epoch (resume with --ckpt_path last)
+    DIR/checkpoints/best.ckpt    # best `val/acc` so far
+    DIR/predictions.npz          # written by `predict` (see EmbeddingWriter)
+
+Without ``default_root_dir`` runs go to ``./lightning_logs/version_N/`` with the same content.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from add_lightning.models.classifier import AudioClassifier
+from add_lightning.models.prediction import EmbeddingWriter
+
+__all__ = ["EXPERIMENT_COMMANDS", "AddLightningCLI", "main"]
+
+
+# First arguments that belong to the experiments runner rather than to LightningCLI.
+EXPERIMENT_COMMANDS = ("cv", "compare", "figures")
+
+_DESCRIPTION = (
+    "Audio classification with the Angular Distance Distribution (ADD) loss. Subcommands "
+    "fit/validate/test/predict train and evaluate one run (compose YAML files with --config); "
+    "`add-lightning {cv,compare,figures} --help` runs the paper's experiments."
+)
+
+# One checkpoint callback with stable file names: the experiments runner and `--ckpt_path last`
+# rely on DIR/checkpoints/{last,best}.ckpt; no version counter, so a re-run overwrites them.
+_CHECKPOINT_DEFAULTS = {
+    "checkpoint.monitor": "val/acc",
+    "checkpoint.mode": "max",
+    "checkpoint.filename": "best",
+    "checkpoint.save_top_k": 1,
+    "checkpoint.save_last": True,
+    "checkpoint.auto_insert_metric_name": False,
+    "checkpoint.enable_version_counter": False,
+}
+
+
+def _raised_by_jsonargparse(error: BaseException) -> bool:
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return (
+        frame is not None and f"{os.sep}jsonargparse{os.sep}" in frame.tb_frame.f_code.co_filename
+    )
+
+
+class AddLightningCLI(LightningCLI):
+    """LightningCLI for :class:`~add_lightning.models.AudioClassifier` and any LightningDataModule.
+
+    Adds to LightningCLI: ``data.num_classes``/``data.class_names`` linked into the model, a
+    configurable ``checkpoint`` (ModelCheckpoint: ``last.ckpt`` + ``best.ckpt`` by ``val/acc``),
+    a TensorBoard logger whose directory is ``trainer.default_root_dir`` when given, and
+    ``seed_everything: 0``. The optimizer and scheduler are the model's own arguments
+    (``model.init_args.optimizer``/``scheduler``), not LightningCLI's top-level ones.
+
+    Programmatic use: ``cli = AddLightningCLI(args=[...], run=False)`` builds ``cli.model``,
+    ``cli.datamodule`` and ``cli.trainer`` without running anything.
+    """
+
+    def __init__(
+        self, args: Sequence[str] | dict[str, Any] | None = None, run: bool = True
+    ) -> None:
+        super().__init__(
+            model_class=AudioClassifier,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_kwargs={"description": _DESCRIPTION},
+            args=list(args) if isinstance(args, Sequence) and not isinstance(args, str) else args,
+            run=run,
+        )
+
+    def parse_arguments(
+        self, parser: LightningArgumentParser, args: list[str] | dict[str, Any] | None
+    ) -> None:
+        # Same as LightningCLI minus its warning about `args` given while sys.argv is not empty:
+        # programmatic callers (the experiments runner, tests) legitimately have both.
+        if isinstance(args, dict | Namespace):
+            self.config = parser.parse_object(args)
+        else:
+            self.config = parser.parse_args(args)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments(
+            "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data.class_names", "model.init_args.class_names", apply_on="instantiate"
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(_CHECKPOINT_DEFAULTS)
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            # jsonargparse wraps errors of the constructors (missing data set, offline hub id,
+            # bad argument) in a long "Does not validate against any of the Union subtypes"
+            # message; raise the constructor's own error, which says what to do.
+            root: BaseException = error
+            while root.__cause__ is not None and _raised_by_jsonargparse(root):
+                root = root.__cause__
+            if root is error:
+                raise
+            raise root from None
+
+    def before_instantiate_classes(self) -> None:
+        # `fit` writes config.yaml (what the experiments runner reads); the other subcommands
+        # write config_<subcommand>.yaml beside it instead of overwriting it.
+        stage = self.subcommand or "fit"
+        name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
+        self.save_config_kwargs["config_filename"] = name
+
+    def predict(self, **kwargs: Any) -> Any:
+        """``Trainer.predict`` that writes ``<run dir>/predictions.npz`` by default.
+
+        Without a prediction writer among the callbacks an :class:`EmbeddingWriter` is added;
+        predictions are not also kept in memory unless ``--return_predictions true``.
+        """
+        if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(EmbeddingWriter())
+        if kwargs.get("return_predictions") is None:
+            kwargs["return_predictions"] = False
+        return self.trainer.predict(**kwargs)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if trainer_config.get("logger") in (None, True):
+            root = trainer_config.get("default_root_dir")
+            if root is not None:
+                # name="" and version="": log_dir == root, checkpoints in root/checkpoints
+                trainer_config["logger"] = TensorBoardLogger(save_dir=root, name="", version="")
+            else:
+                trainer_config["logger"] = TensorBoardLogger(os.getcwd(), name="lightning_logs")
+        callback_keys = self._parser(self.subcommand).callback_keys
+        if trainer_config.get("enable_checkpointing") is False:
+            # `--trainer.enable_checkpointing false` means no checkpoint callback at all
+            callback_keys = [key for key in callback_keys if key != "checkpoint"]
+        callbacks = [self._get(self.config_init, key) for key in callback_keys]
+        return self._instantiate_trainer(trainer_config, callbacks)
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    """Entry point of ``add-lightning``.
+
+    ``add-lightning {cv,compare,figures} ...`` runs the experiments runner; everything else
+    (``fit``, ``validate``, ``test``, ``predict``, ``--help``) goes to :class:`AddLightningCLI`.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments and arguments[0] in EXPERIMENT_COMMANDS:
+        from add_lightning.experiments.cli import main as experiments_main
+
+        return experiments_main(arguments[1:])
+    AddLightningCLI(args=arguments)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""An on-disk, memory-mapped cache of un-augmented, un-normalised fbanks, built once per dataset.
+
+Layout in ``cache_dir``: ``fbank-<key>.npy`` (a ``[num_clips, T, F]`` array read with
+``mmap_mode="r"``) and ``fbank-<key>.json`` (the manifest: key, shape, dtype, clip paths in row
+order and each clip's frame count before padding). The key hashes a format version, every
+``FbankOptions`` field, the dtype and each file's absolute path, size and mtime, so changing any
+of them selects a new cache. The array is written under a temporary name and renamed when
+complete, and the manifest is written last, so an interrupted build leaves nothing that is
+trusted. A cache whose manifest is missing or unreadable, or disagrees with the key, clip list,
+shape, dtype or file size, is rebuilt. (Bit flips inside a complete file are not detected.)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.lib.format import open_memmap
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .audio import AudioError
+from .features import FbankOptions, load_fbank_frames, pad_or_crop
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+_DTYPES = ("float16", "float32")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class FeatureCache:
+    """Precomputed fbanks of a fixed list of audio files, looked up by path.
+
+    Building decodes every file once with ``load_fbank_frames`` (showing a tqdm bar); afterwards
+    lookups read one row of the memory-mapped array and decode no audio. The build happens in
+    ``build()`` or, failing that, on the first lookup. The object pickles without the memory
+    map (workers reopen it lazily), so DataLoader workers share the page cache instead of
+    copying the array.
+
+    Args:
+        cache_dir: Folder for the cache files (created if missing).
+        paths: The audio files; duplicates are dropped and rows follow sorted absolute paths.
+        options: The filterbank settings; ``target_frames`` fixes T.
+        dtype: Storage type, ``"float16"`` (half the disk and page cache; log-mel values are
+            stored to about 3 significant digits) or ``"float32"``.
+        progress: Show a tqdm progress bar while building.
+
+    Raises:
+        AudioError: If a file does not exist (checked up front, while computing the key).
+    """
+
+    def __init__(
+        self,
+        cache_dir: str | os.PathLike[str],
+        paths: Iterable[str | os.PathLike[str]],
+        options: FbankOptions,
+        dtype: str = "float16",
+        progress: bool = True,
+    ) -> None:
+        if dtype not in _DTYPES:
+            raise ValueError(f"Expected argument `dtype` to be one of {_DTYPES} but got {dtype!r}.")
+        if not isinstance(options, FbankOptions):
+            raise ValueError(
+                f"Expected argument `options` to be FbankOptions but got {type(options).__name__}."
+            )
+        self.cache_dir = Path(cache_dir)
+        self.options = options
+        self.dtype = dtype
+        self.progress = progress
+        self.paths: list[str] = sorted({os.path.abspath(p) for p in paths})
+        if not self.paths:
+            raise ValueError("Expected argument `paths` to name at least one file but it is empty.")
+        self._rows = {path: row for row, path in enumerate(self.paths)}
+        self.key = self._compute_key()
+        self.array_path = self.cache_dir / f"fbank-{self.key}.npy"
+        self.manifest_path = self.cache_dir / f"fbank-{self.key}.json"
+        self._array: np.ndarray | None = None
+        self._num_frames: list[int] | None = None
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(num_clips, target_frames, num_mel_bins)``."""
+        return (len(self.paths), self.options.target_frames, self.options.num_mel_bins)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __contains__(self, path: object) -> bool:
+        return isinstance(path, (str, os.PathLike)) and os.path.abspath(path) in self._rows
+
+    def row(self, path: str | os.PathLike[str]) -> int:
+        """Row of ``path`` in the array."""
+        try:
+            return self._rows[os.path.abspath(path)]
+        except KeyError:
+            raise KeyError(
+                f"Audio file {path} is not in the feature cache {self.array_path} "
+                f"({len(self.paths)} files)."
+            ) from None
+
+    def features(self, path: str | os.PathLike[str]) -> Tensor:
+        """Un-normalised, un-augmented fbank of ``path``.
+
+        Shape:
+            - Output: ``[target_frames, num_mel_bins]``, float32.
+        """
+        row = self.row(path)
+        array, _ = self._open()
+        # np.array copies: the memmap rows are read-only
+        return torch.from_numpy(np.array(array[row], dtype=np.float32))
+
+    def num_frames(self, path: str | os.PathLike[str]) -> int:
+        """Frames of ``path``'s fbank before padding or cropping to ``target_frames``."""
+        row = self.row(path)
+        _, num_frames = self._open()
+        return num_frames[row]
+
+    def is_valid(self) -> bool:
+        """Whether complete, matching cache files exist (without building them)."""
+        return self._load_valid() is not None
+
+    def build(self, force: bool = False) -> None:
+        """Builds the cache unless a valid one exists (or ``force``), then opens it.
+
+        Call it once in the main process (``prepare_data``/``setup``) before DataLoader workers
+        start; ``ClipDataset`` does so on construction. Concurrent builders of the same key each
+        write their own temporary file and the last rename wins, so they are safe but wasteful.
+        """
+        if self._array is not None and not force:
+            return
+        self._array, self._num_frames = None, None
+        if force or self._load_valid() is None:
+            self._build()
+        self._open()
+
+    def _compute_key(self) -> str:
+        files = []
+        for path in self.paths:
+            try:
+                stat = os.stat(path)
+            except FileNotFoundError:
+                raise AudioError(f"Audio file {path} does not exist.") from None
+            files.append([path, stat.st_size, stat.st_mtime_ns])
+        description = {
+            "version": CACHE_FORMAT_VERSION,
+            "options": dataclasses.asdict(self.options),
+            "dtype": self.dtype,
+            "files": files,
+        }
+        encoded = json.dumps(description, sort_keys=True).encode("utf-8")
+        return hashlib.sha256(encoded).hexdigest()[:20]
+
+    def _open(self) -> tuple[np.ndarray, list[int]]:
+        if self._array is None or self._num_frames is None:
+            loaded = self._load_valid()
+            if loaded is None:
+                self._build()
+                loaded = self._load_valid()
+                if loaded is None:
+                    raise RuntimeError(f"Feature cache {self.array_path} is invalid after a build.")
+            self._array, self._num_frames = loaded
+        return self._array, self._num_frames
+
+    def _load_valid(self) -> tuple[np.ndarray, list[int]] | None:
+        """The memory map and frame counts if the files on disk are complete and match."""
+        if not self.manifest_path.is_file():
+            return None
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            expected = {
+                "key": self.key,
+                "shape": list(self.shape),
+                "dtype": self.dtype,
+                "paths": self.paths,
+            }
+            for name, value in expected.items():
+                if manifest.get(name) != value:
+                    raise ValueError(f"manifest field {name!r} does not match")
+            num_frames = manifest["num_frames"]
+            if len(num_frames) != len(self.paths):
+                raise ValueError("manifest field 'num_frames' has the wrong length")
+            array = np.load(self.array_path, mmap_mode="r")
+            if array.shape != self.shape or array.dtype != np.dtype(self.dtype):
+                raise ValueError(f"array has shape {array.shape} and dtype {array.dtype}")
+            if array.offset + array.nbytes != os.path.getsize(self.array_path):
+                raise ValueError("array file size does not match its header")
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("Feature cache %s is invalid (%s); rebuilding it.", self.array_path, err)
+            return None
+        return array, [int(n) for n in num_frames]
+
+    def _build(self) -> None:
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        self.manifest_path.unlink(missing_ok=True)
+        tmp = self.cache_dir / f".fbank-{self.key}.npy.{os.getpid()}.tmp"
+        try:
+            array = open_memmap(tmp, mode="w+", dtype=np.dtype(self.dtype), shape=self.shape)
+            num_frames = []
+            bar = tqdm(self.paths, desc="fbank cache", unit="clip", disable=not self.progress)
+            for row, path in enumerate(bar):
+                frames = load_fbank_frames(path, self.options)
+                num_frames.append(frames.shape[0])
+                array[row] = pad_or_crop(frames, self.options.target_frames).numpy()
+            array.flush()
+            del array
+            os.replace(tmp, self.array_path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        manifest: dict[str, Any] = {
+            "key": self.key,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "options": dataclasses.asdict(self.options),
+            "paths": self.paths,
+            "num_frames": num_frames,
+        }
+        _write_text_atomic(self.manifest_path, json.dumps(manifest))
+        log.info("Built feature cache %s with %d clips.", self.array_path, len(self.paths))
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_array"] = None  # a memmap would pickle as a full in-memory copy
+        return state
+
+
+__all__ = ["CACHE_FORMAT_VERSION", "FeatureCache"]

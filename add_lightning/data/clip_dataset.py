@@ -1,0 +1,214 @@
+"""A map-style dataset of labelled clips that yields normalised fbank features, lazily."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from . import audio
+from .augment import SpecAugment, mix_fbanks, mix_waveforms, mixup_targets, sample_mixup_lambda
+from .cache import FeatureCache
+from .features import FbankOptions, Normalization, compute_fbank, load_fbank_frames, pad_or_crop
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One labelled audio file.
+
+    Args:
+        path: The audio file.
+        label: Class index in ``[0, num_classes)`` (from sorted class names).
+        clip_id: Stable id, e.g. the path relative to the dataset root without suffix.
+    """
+
+    path: Path
+    label: int
+    clip_id: str
+
+
+class ClipDataset(Dataset[dict[str, object]]):
+    """Clips to batch items ``{"features", "target", "clip_id"}`` of the batch contract.
+
+    Only the clip list is held in memory: each item decodes its file (or reads one row of a
+    ``FeatureCache``), computes the fbank, augments it when ``train``, and normalises it.
+
+    Augmentation (``train=True`` only; evaluation items are never augmented), in AST's order:
+    mixup, then SpecAugment on the un-normalised fbank (masked cells = 0), then normalisation.
+    Mixup, as the authors do: with probability ``mixup_rate`` the clip's waveform is mixed with
+    that of another random clip of the dataset, lambda ~ Beta(10, 10), and the one-hot targets
+    alike. From a cache (no waveforms), the two fbanks are mixed in the power domain instead
+    (``mix_fbanks``: ``log(lam**2 e^a + (1 - lam)**2 e^b)``, about the fbank of the waveform
+    mix).
+
+    Randomness: item ``i`` of epoch ``e`` draws from a ``torch.Generator`` seeded with
+    ``SeedSequence([seed, e, i])``, so an item's augmentation depends on (seed, epoch, index)
+    alone: the same for any number of workers or batch order, different between items and
+    epochs. Call ``set_epoch(e)`` before epoch e's indices reach the workers, e.g. from the
+    sampler when its iteration starts (as ``SeededShuffleSampler`` does). The epoch lives in
+    shared memory, so workers see it even though they were forked before the sampler ran, or
+    persist across epochs.
+
+    Args:
+        clips: The clips.
+        num_classes: Number of classes C.
+        features: Filterbank settings.
+        normalization: Statistics to normalise with; None returns un-normalised features.
+        train: Whether to augment.
+        freq_mask: SpecAugment frequency mask width (0 disables), used when ``train``.
+        time_mask: SpecAugment time mask width (0 disables), used when ``train``.
+        mixup_rate: Probability in [0, 1] that a training item is mixed. When ``train`` and
+            ``mixup_rate > 0``, every item's target is a float32 ``[C]`` vector (one-hot when
+            not mixed) so batches collate; otherwise an int64 scalar.
+        cache: Precomputed fbanks holding every clip, computed with ``features``; built (if not
+            valid yet) on construction.
+        seed: Seed (>= 0) of the augmentation.
+
+    Shape:
+        - features: ``[target_frames, num_mel_bins]``, float32.
+        - target: ``[]`` int64, or ``[num_classes]`` float32 (rows sum to 1).
+    """
+
+    def __init__(
+        self,
+        clips: Sequence[Clip],
+        num_classes: int,
+        features: FbankOptions,
+        normalization: Normalization | None,
+        train: bool = False,
+        freq_mask: int = 0,
+        time_mask: int = 0,
+        mixup_rate: float = 0.0,
+        cache: FeatureCache | None = None,
+        seed: int = 0,
+    ) -> None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(
+                f"Expected argument `num_classes` to be a positive integer but got {num_classes!r}."
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ValueError(f"Expected argument `seed` to be an integer >= 0 but got {seed!r}.")
+        if not isinstance(mixup_rate, (int, float)) or not 0.0 <= mixup_rate <= 1.0:
+            raise ValueError(
+                f"Expected argument `mixup_rate` to be in [0, 1] but got {mixup_rate!r}."
+            )
+        clips = list(clips)
+        for clip in clips:
+            if not 0 <= clip.label < num_classes:
+                raise ValueError(
+                    f"Expected every clip label to be in [0, {num_classes}) but clip "
+                    f"{clip.clip_id!r} ({clip.path}) has label {clip.label!r}."
+                )
+        if train and mixup_rate > 0 and len(clips) < 2:
+            raise ValueError(
+                f"Expected at least 2 clips for mixup (`mixup_rate`={mixup_rate}) but got "
+                f"{len(clips)}."
+            )
+        if cache is not None:
+            if cache.options != features:
+                raise ValueError(
+                    f"Expected argument `cache` to hold features computed with {features} but it "
+                    f"holds {cache.options}."
+                )
+            missing = [clip.path for clip in clips if clip.path not in cache]
+            if missing:
+                raise ValueError(
+                    f"Expected argument `cache` to hold every clip but {len(missing)} are "
+                    f"missing, e.g. {missing[0]}."
+                )
+            cache.build()  # here, in the main process, not in every DataLoader worker
+        self.clips = clips
+        self.num_classes = num_classes
+        self.features = features
+        self.normalization = normalization
+        self.train = train
+        self.mixup_rate = float(mixup_rate)
+        self.cache = cache
+        self.seed = seed
+        self.spec_augment = SpecAugment(freq_mask, time_mask)
+        self.soft_targets = train and mixup_rate > 0
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch that seeds the augmentation."""
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the augmentation of ``epoch`` (>= 0) for all later items, in every worker."""
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"Expected argument `epoch` to be an integer >= 0 but got {epoch!r}.")
+        self._epoch.fill_(epoch)
+
+    def raw_features(self, index: int) -> Tensor:
+        """Un-normalised, un-augmented fbank of clip ``index`` (read by ``compute_normalization``).
+
+        Shape:
+            - Output: ``[target_frames, num_mel_bins]``, float32.
+        """
+        return self._fbank(self.clips[index].path)[0]
+
+    def __getitem__(self, index: int) -> dict[str, object]:
+        clip = self.clips[index]
+        if self.train:
+            generator = self._generator(index)
+            fbank, target = self._mixup(index, generator)
+            fbank = self.spec_augment(fbank, generator=generator)
+        else:
+            fbank, target = self.raw_features(index), torch.tensor(clip.label, dtype=torch.int64)
+        if self.normalization is not None:
+            fbank = self.normalization.apply(fbank)
+        return {"features": fbank, "target": target, "clip_id": clip.clip_id}
+
+    def _generator(self, index: int) -> torch.Generator:
+        state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)
+        return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
+
+    def _mixup(self, index: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+        """The (possibly mixed) un-normalised fbank of a training item and its target."""
+        clip = self.clips[index]
+        mix = self.soft_targets and float(torch.rand((), generator=generator)) < self.mixup_rate
+        if not mix:
+            target = (
+                mixup_targets(clip.label, clip.label, 1.0, self.num_classes)
+                if self.soft_targets
+                else torch.tensor(clip.label, dtype=torch.int64)
+            )
+            return self.raw_features(index), target
+        # another clip, uniformly among the len - 1 others
+        other_index = int(torch.randint(len(self.clips) - 1, (), generator=generator))
+        other = self.clips[other_index + (other_index >= index)]
+        lam = sample_mixup_lambda(generator)
+        if self.cache is None:
+            rate = self.features.sample_rate
+            mixed = mix_waveforms(
+                audio.load_audio(clip.path, rate), audio.load_audio(other.path, rate), lam
+            )
+            try:
+                fbank = compute_fbank(mixed, self.features)
+            except ValueError as err:
+                raise audio.AudioError(f"Audio file {clip.path}: {err}") from err
+        else:
+            fbank_a, frames_a = self._fbank(clip.path)
+            fbank_b, frames_b = self._fbank(other.path)
+            fbank = mix_fbanks(fbank_a, fbank_b, lam, frames_a, frames_b)
+        return fbank, mixup_targets(clip.label, other.label, lam, self.num_classes)
+
+    def _fbank(self, path: str | os.PathLike[str]) -> tuple[Tensor, int]:
+        """Un-normalised padded fbank of ``path`` and its frame count before padding."""
+        if self.cache is not None:
+            return self.cache.features(path), self.cache.num_frames(path)
+        frames = load_fbank_frames(path, self.features)
+        return pad_or_crop(frames, self.features.target_frames), frames.shape[0]
+
+
+__all__ = ["Clip", "ClipDataset"]

@@ -1,0 +1,404 @@
+"""The LightningDataModule: a dataset index + fold -> normalised fbank batches.
+
+``prepare_data`` downloads, generates or verifies the data (and builds the optional feature
+cache); ``setup`` is idempotent and builds only the splits of its stage. Normalisation
+statistics, unless given, come from the training clips of the current fold alone (never from
+validation or test clips) and are cached per fold in ``cache_dir``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from lightning.pytorch import LightningDataModule
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from add_lightning.data.cache import FeatureCache
+from add_lightning.data.clip_dataset import Clip, ClipDataset
+from add_lightning.data.datasets.base import SPLITS, AudioDatasetIndex, Split
+from add_lightning.data.features import (
+    NORMALIZATION_PRESETS,
+    FbankOptions,
+    Normalization,
+    compute_normalization,
+)
+from add_lightning.data.sampler import ClassBalancedBatchSampler, SeededShuffleSampler
+
+log = logging.getLogger(__name__)
+
+
+def split_off_validation(
+    clips: Sequence[Clip], fraction: float, seed: int
+) -> tuple[list[Clip], list[Clip]]:
+    """Holds out ``fraction`` of each class's clips (seeded, stratified) as a validation split.
+
+    Returns:
+        ``(train, validation)``, both in the order of ``clips``.
+    """
+    rng = np.random.default_rng(seed)
+    by_label: dict[int, list[int]] = {}
+    for index, clip in enumerate(clips):
+        by_label.setdefault(clip.label, []).append(index)
+    held_out: set[int] = set()
+    for label in sorted(by_label):
+        indices = by_label[label]
+        count = min(len(indices) - 1, round(fraction * len(indices)))
+        held_out.update(indices[i] for i in rng.permutation(len(indices))[:count])
+    if not held_out:
+        raise ValueError(
+            f"`val_fraction`={fraction} of {len(clips)} training clips leaves no validation clip; "
+            "use a larger fraction."
+        )
+    train = [clip for index, clip in enumerate(clips) if index not in held_out]
+    validation = [clip for index, clip in enumerate(clips) if index in held_out]
+    return train, validation
+
+
+class _RawFeatures(Dataset[Tensor]):
+    def __init__(self, dataset: ClipDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Tensor:
+        return self.dataset.raw_features(index)
+
+
+class _PrefetchedRawFeatures:
+    """``raw_features`` of a ClipDataset computed ahead by DataLoader workers.
+
+    ``compute_normalization`` reads items 0, 1, ..., n - 1 in order; this serves them from a
+    worker pool instead of the main process.
+    """
+
+    def __init__(self, dataset: ClipDataset, num_workers: int) -> None:
+        self.dataset = dataset
+        self.loader = DataLoader(_RawFeatures(dataset), batch_size=None, num_workers=num_workers)
+        self._iterator: Iterator[Tensor] | None = None
+        self._next_index = 0
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def raw_features(self, index: int) -> Tensor:
+        if index == 0:
+            self._iterator, self._next_index = iter(self.loader), 0
+        if self._iterator is None or index != self._next_index:  # not sequential: compute here
+            return self.dataset.raw_features(index)
+        self._next_index += 1
+        return next(self._iterator)
+
+
+class AudioDataModule(LightningDataModule):
+    """Batches ``{"features": [B, T, F], "target": [B] or [B, C], "clip_id": list[str]}``.
+
+    Splits: for fold-based datasets (ESC-50, IEMOCAP, synthetic, own data with folds) ``fold``
+    is held out as the test set and, by default, also serves as the validation set (the paper's
+    protocol); for split-based datasets (Speech Commands) ``fold`` must be ``None`` and the
+    official lists are used. ``val_fraction > 0`` instead holds out a seeded, class-stratified
+    part of the training clips as the validation set.
+
+    Args:
+        dataset: The dataset index (``class_path`` in YAML), e.g. ``ESC50`` or ``SpeechCommands``.
+        fold: The held-out fold, one of ``dataset.folds``; ``None`` for split-based datasets.
+        features: Filterbank settings (default ``FbankOptions()``).
+        normalization: Statistics, or the name of a preset of ``NORMALIZATION_PRESETS``
+            (``"esc50"``, ``"speech_commands"``, ``"audioset"``, ``"beats"``); ``None`` computes
+            them on the training clips of this fold (cached in ``cache_dir``).
+        freq_mask: SpecAugment frequency mask width for training clips (0 disables).
+        time_mask: SpecAugment time mask width for training clips (0 disables).
+        mixup_rate: Probability that a training clip is mixed with another one (soft targets).
+        batch_size: Batch size (evaluation, and training unless ``balanced_batches``).
+        num_workers: DataLoader worker processes.
+        balanced_batches: ``(P, K)``: training batches of P classes x K clips (batch size P * K)
+            from ``ClassBalancedBatchSampler``, so each batch holds same-class pairs; ``None``
+            shuffles. Under DDP set ``Trainer(use_distributed_sampler=False)`` with it.
+        val_fraction: Fraction in [0, 1) of the training clips held out for validation.
+        cache_dir: Folder for the normalisation statistics and, with ``cache_features``, the
+            fbank cache (built in ``prepare_data``); ``None`` caches nothing.
+        cache_features: Keep the fbanks of every clip in ``cache_dir`` (memory-mapped), so no
+            audio is decoded after the first pass. Mixup then mixes fbanks instead of waveforms
+            (see ``ClipDataset``); set False to mix waveforms as the authors do.
+        seed: Seed of shuffling, validation hold-out and augmentation.
+        predict_split: The split ``predict_dataloader`` serves.
+        pin_memory: Pin batches in page-locked memory (for GPU training).
+    """
+
+    def __init__(
+        self,
+        dataset: AudioDatasetIndex,
+        fold: int | None = 1,
+        features: FbankOptions | None = None,
+        normalization: Normalization | str | None = None,
+        freq_mask: int = 0,
+        time_mask: int = 0,
+        mixup_rate: float = 0.0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        balanced_batches: tuple[int, int] | None = None,
+        val_fraction: float = 0.0,
+        cache_dir: str | None = None,
+        cache_features: bool = True,
+        seed: int = 0,
+        predict_split: Split = "test",
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(dataset, AudioDatasetIndex):
+            raise ValueError(
+                "Expected argument `dataset` to be an AudioDatasetIndex (e.g. ESC50) but got "
+                f"{type(dataset).__name__}."
+            )
+        dataset.check_fold(fold)
+        if isinstance(normalization, str):
+            if normalization not in NORMALIZATION_PRESETS:
+                raise ValueError(
+                    "Expected argument `normalization` to be None, a Normalization or one of the "
+                    f"presets {sorted(NORMALIZATION_PRESETS)} but got {normalization!r}."
+                )
+            normalization = NORMALIZATION_PRESETS[normalization]
+        for name, value, lowest in (("batch_size", batch_size, 1), ("num_workers", num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
+                raise ValueError(
+                    f"Expected argument `{name}` to be an integer >= {lowest} but got {value!r}."
+                )
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(
+                f"Expected argument `val_fraction` to be in [0, 1) but got {val_fraction!r}."
+            )
+        if balanced_batches is not None:
+            valid = (
+                len(balanced_batches) == 2
+                and 1 <= balanced_batches[0] <= dataset.num_classes
+                and balanced_batches[1] >= 2
+            )
+            if not valid:
+                raise ValueError(
+                    "Expected argument `balanced_batches` to be None or (classes_per_batch, "
+                    f"clips_per_class) with 1 <= classes_per_batch <= {dataset.num_classes} "
+                    f"classes and clips_per_class >= 2 but got {balanced_batches!r}."
+                )
+            balanced_batches = (int(balanced_batches[0]), int(balanced_batches[1]))
+        if predict_split not in SPLITS:
+            raise ValueError(
+                f"Expected argument `predict_split` to be one of {SPLITS} but got "
+                f"{predict_split!r}."
+            )
+        self.dataset = dataset
+        self.fold = fold
+        self.features = features if features is not None else FbankOptions()
+        self.normalization = normalization
+        self.freq_mask = freq_mask
+        self.time_mask = time_mask
+        self.mixup_rate = mixup_rate
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.balanced_batches = balanced_batches
+        self.val_fraction = val_fraction
+        self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
+        self.cache_features = cache_features
+        self.seed = seed
+        self.predict_split = predict_split
+        self.pin_memory = pin_memory
+        self._fold_normalization: Normalization | None = normalization
+        self._clips: dict[str, list[Clip]] | None = None
+        self._datasets: dict[str, ClipDataset] = {}
+        self._cache: FeatureCache | None = None
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes C, from metadata only (works right after ``__init__``)."""
+        return self.dataset.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        """Sorted class names; class id = position (works right after ``__init__``)."""
+        return self.dataset.class_names
+
+    # preparation
+
+    def prepare_data(self) -> None:
+        """Downloads, generates or verifies the dataset and builds the feature cache if any."""
+        self.dataset.prepare()
+        cache = self._feature_cache()
+        if cache is not None:
+            cache.build()
+
+    def _feature_cache(self) -> FeatureCache | None:
+        """One cache over every clip of the dataset, shared by all folds and splits."""
+        if self.cache_dir is not None and self.cache_features and self._cache is None:
+            paths = [entry.path for entry in self.dataset.entries()]
+            self._cache = FeatureCache(self.cache_dir, paths, self.features)
+        return self._cache
+
+    def _split_clips(self) -> dict[str, list[Clip]]:
+        if self._clips is None:
+            train = self.dataset.clips("train", self.fold)
+            if not train:
+                raise ValueError(f"{self.dataset!r} has no training clips for fold {self.fold}.")
+            if self.val_fraction > 0:
+                train, validation = split_off_validation(train, self.val_fraction, self.seed)
+            else:
+                validation = self.dataset.clips("validation", self.fold)
+            test = self.dataset.clips("test", self.fold)
+            self._clips = {"train": train, "validation": validation, "test": test}
+            log.info(
+                "%r fold %s: %d training, %d validation, %d test clips, %d classes",
+                self.dataset,
+                self.fold,
+                len(train),
+                len(validation),
+                len(test),
+                self.num_classes,
+            )
+        return self._clips
+
+    # normalisation
+
+    def _normalization_path(self, train: Sequence[Clip]) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        description = json.dumps(
+            {
+                "features": repr(self.features),
+                "clips": [os.path.abspath(clip.path) for clip in train],
+            }
+        )
+        key = hashlib.sha256(description.encode("utf-8")).hexdigest()[:20]
+        return self.cache_dir / f"normalization-{key}.json"
+
+    def _training_normalization(self) -> Normalization:
+        """Statistics of the current fold's training clips only (computed once, then cached)."""
+        if self._fold_normalization is not None:
+            return self._fold_normalization
+        train = self._split_clips()["train"]
+        path = self._normalization_path(train)
+        if path is not None and path.is_file():
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            self._fold_normalization = Normalization(mean=stored["mean"], std=stored["std"])
+            log.info("Loaded normalisation %s from %s", self._fold_normalization, path)
+            return self._fold_normalization
+        source = ClipDataset(
+            train, self.num_classes, self.features, None, cache=self._feature_cache()
+        )
+        log.info("Computing normalisation statistics on %d training clips", len(source))
+        statistics = compute_normalization(
+            _PrefetchedRawFeatures(source, self.num_workers) if self.num_workers else source
+        )
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            temporary.write_text(json.dumps({"mean": statistics.mean, "std": statistics.std}))
+            os.replace(temporary, path)
+        log.info("Normalisation of fold %s: %s", self.fold, statistics)
+        self._fold_normalization = statistics
+        return statistics
+
+    # datasets and loaders
+
+    def setup(self, stage: str | None = None) -> None:
+        """Builds the clip datasets of ``stage`` (fit, validate, test, predict or None = all)."""
+        roles = {
+            "fit": ("train", "validation"),
+            "validate": ("validation",),
+            "test": ("test",),
+            "predict": ("predict",),
+            None: ("train", "validation", "test"),
+        }
+        if stage not in roles:
+            raise ValueError(
+                f"Expected argument `stage` to be one of {list(roles)} but got {stage!r}."
+            )
+        for role in roles[stage]:
+            self._dataset(role)
+
+    def _dataset(self, role: str) -> ClipDataset:
+        """The dataset of ``role`` (a split, or ``"predict"`` = ``predict_split`` unaugmented)."""
+        if role not in self._datasets:
+            split = self.predict_split if role == "predict" else role
+            train = role == "train"  # augmentation only ever on training batches
+            self._datasets[role] = ClipDataset(
+                self._split_clips()[split],
+                self.num_classes,
+                self.features,
+                self._training_normalization(),
+                train=train,
+                freq_mask=self.freq_mask if train else 0,
+                time_mask=self.time_mask if train else 0,
+                mixup_rate=self.mixup_rate if train else 0.0,
+                cache=self._feature_cache(),
+                seed=self.seed,
+            )
+        return self._datasets[role]
+
+    def _loader_options(self) -> dict[str, Any]:
+        return {
+            "num_workers": self.num_workers,
+            "pin_memory": self.pin_memory,
+            "persistent_workers": self.num_workers > 0,
+        }
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled (seeded per epoch) or class-balanced, augmented training batches."""
+        dataset = self._dataset("train")
+        if self.balanced_batches is not None:
+            classes_per_batch, clips_per_class = self.balanced_batches
+            trainer = self.trainer  # ranks from the trainer when attached, else torch.distributed
+            batch_sampler = ClassBalancedBatchSampler(
+                [clip.label for clip in dataset.clips],
+                classes_per_batch,
+                clips_per_class,
+                seed=self.seed,
+                num_replicas=None if trainer is None else trainer.world_size,
+                rank=None if trainer is None else trainer.global_rank,
+                on_epoch=dataset.set_epoch,
+            )
+            return DataLoader(dataset, batch_sampler=batch_sampler, **self._loader_options())
+        sampler = SeededShuffleSampler(len(dataset), seed=self.seed, on_epoch=dataset.set_epoch)
+        return DataLoader(
+            dataset, batch_size=self.batch_size, sampler=sampler, **self._loader_options()
+        )
+
+    def _evaluation_loader(self, role: str) -> DataLoader:
+        dataset = self._dataset(role)
+        if len(dataset) == 0:
+            split = self.predict_split if role == "predict" else role
+            raise ValueError(
+                f"{self.dataset!r} has no {split} clips for fold {self.fold}; use a dataset with "
+                f"{split} clips (folds or a split column) or set `val_fraction` > 0."
+            )
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=False, **self._loader_options()
+        )
+
+    def val_dataloader(self) -> DataLoader | list[DataLoader]:
+        """Validation batches; ``[]`` (no validation) when the dataset has no validation clips."""
+        if not self._split_clips()["validation"]:
+            log.warning(
+                "%r has no validation clips for fold %s; validation is skipped (set "
+                "`val_fraction` > 0 to hold out training clips).",
+                self.dataset,
+                self.fold,
+            )
+            return []
+        return self._evaluation_loader("validation")
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches (the held-out fold or the official test list)."""
+        return self._evaluation_loader("test")
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of ``predict_split``, unaugmented, in index order."""
+        return self._evaluation_loader("predict")
+
+
+__all__ = ["AudioDataModule", "split_off_validation"]

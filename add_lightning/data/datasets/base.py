@@ -1,0 +1,171 @@
+"""The dataset index: pure metadata (paths, class names, folds or splits), never audio samples.
+
+An index knows its sorted ``class_names`` and yields ``Clip``s for a split of a fold. Class ids
+are positions in the sorted class names, so they are identical across splits, folds and
+processes (the authors' code numbered classes from ``list(set(labels))``, whose order changes
+between processes).
+
+A dataset is either fold-based (``folds`` non-empty, e.g. ESC-50's five folds): ``train`` is
+every fold but ``fold``, ``validation`` and ``test`` are ``fold`` itself; or split-based
+(``folds == ()``, e.g. Speech Commands' official lists): each clip belongs to ``train``,
+``validation`` or ``test`` and ``fold`` must be ``None``.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from collections import Counter
+from pathlib import Path
+from typing import Literal, NamedTuple
+
+from add_lightning.data.clip_dataset import Clip
+
+log = logging.getLogger(__name__)
+
+Split = Literal["train", "validation", "test"]
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
+
+
+class IndexEntry(NamedTuple):
+    """One clip of an index before class ids are assigned.
+
+    Attributes:
+        path: The audio file.
+        label: The class name.
+        group: The fold number (fold-based datasets) or the split name (split-based datasets).
+        clip_id: A stable id, the path relative to the dataset folder without extension.
+    """
+
+    path: Path
+    label: str
+    group: int | str
+    clip_id: str
+
+
+def relative_clip_id(path: Path, root: Path) -> str:
+    """The id of ``path``: relative to ``root`` (when inside it), forward slashes, no suffix."""
+    try:
+        relative = path.relative_to(root)
+    except ValueError:
+        relative = path
+    return relative.with_suffix("").as_posix()
+
+
+class AudioDatasetIndex(ABC):
+    """Base class of the dataset indexes (ESC-50, Speech Commands, IEMOCAP, own data, synthetic).
+
+    Subclasses implement ``_read_class_names`` and ``_read_entries`` (and ``_read_folds`` when
+    fold-based); this class caches them, checks ``fold`` arguments and assigns class ids.
+
+    Args:
+        root: The folder holding (or receiving) the dataset.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).expanduser()
+        self._class_names: list[str] | None = None
+        self._folds: tuple[int, ...] | None = None
+        self._entries: list[IndexEntry] | None = None
+
+    def prepare(self) -> None:
+        """Downloads, generates or verifies the data; called once per node by ``prepare_data``.
+
+        The default reads the whole index, which checks the metadata and that every file exists.
+        """
+        self.entries()
+
+    @abstractmethod
+    def _read_class_names(self) -> list[str]:
+        """The class names, from metadata only (cheap: called when the DataModule is built)."""
+
+    @abstractmethod
+    def _read_entries(self) -> list[IndexEntry]:
+        """Every clip of the dataset, checking that its file exists."""
+
+    def _read_folds(self) -> tuple[int, ...]:
+        """The fold numbers, from metadata only; ``()`` for split-based datasets."""
+        return ()
+
+    @property
+    def class_names(self) -> list[str]:
+        """The sorted class names; class id = position in this list."""
+        if self._class_names is None:
+            names = sorted(self._read_class_names())
+            if not names:
+                raise ValueError(f"{type(self).__name__} at {self.root} has no classes.")
+            duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
+            if duplicates:
+                raise ValueError(
+                    f"{type(self).__name__} at {self.root}: duplicate class names {duplicates}."
+                )
+            self._class_names = names
+        return list(self._class_names)
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes C."""
+        return len(self.class_names)
+
+    @property
+    def folds(self) -> tuple[int, ...]:
+        """The fold numbers (sorted) of a fold-based dataset; ``()`` for a split-based one."""
+        if self._folds is None:
+            self._folds = tuple(sorted(self._read_folds()))
+        return self._folds
+
+    def entries(self) -> list[IndexEntry]:
+        """Every clip of the dataset (read once, then cached), with labels checked."""
+        if self._entries is None:
+            entries = self._read_entries()
+            known = set(self.class_names)
+            for entry in entries:
+                if entry.label not in known:
+                    raise ValueError(
+                        f"{type(self).__name__}: clip {entry.path} has label {entry.label!r}, "
+                        f"which is not one of the {len(known)} class names {self.class_names}."
+                    )
+            counts = Counter(entry.group for entry in entries)
+            log.debug("%s at %s: clips per fold/split %s", type(self).__name__, self.root, counts)
+            self._entries = entries
+        return self._entries
+
+    def check_fold(self, fold: int | None) -> None:
+        """Raises ``ValueError`` unless ``fold`` suits the dataset (a fold number, or ``None``)."""
+        folds = self.folds
+        if folds:
+            if isinstance(fold, bool) or fold not in folds:
+                raise ValueError(
+                    f"Expected argument `fold` to be one of the folds {list(folds)} of "
+                    f"{type(self).__name__} at {self.root} but got {fold!r}."
+                )
+        elif fold is not None:
+            raise ValueError(
+                f"Expected argument `fold` to be None for {type(self).__name__} at {self.root}, "
+                f"which has fixed train/validation/test splits and no folds, but got {fold!r}."
+            )
+
+    def clips(self, split: Split, fold: int | None = None) -> list[Clip]:
+        """The clips of one split, in index order.
+
+        Args:
+            split: ``"train"``, ``"validation"`` or ``"test"``.
+            fold: For fold-based datasets the held-out fold (``validation`` and ``test`` are this
+                fold, ``train`` all others); ``None`` for split-based datasets.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"Expected argument `split` to be one of {SPLITS} but got {split!r}.")
+        self.check_fold(fold)
+        ids = {name: index for index, name in enumerate(self.class_names)}
+        if self.folds:
+            selected = [
+                entry
+                for entry in self.entries()
+                if (entry.group == fold) == (split != "train")  # held out fold vs the rest
+            ]
+        else:
+            selected = [entry for entry in self.entries() if entry.group == split]
+        return [Clip(path=e.path, label=ids[e.label], clip_id=e.clip_id) for e in selected]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r})"

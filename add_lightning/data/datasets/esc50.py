@@ -1,0 +1,175 @@
+"""ESC-50: 2,000 environmental sound clips, 50 classes, official 5-fold cross-validation.
+
+Layout (the GitHub archive karolpiczak/ESC-50, master.zip)::
+
+    ESC-50-master/audio/{fold}-{clip_id}-{take}-{target}.wav
+    ESC-50-master/meta/esc50.csv   # filename,fold,target,category,esc10,src_file,take
+
+Class ids are positions in the sorted ``category`` names (the project rule), not the CSV's
+``target`` column, which numbers the classes in the dataset's own order (``dog`` = 0,
+``rooster`` = 1, ...): e.g. ``airplane`` is id 0 here and target 47 in the CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+
+from add_lightning.data.datasets.base import AudioDatasetIndex, IndexEntry
+from add_lightning.data.download import download_and_extract
+
+log = logging.getLogger(__name__)
+
+ESC50_URL = "https://github.com/karolpiczak/ESC-50/archive/master.zip"
+"""GitHub builds this archive on request, so its bytes (and checksum) are not guaranteed stable;
+no default checksum is recorded and the download is unverified unless one is passed."""
+
+ESC50_FOLDER = "ESC-50-master"
+ESC50_CSV = Path("meta") / "esc50.csv"
+ESC50_REQUIRED_COLUMNS = ("filename", "fold", "category")
+
+ESC50_CLASS_NAMES: tuple[str, ...] = (
+    "airplane", "breathing", "brushing_teeth", "can_opening", "car_horn", "cat", "chainsaw",
+    "chirping_birds", "church_bells", "clapping", "clock_alarm", "clock_tick", "coughing", "cow",
+    "crackling_fire", "crickets", "crow", "crying_baby", "dog", "door_wood_creaks",
+    "door_wood_knock", "drinking_sipping", "engine", "fireworks", "footsteps", "frog",
+    "glass_breaking", "hand_saw", "helicopter", "hen", "insects", "keyboard_typing", "laughing",
+    "mouse_click", "pig", "pouring_water", "rain", "rooster", "sea_waves", "sheep", "siren",
+    "sneezing", "snoring", "thunderstorm", "toilet_flush", "train", "vacuum_cleaner",
+    "washing_machine", "water_drops", "wind",
+)  # fmt: skip
+"""The 50 ESC-50 categories, sorted: used before the archive is downloaded."""
+
+ESC50_FOLDS = (1, 2, 3, 4, 5)
+
+
+class ESC50(AudioDatasetIndex):
+    """Index of ESC-50 in its official layout.
+
+    Args:
+        root: The ``ESC-50-master`` folder (holding ``meta/`` and ``audio/``) or its parent.
+        download: Download and extract the GitHub archive into ``root`` when the data is absent.
+        url: Archive address (http, https or file URL).
+        sha256: Expected SHA-256 of the archive; ``None`` downloads unverified (see ``ESC50_URL``).
+        md5: Expected MD5 of the archive, as an alternative to ``sha256``.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        download: bool = False,
+        url: str = ESC50_URL,
+        sha256: str | None = None,
+        md5: str | None = None,
+    ) -> None:
+        super().__init__(root)
+        self.download = download
+        self.url = url
+        self.sha256 = sha256
+        self.md5 = md5
+
+    def data_root(self) -> Path | None:
+        """The folder holding ``meta/esc50.csv``: ``root`` or ``root/ESC-50-master``, if any."""
+        for candidate in (self.root, self.root / ESC50_FOLDER):
+            if (candidate / ESC50_CSV).is_file():
+                return candidate
+        return None
+
+    def _require_data_root(self) -> Path:
+        data_root = self.data_root()
+        if data_root is None:
+            raise FileNotFoundError(
+                f"{type(self).__name__} metadata not found: expected {self.root / ESC50_CSV} or "
+                f"{self.root / ESC50_FOLDER / ESC50_CSV}"
+                + ("" if self.root.is_dir() else f" (the folder {self.root} does not exist)")
+                + ". Set `download=True` or point `root` at the dataset."
+            )
+        return data_root
+
+    def _fallback_class_names(self) -> list[str] | None:
+        """Class names before the data exists (when it can be fetched), else ``None``."""
+        return list(ESC50_CLASS_NAMES) if self.download else None
+
+    def _fallback_folds(self) -> tuple[int, ...] | None:
+        return ESC50_FOLDS if self.download else None
+
+    def prepare(self) -> None:
+        """Downloads and extracts the archive if needed (``download=True``), then checks it."""
+        if self.data_root() is None and self.download:
+            download_and_extract(
+                self.url,
+                self.root,
+                sha256=self.sha256,
+                md5=self.md5,
+                filename=f"{ESC50_FOLDER}.zip",
+                destination=self.root / ESC50_FOLDER,
+                strip_components=1,
+            )
+        super().prepare()
+
+    def _read_rows(self) -> tuple[Path, list[tuple[int, dict[str, str]]]]:
+        """The CSV path and its rows with their line numbers, columns checked."""
+        csv_path = self._require_data_root() / ESC50_CSV
+        with open(csv_path, newline="", encoding="utf-8") as stream:
+            reader = csv.DictReader(stream)
+            missing = [c for c in ESC50_REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(
+                    f"ESC-50 metadata {csv_path} lacks the columns {missing}: expected "
+                    f"{list(ESC50_REQUIRED_COLUMNS)} but found {reader.fieldnames}."
+                )
+            rows = [(reader.line_num, row) for row in reader]
+        if not rows:
+            raise ValueError(f"ESC-50 metadata {csv_path} has no rows.")
+        return csv_path, rows
+
+    def _read_class_names(self) -> list[str]:
+        if self.data_root() is None and (names := self._fallback_class_names()) is not None:
+            return names
+        _, rows = self._read_rows()
+        return sorted({row["category"].strip() for _, row in rows})
+
+    def _read_folds(self) -> tuple[int, ...]:
+        if self.data_root() is None and (folds := self._fallback_folds()) is not None:
+            return folds
+        csv_path, rows = self._read_rows()
+        return tuple(sorted({_parse_fold(row["fold"], csv_path, line) for line, row in rows}))
+
+    def _read_entries(self) -> list[IndexEntry]:
+        csv_path, rows = self._read_rows()
+        data_root = csv_path.parent.parent
+        audio = data_root / "audio"
+        present = set(os.listdir(audio)) if audio.is_dir() else set()
+        entries = []
+        for line, row in rows:
+            filename = row["filename"].strip()
+            if filename not in present:
+                raise FileNotFoundError(
+                    f"ESC-50 metadata {csv_path} line {line} refers to {audio / filename}, "
+                    "which does not exist."
+                )
+            path = audio / filename
+            entries.append(
+                IndexEntry(
+                    path=path,
+                    label=row["category"].strip(),
+                    group=_parse_fold(row["fold"], csv_path, line),
+                    clip_id=Path(filename).stem,
+                )
+            )
+        log.debug("Read %d ESC-50 clips from %s", len(entries), csv_path)
+        return entries
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, download={self.download})"
+
+
+def _parse_fold(value: str, csv_path: Path, line: int) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(
+            f"ESC-50 metadata {csv_path} line {line}: expected an integer fold but got {value!r}."
+        ) from None

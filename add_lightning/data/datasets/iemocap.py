@@ -1,0 +1,128 @@
+"""IEMOCAP emotion recognition (ER) with the SUPERB protocol: 4 classes, leave-one-session-out.
+
+Layout of the release (``IEMOCAP_full_release/``)::
+
+    SessionN/sentences/wav/<dialog>/<utterance>.wav
+    SessionN/dialog/EmoEvaluation/<dialog>.txt
+
+Only the category lines of an EmoEvaluation file are read::
+
+    [<start> - <end>]<TAB><utterance><TAB><label><TAB>[<V>, <A>, <D>]
+
+(headers, annotator lines such as ``C-E1:`` and the ``Attribute/``, ``Categorical/`` and
+``Self-evaluation/`` sub-folders are ignored). SUPERB keeps ``neu``, ``hap``, ``ang``, ``sad``
+and ``exc``, maps ``exc`` to ``hap`` and drops every other label (``fru``, ``sur``, ``xxx``,
+...): such utterances are left out of the index, not reported as errors. Fold k tests on
+Session k and trains on the other sessions (5,531 utterances in the full release).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+
+from add_lightning.data.datasets.base import AudioDatasetIndex, IndexEntry
+
+log = logging.getLogger(__name__)
+
+IEMOCAP_FOLDER = "IEMOCAP_full_release"
+SUPERB_LABELS = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
+"""The SUPERB protocol: kept labels and the class each maps to (``exc`` merged into ``hap``)."""
+
+_SESSION = re.compile(r"^Session(\d+)$")
+_CATEGORY_LINE = re.compile(
+    r"^\[\s*[-+\d.eE]+\s*-\s*[-+\d.eE]+\s*\]\t(?P<utterance>[^\t]+)\t(?P<label>[^\t]+)\t\["
+)
+
+
+class IEMOCAP(AudioDatasetIndex):
+    """Index of IEMOCAP under the SUPERB 4-class, leave-one-session-out protocol.
+
+    The data is licensed per user by USC and cannot be downloaded automatically.
+
+    Args:
+        root: The release folder holding ``Session1`` ... ``Session5``, or its parent holding
+            ``IEMOCAP_full_release/``.
+    """
+
+    def data_root(self) -> Path | None:
+        """The folder holding ``SessionN/``: ``root`` or ``root/IEMOCAP_full_release``, if any."""
+        for candidate in (self.root, self.root / IEMOCAP_FOLDER):
+            if candidate.is_dir() and self._sessions(candidate):
+                return candidate
+        return None
+
+    @staticmethod
+    def _sessions(folder: Path) -> dict[int, Path]:
+        sessions = {}
+        for child in folder.iterdir():
+            match = _SESSION.match(child.name)
+            if match and child.is_dir():
+                sessions[int(match.group(1))] = child
+        return sessions
+
+    def _require_sessions(self) -> dict[int, Path]:
+        data_root = self.data_root()
+        if data_root is None:
+            raise FileNotFoundError(
+                f"IEMOCAP not found: expected folders Session1 ... Session5 in {self.root} or "
+                f"{self.root / IEMOCAP_FOLDER}"
+                + ("" if self.root.is_dir() else f" (the folder {self.root} does not exist)")
+                + ". IEMOCAP must be obtained from USC (sail.usc.edu/iemocap) and extracted there."
+            )
+        return self._sessions(data_root)
+
+    def _read_class_names(self) -> list[str]:
+        return sorted(set(SUPERB_LABELS.values()))
+
+    def _read_folds(self) -> tuple[int, ...]:
+        return tuple(sorted(self._require_sessions()))
+
+    def _read_entries(self) -> list[IndexEntry]:
+        entries: list[IndexEntry] = []
+        dropped: Counter[str] = Counter()
+        for session_number, session in sorted(self._require_sessions().items()):
+            evaluation = session / "dialog" / "EmoEvaluation"
+            label_files = sorted(
+                p for p in evaluation.glob("*.txt") if p.is_file() and not p.name.startswith(".")
+            )
+            if not label_files:
+                raise FileNotFoundError(
+                    f"IEMOCAP: no label files {evaluation}/<dialog>.txt in {session}."
+                )
+            for label_file in label_files:
+                wav_folder = session / "sentences" / "wav" / label_file.stem
+                text = label_file.read_text(encoding="utf-8", errors="replace")
+                for line in text.splitlines():
+                    match = _CATEGORY_LINE.match(line)
+                    if match is None:
+                        continue
+                    utterance, label = match.group("utterance").strip(), match.group("label")
+                    label = label.strip()
+                    if label not in SUPERB_LABELS:
+                        dropped[label] += 1
+                        continue
+                    path = wav_folder / f"{utterance}.wav"
+                    if not path.is_file():
+                        raise FileNotFoundError(
+                            f"IEMOCAP: {label_file} labels utterance {utterance!r}, but its "
+                            f"audio {path} does not exist."
+                        )
+                    entries.append(
+                        IndexEntry(
+                            path=path,
+                            label=SUPERB_LABELS[label],
+                            group=session_number,
+                            clip_id=utterance,
+                        )
+                    )
+        counts = Counter(entry.label for entry in entries)
+        log.info(
+            "IEMOCAP: %d utterances kept %s; dropped (not in the SUPERB protocol) %s",
+            len(entries),
+            dict(sorted(counts.items())),
+            dict(sorted(dropped.items())),
+        )
+        return entries

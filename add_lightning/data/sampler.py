@@ -1,0 +1,212 @@
+"""Class-balanced batches: P classes x K clips, so every batch holds same-class pairs.
+
+The ADD terms mu_p and sigma_p are computed over same-class pairs of a batch; with 50 classes
+and random batches of 32 many batches hold few or no such pairs. A batch of P classes with K
+clips each has P * K * (K - 1) ordered same-class pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+import torch.distributed
+from torch.utils.data import Sampler
+
+
+class _EpochCounter:
+    """The epoch of a sampler: set by ``set_epoch``, else advanced by one per iteration.
+
+    Lightning calls ``set_epoch`` on a DataLoader's ``sampler`` but not on a custom
+    ``batch_sampler``, and plain PyTorch loops often never call it; advancing on each ``__iter__``
+    still gives every epoch new, reproducible batches. ``on_epoch`` (e.g. ``ClipDataset.set_epoch``,
+    which seeds the augmentation) is told the epoch when an iteration starts, in the main process
+    and before any index reaches a worker.
+    """
+
+    def __init__(self, on_epoch: Callable[[int], None] | None) -> None:
+        self.on_epoch = on_epoch
+        self.epoch = 0
+        self._explicit = True  # the first iteration uses epoch 0
+
+    def set(self, epoch: int) -> None:
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"Expected argument `epoch` to be an integer >= 0 but got {epoch!r}.")
+        self.epoch, self._explicit = epoch, True
+
+    def start(self) -> int:
+        if not self._explicit:
+            self.epoch += 1
+        self._explicit = False
+        if self.on_epoch is not None:
+            self.on_epoch(self.epoch)
+        return self.epoch
+
+
+class SeededShuffleSampler(Sampler[int]):
+    """A permutation of ``range(num_samples)`` drawn from ``(seed, epoch)``: same on every rank.
+
+    Args:
+        num_samples: Dataset length.
+        seed: Seed of the permutations.
+        on_epoch: Called with the epoch when an iteration starts (as in
+            ``ClassBalancedBatchSampler``).
+    """
+
+    def __init__(
+        self, num_samples: int, seed: int = 0, on_epoch: Callable[[int], None] | None = None
+    ) -> None:
+        if num_samples < 1:
+            raise ValueError(f"Expected argument `num_samples` to be >= 1 but got {num_samples}.")
+        self.num_samples = num_samples
+        self.seed = seed
+        self._epochs = _EpochCounter(on_epoch)
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the latest (or next, after ``set_epoch``) iteration."""
+        return self._epochs.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch whose permutation the next ``__iter__`` yields."""
+        self._epochs.set(epoch)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        epoch = self._epochs.start()
+        permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
+        return iter(permutation.tolist())
+
+
+def _distributed_default(value: int | None, getter_name: str, fallback: int) -> int:
+    if value is not None:
+        return value
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return getattr(torch.distributed, getter_name)()
+    return fallback
+
+
+class ClassBalancedBatchSampler(Sampler[list[int]]):
+    """Yields batches of ``classes_per_batch`` classes x ``clips_per_class`` clips (indices).
+
+    Classes are drawn from a seeded, reshuffled queue (every class appears about equally
+    often, never twice in one batch); each class's clips from its own reshuffled queue (a
+    class with fewer than K clips repeats clips within a batch). The batches of an epoch are
+    generated identically on every rank from ``(seed, epoch)`` and dealt round robin, so ranks
+    get distinct batches and the same number of them. The epoch advances by one per iteration
+    unless ``set_epoch`` chose it. Under DDP with Lightning, set
+    ``Trainer(use_distributed_sampler=False)``: this sampler splits the batches between ranks
+    itself (Lightning refuses to wrap a custom batch sampler and says so).
+
+    Args:
+        labels: The class id of every clip of the dataset.
+        classes_per_batch: P, distinct classes per batch.
+        clips_per_class: K >= 2, clips per class in a batch.
+        num_batches: Batches per epoch over all ranks; default ``len(labels) // (P * K)``.
+        seed: Seed of the shuffles.
+        num_replicas: Number of ranks; default the torch.distributed world size (1 if none).
+        rank: This rank; default the torch.distributed rank (0 if none).
+        on_epoch: Called with the epoch when an iteration starts, before any index is handed
+            out, e.g. ``ClipDataset.set_epoch`` to reseed the augmentation.
+    """
+
+    def __init__(
+        self,
+        labels: Sequence[int],
+        classes_per_batch: int,
+        clips_per_class: int,
+        num_batches: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        on_epoch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if self.labels.ndim != 1 or self.labels.size == 0:
+            raise ValueError(
+                f"Expected argument `labels` to be a non-empty 1-D sequence of class ids but got "
+                f"shape {self.labels.shape}."
+            )
+        if classes_per_batch < 1:
+            raise ValueError(
+                f"Expected argument `classes_per_batch` to be >= 1 but got {classes_per_batch}."
+            )
+        if clips_per_class < 2:
+            raise ValueError(
+                "Expected argument `clips_per_class` to be >= 2 (same-class pairs need two clips) "
+                f"but got {clips_per_class}."
+            )
+        self.classes = np.unique(self.labels)
+        if classes_per_batch > len(self.classes):
+            raise ValueError(
+                f"Expected argument `classes_per_batch` to be at most the {len(self.classes)} "
+                f"classes present in `labels` but got {classes_per_batch}."
+            )
+        self.num_replicas = _distributed_default(num_replicas, "get_world_size", 1)
+        self.rank = _distributed_default(rank, "get_rank", 0)
+        if self.num_replicas < 1 or not 0 <= self.rank < self.num_replicas:
+            raise ValueError(
+                f"Expected 0 <= `rank` < `num_replicas` but got rank={self.rank}, "
+                f"num_replicas={self.num_replicas}."
+            )
+        self.classes_per_batch = classes_per_batch
+        self.clips_per_class = clips_per_class
+        self.batch_size = classes_per_batch * clips_per_class
+        total = num_batches if num_batches is not None else len(self.labels) // self.batch_size
+        if total < 1:
+            raise ValueError(f"Expected argument `num_batches` to be >= 1 but got {total}.")
+        self.batches_per_replica = max(1, total // self.num_replicas)
+        self.seed = seed
+        self._epochs = _EpochCounter(on_epoch)
+        self._clips_of = {int(c): np.flatnonzero(self.labels == c) for c in self.classes}
+
+    @property
+    def epoch(self) -> int:
+        """The epoch of the latest (or next, after ``set_epoch``) iteration."""
+        return self._epochs.epoch
+
+    @property
+    def sampler(self) -> ClassBalancedBatchSampler:
+        """This object: Lightning calls ``set_epoch`` on ``batch_sampler.sampler``, so the
+        trainer's epoch (also after resuming from a checkpoint) selects the batches."""
+        return self
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch whose batches the next ``__iter__`` yields."""
+        self._epochs.set(epoch)
+
+    def __len__(self) -> int:
+        return self.batches_per_replica
+
+    def _global_batches(self, epoch: int) -> Iterator[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        class_queue: list[int] = []
+        clip_queues: dict[int, list[int]] = {c: [] for c in self._clips_of}
+        for _ in range(self.batches_per_replica * self.num_replicas):
+            chosen: list[int] = []
+            while len(chosen) < self.classes_per_batch:
+                if not class_queue:  # refill, leaving out the classes already in this batch
+                    class_queue = [int(c) for c in rng.permutation(self.classes) if c not in chosen]
+                chosen.append(class_queue.pop())
+            batch: list[int] = []
+            for c in chosen:
+                queue = clip_queues[c]
+                for _ in range(self.clips_per_class):
+                    if not queue:
+                        queue.extend(int(i) for i in rng.permutation(self._clips_of[c]))
+                    batch.append(queue.pop())
+            yield batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self._epochs.start()
+        return self._batches_of_rank(epoch)
+
+    def _batches_of_rank(self, epoch: int) -> Iterator[list[int]]:
+        for index, batch in enumerate(self._global_batches(epoch)):
+            if index % self.num_replicas == self.rank:
+                yield batch
+
+
+__all__ = ["ClassBalancedBatchSampler", "SeededShuffleSampler"]

@@ -1,0 +1,23 @@
+"""Experiments: cross-validation × seeds runs, the paper's tables and its analysis figure.
+
+Command line: ``add-lightning cv``, ``add-lightning compare``, ``add-lightning figures``
+(see :mod:`add_lightning.experiments.cli`).
+"""
+
+from add_lightning.experiments.aggregate import Summary, UnitResult, aggregate, write_results
+from add_lightning.experiments.compare import compare_table, describe_experiment
+from add_lightning.experiments.config import compose_config, config_hash
+from add_lightning.experiments.runner import Unit, run_cv
+
+__all__ = [
+    "Summary",
+    "Unit",
+    "UnitResult",
+    "aggregate",
+    "compare_table",
+    "compose_config",
+    "config_hash",
+    "describe_experiment",
+    "run_cv",
+    "write_results",
+]

@@ -1,0 +1,158 @@
+"""``add-lightning cv | compare | figures``: the experiment commands of the console script.
+
+``add_lightning.cli.main`` hands these subcommands (first argument) to :func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from add_lightning.experiments.atomic import write_text_atomic
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger(__name__)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of the experiment subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="add-lightning",
+        allow_abbrev=False,
+        description="Cross-validation × seeds experiments, tables and figures.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    cv = commands.add_parser(
+        "cv",
+        allow_abbrev=False,  # `--fold 1` is an unknown override, not an abbreviation of --folds
+        help="fit + test + export embeddings for every (fold, seed); resumable",
+        description=(
+            "Runs fit, test and the test-embedding export for each (fold, seed) in a fresh "
+            "process, in OUTPUT/fold{k}_seed{s}/. Rerunning skips finished units and resumes an "
+            "interrupted one from its last checkpoint. Unknown arguments are passed to `fit` as "
+            "overrides (e.g. --trainer.max_epochs 2). Writes OUTPUT/results.{csv,md}: per seed "
+            "the mean over folds, then mean ± sample std (ddof=1) over seeds."
+        ),
+    )
+    cv.add_argument(
+        "--config", action="append", required=True, type=Path, help="config file (repeatable)"
+    )
+    cv.add_argument(
+        "--folds", nargs="+", type=int, default=None, help="folds (omit for datasets without folds)"
+    )
+    cv.add_argument(
+        "--seeds", nargs="+", type=int, default=[0, 1, 2], help="seeds (default: 0 1 2)"
+    )
+    cv.add_argument("--output", required=True, type=Path, help="experiment directory")
+    cv.add_argument(
+        "--force",
+        action="store_true",
+        help="replace the config of an experiment directory made with another",
+    )
+
+    compare = commands.add_parser(
+        "compare",
+        help="Table-2-like Markdown table of several experiments",
+        description=(
+            "Rows: losses; columns: dataset × backbone; cells: mean ± std over seeds; the best "
+            "of each column in bold."
+        ),
+    )
+    compare.add_argument("directories", nargs="+", type=Path, help="experiment directories of `cv`")
+    compare.add_argument(
+        "--metric", default="test/acc", help="metric to compare (default: test/acc)"
+    )
+    compare.add_argument(
+        "--lower-is-better", action="store_true", help="bold the lowest instead of the highest"
+    )
+    compare.add_argument(
+        "--output", type=Path, default=None, help="also write the table to this file"
+    )
+
+    figures = commands.add_parser(
+        "figures",
+        help="class-pair heat maps and property statistics from exported test embeddings",
+        description=(
+            "Draws the paper's analysis figure (mean of d and its CV per class pair, one column "
+            "per run) to OUTPUT and the bars of mu_p, sigma_p, mu_n, sigma_n to "
+            "OUTPUT_properties.png."
+        ),
+    )
+    figures.add_argument(
+        "runs", nargs="+", type=Path, help="run directories or test_embeddings.npz files"
+    )
+    figures.add_argument(
+        "--classes", type=int, default=10, help="draw the first N class ids (default 10)"
+    )
+    figures.add_argument(
+        "--class-ids", nargs="+", type=int, default=None, help="draw these class ids instead"
+    )
+    figures.add_argument("--labels", nargs="+", default=None, help="column titles, one per run")
+    figures.add_argument("--output", type=Path, required=True, help="PNG of the heat maps")
+    figures.add_argument(
+        "--properties-output", type=Path, default=None, help="PNG of the bar chart"
+    )
+    return parser
+
+
+def _cv(args: argparse.Namespace, overrides: list[str]) -> int:
+    from add_lightning.experiments.aggregate import results_markdown
+    from add_lightning.experiments.runner import run_cv
+
+    summary = run_cv(args.config, args.seeds, args.output, args.folds, overrides, args.force)
+    sys.stdout.write(results_markdown(summary, title=f"Results: {args.output}"))
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from add_lightning.experiments.compare import compare_table
+
+    table = compare_table(args.directories, args.metric, higher_is_better=not args.lower_is_better)
+    if args.output is not None:
+        write_text_atomic(args.output, table)
+    sys.stdout.write(table)
+    return 0
+
+
+def _figures(args: argparse.Namespace) -> int:
+    from add_lightning.experiments.figures import make_figures
+
+    heatmaps, properties = make_figures(
+        args.runs, args.output, args.classes, args.class_ids, args.labels, args.properties_output
+    )
+    sys.stdout.write(f"{heatmaps}\n{properties}\n")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs ``cv``, ``compare`` or ``figures``; returns the exit status.
+
+    User errors (bad config, wrong directory, missing files) are reported on stderr with exit
+    status 2, without a traceback.
+    """
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if unknown and args.command != "cv":
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "cv":
+            return _cv(args, unknown)
+        if args.command == "compare":
+            return _compare(args)
+        return _figures(args)
+    except (ValueError, FileNotFoundError) as error:
+        sys.stderr.write(f"add-lightning {args.command}: error: {error}\n")
+        return 2
+    except RuntimeError as error:
+        sys.stderr.write(f"add-lightning {args.command}: error: {error}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

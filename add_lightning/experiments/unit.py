@@ -1,0 +1,199 @@
+"""One unit of an experiment (one fold, one seed) in its own process: fit, test, predict.
+
+Run by :func:`add_lightning.experiments.runner.run_cv` as
+``python -m add_lightning.experiments.unit --experiment DIR/experiment.yaml --run-dir RUN
+--seed S [--fold K] --config-hash H``. It resumes from ``RUN/checkpoints/last.ckpt`` when a
+complete one exists, tests the final weights (the paper trains a fixed number of epochs and has
+no model selection on the test fold), exports the test embeddings and writes
+``RUN/test_metrics.json`` last, atomically: its presence marks the unit as finished.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import os
+import random
+import signal
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from lightning.pytorch import Callback
+
+from add_lightning.experiments.aggregate import METRICS_FILENAME
+from add_lightning.experiments.atomic import write_json_atomic
+from add_lightning.experiments.config import experiment_cli_class
+from add_lightning.experiments.runner import EMBEDDINGS_FILENAME
+
+__all__ = ["RNGStateCheckpoint", "main", "run_unit", "unit_arguments"]
+
+log = logging.getLogger(__name__)
+
+
+class RNGStateCheckpoint(Callback):
+    """Stores the global RNG states (Python, NumPy, torch, CUDA) in checkpoints and restores them.
+
+    Lightning checkpoints do not hold the random state, so a run resumed from ``last.ckpt``
+    would shuffle, augment and drop out differently from an uninterrupted one. With this
+    callback a resumed run continues the uninterrupted run's random stream, and the same seeds
+    give the same results however often a unit was interrupted. Values are tensors and plain
+    Python types, so the checkpoint still loads with ``weights_only=True``.
+    """
+
+    def state_dict(self) -> dict[str, Any]:
+        version, python_state, gauss = random.getstate()
+        kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()  # noqa: NPY002 - the global state is what is resumed
+        state: dict[str, Any] = {
+            "python": [version, list(python_state), gauss],
+            "numpy": [
+                kind,
+                torch.from_numpy(keys.astype(np.int64)),
+                position,
+                has_gauss,
+                cached_gaussian,
+            ],
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version, python_state, gauss = state_dict["python"]
+        random.setstate((version, tuple(python_state), gauss))
+        kind, keys, position, has_gauss, cached_gaussian = state_dict["numpy"]
+        np.random.set_state(  # noqa: NPY002
+            (kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian)
+        )
+        torch.set_rng_state(state_dict["torch"])
+        if "cuda" in state_dict and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+def _complete_checkpoint(path: Path) -> Path | None:
+    """``path`` if it is a complete checkpoint (torch saves zip archives), else None."""
+    if not path.is_file():
+        return None
+    if zipfile.is_zipfile(path):
+        return path
+    log.warning("Ignoring the incomplete checkpoint %s: training this unit from scratch", path)
+    path.unlink(missing_ok=True)
+    return None
+
+
+def _exit_with_parent(parent_pid: int | None) -> None:
+    """Dies (SIGKILL) when the runner dies, so that a killed runner leaves no orphan training.
+
+    Under DDP, Lightning starts ranks > 0 by re-running this command from rank 0: those die
+    with rank 0 instead.
+    """
+    if parent_pid is None or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    started_by_rank_zero = os.environ.get("LOCAL_RANK", "0") != "0"
+    if not started_by_rank_zero and os.getppid() != parent_pid:  # the runner died already
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def unit_arguments(
+    experiment: str | os.PathLike[str], run_dir: Path, seed: int, fold: int | None
+) -> list[str]:
+    """The LightningCLI arguments of a unit: the experiment config plus the unit's settings.
+
+    The seed goes to ``seed_everything`` and, when the data module has a ``seed`` argument
+    (shuffling, augmentation, validation hold-out), to it too: one seed, one run.
+    """
+    config = yaml.safe_load(Path(experiment).read_text(encoding="utf-8")) or {}
+    data_args = (config.get("data") or {}).get("init_args") or {}
+    args = ["--config", str(experiment), "--seed_everything", str(seed)]
+    args += ["--trainer.default_root_dir", str(run_dir)]
+    if "seed" in data_args:
+        args += ["--data.init_args.seed", str(seed)]
+    if fold is not None:
+        args += ["--data.init_args.fold", str(fold)]
+    return args
+
+
+def run_unit(
+    experiment: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    seed: int,
+    config_hash: str,
+    fold: int | None = None,
+) -> dict[str, float]:
+    """Fits (or resumes), tests and exports the test embeddings of one unit.
+
+    Args:
+        experiment: The composed experiment config (``DIR/experiment.yaml``).
+        run_dir: The unit's run directory (``--trainer.default_root_dir``).
+        seed: ``--seed_everything``.
+        config_hash: Recorded in ``test_metrics.json`` to tie the result to the config.
+        fold: ``--data.init_args.fold``; None to keep the configured one.
+
+    Returns:
+        The test metrics (``test/acc``, ``test/f1``, ``test/geometry/...``).
+    """
+    from add_lightning.models import EmbeddingWriter
+
+    run_dir = Path(run_dir)
+    cli = experiment_cli_class()(args=unit_arguments(experiment, run_dir, seed, fold), run=False)
+    trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    trainer.callbacks.append(RNGStateCheckpoint())
+
+    checkpoint = _complete_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+    if checkpoint is not None:
+        log.info("Resuming %s from %s", run_dir.name, checkpoint)
+    fit_kwargs: dict[str, Any] = {"datamodule": datamodule, "ckpt_path": checkpoint}
+    if "weights_only" in inspect.signature(trainer.fit).parameters:
+        fit_kwargs["weights_only"] = False  # our own checkpoint, written by this runner
+    trainer.fit(model, **fit_kwargs)
+
+    (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
+    trainer.callbacks.append(EmbeddingWriter(str(run_dir / EMBEDDINGS_FILENAME)))
+    trainer.predict(model, dataloaders=datamodule.test_dataloader(), return_predictions=False)
+
+    metrics = {key: float(value) for key, value in metrics.items()}
+    if not trainer.is_global_zero:
+        return metrics
+    write_json_atomic(
+        run_dir / METRICS_FILENAME,
+        {
+            "config_hash": config_hash,
+            "fold": fold,
+            "seed": seed,
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "metrics": metrics,
+        },
+    )
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m add_lightning.experiments.unit``."""
+    parser = argparse.ArgumentParser(prog="python -m add_lightning.experiments.unit")
+    parser.add_argument("--experiment", required=True, help="DIR/experiment.yaml")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--config-hash", required=True)
+    parser.add_argument("--fold", type=int, default=None)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    args = parser.parse_args(argv)
+    _exit_with_parent(args.parent_pid)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    run_unit(args.experiment, args.run_dir, args.seed, args.config_hash, args.fold)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

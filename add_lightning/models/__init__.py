@@ -1,0 +1,16 @@
+"""Training layer: the LightningModule, backbones, LR schedules and the prediction writer."""
+
+from add_lightning.models.backbones import ASTBackbone, BEATsBackbone
+from add_lightning.models.classifier import AudioClassifier
+from add_lightning.models.optim import WarmupConstantLR, WarmupCosineLR, WarmupExponentialLR
+from add_lightning.models.prediction import EmbeddingWriter
+
+__all__ = [
+    "ASTBackbone",
+    "AudioClassifier",
+    "BEATsBackbone",
+    "EmbeddingWriter",
+    "WarmupConstantLR",
+    "WarmupCosineLR",
+    "WarmupExponentialLR",
+]

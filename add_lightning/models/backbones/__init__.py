@@ -1,0 +1,6 @@
+"""Embedding extractors: modules with ``embedding_dim`` and ``forward([B, T, F]) -> [B, D]``."""
+
+from add_lightning.models.backbones.ast import ASTBackbone
+from add_lightning.models.backbones.beats import BEATsBackbone
+
+__all__ = ["ASTBackbone", "BEATsBackbone"]

@@ -1,0 +1,212 @@
+"""Audio Spectrogram Transformer backbone on Hugging Face transformers' ``ASTModel``."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Literal
+
+import huggingface_hub.constants
+import torch
+from torch import Tensor, nn
+from transformers import ASTConfig, ASTModel
+
+__all__ = ["DEFAULT_AST_CHECKPOINT", "ASTBackbone", "adapt_position_embeddings", "patch_grid"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AST_CHECKPOINT = "MIT/ast-finetuned-audioset-10-10-0.4593"
+
+
+def patch_grid(config: ASTConfig) -> tuple[int, int]:
+    """Return the (frequency, time) grid of patches that ``config`` produces.
+
+    Same arithmetic as ``ASTEmbeddings.get_shape`` (a strided convolution without padding).
+    """
+    f_dim = (config.num_mel_bins - config.patch_size) // config.frequency_stride + 1
+    t_dim = (config.max_length - config.patch_size) // config.time_stride + 1
+    return f_dim, t_dim
+
+
+def adapt_position_embeddings(
+    position_embeddings: Tensor, f_dim: int, t_old: int, t_new: int
+) -> Tensor:
+    """Adapt AST position embeddings to another number of time patches, as the original AST.
+
+    The first two rows (CLS and distillation tokens) are kept. The patch rows are reshaped to
+    their (frequency, time) grid; the centre of the time axis is cut when ``t_new < t_old``,
+    the grid is bilinearly interpolated along time when ``t_new > t_old``.
+
+    Args:
+        position_embeddings: Pretrained position embeddings.
+        f_dim: Number of frequency patches (unchanged).
+        t_old: Number of time patches of ``position_embeddings``.
+        t_new: Number of time patches wanted.
+
+    Shape:
+        - position_embeddings: ``[1, 2 + f_dim * t_old, H]``
+        - output: ``[1, 2 + f_dim * t_new, H]``
+    """
+    expected = 2 + f_dim * t_old
+    if position_embeddings.ndim != 3 or position_embeddings.shape[1] != expected:
+        raise ValueError(
+            f"Expected `position_embeddings` of shape [1, {expected}, H] for a {f_dim}x{t_old} "
+            f"patch grid but got {tuple(position_embeddings.shape)}"
+        )
+    hidden = position_embeddings.shape[-1]
+    tokens, patches = position_embeddings[:, :2], position_embeddings[:, 2:]
+    grid = patches.reshape(1, f_dim, t_old, hidden).permute(0, 3, 1, 2)  # [1, H, F, T]
+    if t_new < t_old:
+        start = t_old // 2 - t_new // 2
+        grid = grid[..., start : start + t_new]
+    elif t_new > t_old:
+        grid = nn.functional.interpolate(
+            grid, size=(f_dim, t_new), mode="bilinear", align_corners=False
+        )
+    patches = grid.permute(0, 2, 3, 1).reshape(1, f_dim * t_new, hidden)
+    return torch.cat([tokens, patches], dim=1)
+
+
+def _load_pretrained(pretrained: str) -> ASTModel:
+    """Load ``ASTModel`` from a hub id or a ``save_pretrained`` directory, with clear errors."""
+    # hub ids are "owner/name"; anything else that is not an existing directory is a bad path
+    pretrained = os.path.expanduser(pretrained)
+    looks_like_path = pretrained.startswith(("/", ".")) or pretrained.count("/") > 1
+    if looks_like_path and not os.path.isdir(pretrained):
+        raise FileNotFoundError(
+            "Expected argument `pretrained` to be a Hugging Face hub id or a directory written by "
+            f"`ASTModel.save_pretrained`, but the directory {pretrained!r} does not exist"
+        )
+    try:
+        return ASTModel.from_pretrained(pretrained)
+    except OSError as error:
+        offline = huggingface_hub.constants.is_offline_mode()
+        hint = (
+            "HF_HUB_OFFLINE is set, so the hub cannot be reached: unset it, or "
+            if offline
+            else "If this machine has no internet access, "
+        )
+        raise OSError(
+            f"Could not load the AST checkpoint `pretrained={pretrained!r}` ({error}). {hint}"
+            "download it once elsewhere with `ASTModel.from_pretrained(...).save_pretrained(DIR)` "
+            "and pass `pretrained: DIR` (a local directory), or set `pretrained: null` for a "
+            "randomly initialised model."
+        ) from error
+
+
+class ASTBackbone(nn.Module):
+    """AST embedding extractor: log-mel features -> one embedding per clip.
+
+    Args:
+        pretrained: Hugging Face hub id, a local directory written by ``save_pretrained``, or
+            ``None`` for a random initialisation from the ``ASTConfig`` fields below.
+        max_length: Number of input frames ``T``. A pretrained checkpoint trained with another
+            length gets its position embeddings adapted (:func:`adapt_position_embeddings`).
+        num_mel_bins: Number of mel bins ``F``; must match a pretrained checkpoint.
+        pooling: ``"cls_dist"``: mean of the CLS and distillation tokens (the paper's choice);
+            ``"patch_mean"``: mean of the patch tokens.
+        hidden_size: Transformer width (random init only).
+        num_hidden_layers: Number of transformer layers (random init only).
+        num_attention_heads: Number of attention heads (random init only).
+        intermediate_size: Width of the feed-forward layers (random init only).
+        patch_size: Square patch side in bins/frames (random init only).
+        frequency_stride: Patch stride along frequency (random init only).
+        time_stride: Patch stride along time (random init only).
+        hidden_dropout_prob: Dropout after attention/feed-forward (random init only).
+        attention_probs_dropout_prob: Dropout on attention weights (random init only).
+
+    Shape:
+        - features: ``[B, T, F]`` normalised log-mel filterbank (``T = max_length``)
+        - output: ``[B, D]`` with ``D = embedding_dim = hidden_size``
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = DEFAULT_AST_CHECKPOINT,
+        max_length: int = 1024,
+        num_mel_bins: int = 128,
+        pooling: Literal["cls_dist", "patch_mean"] = "cls_dist",
+        hidden_size: int = 768,
+        num_hidden_layers: int = 12,
+        num_attention_heads: int = 12,
+        intermediate_size: int = 3072,
+        patch_size: int = 16,
+        frequency_stride: int = 10,
+        time_stride: int = 10,
+        hidden_dropout_prob: float = 0.0,
+        attention_probs_dropout_prob: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if pooling not in ("cls_dist", "patch_mean"):
+            raise ValueError(
+                f"Expected argument `pooling` to be 'cls_dist' or 'patch_mean' but got {pooling!r}"
+            )
+        self.pooling = pooling
+        if pretrained is None:
+            config = ASTConfig(
+                max_length=max_length,
+                num_mel_bins=num_mel_bins,
+                hidden_size=hidden_size,
+                num_hidden_layers=num_hidden_layers,
+                num_attention_heads=num_attention_heads,
+                intermediate_size=intermediate_size,
+                patch_size=patch_size,
+                frequency_stride=frequency_stride,
+                time_stride=time_stride,
+                hidden_dropout_prob=hidden_dropout_prob,
+                attention_probs_dropout_prob=attention_probs_dropout_prob,
+            )
+            self.ast = ASTModel(config)
+            # transformers initialises position embeddings to zero (they are always loaded from
+            # a checkpoint there); from scratch that leaves the patches without position, so
+            # follow the original AST: truncated normal with the config's initializer range.
+            nn.init.trunc_normal_(
+                self.ast.embeddings.position_embeddings, std=config.initializer_range
+            )
+        else:
+            self.ast = _load_pretrained(pretrained)
+            self._adapt_to(max_length=max_length, num_mel_bins=num_mel_bins, source=pretrained)
+        self.embedding_dim: int = self.ast.config.hidden_size
+
+    def _adapt_to(self, max_length: int, num_mel_bins: int, source: str) -> None:
+        config = self.ast.config
+        if num_mel_bins != config.num_mel_bins:
+            raise ValueError(
+                f"Expected argument `num_mel_bins` to equal the checkpoint's num_mel_bins="
+                f"{config.num_mel_bins} ({source!r}) but got {num_mel_bins}; only the time axis "
+                "of the position embeddings can be adapted"
+            )
+        if max_length == config.max_length:
+            return
+        f_dim, t_old = patch_grid(config)
+        config.max_length = max_length
+        _, t_new = patch_grid(config)
+        embeddings = self.ast.embeddings
+        with torch.no_grad():
+            adapted = adapt_position_embeddings(embeddings.position_embeddings, f_dim, t_old, t_new)
+        embeddings.position_embeddings = nn.Parameter(adapted.contiguous())
+        log.info(
+            "Adapted AST position embeddings of %s from %d to %d time patches (max_length %d)",
+            source,
+            t_old,
+            t_new,
+            max_length,
+        )
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Embed a batch of log-mel feature matrices.
+
+        Shape:
+            - features: ``[B, T, F]``
+            - output: ``[B, D]``
+        """
+        expected = (self.ast.config.max_length, self.ast.config.num_mel_bins)
+        if features.ndim != 3 or tuple(features.shape[1:]) != expected:
+            raise ValueError(
+                f"Expected `features` of shape [B, {expected[0]}, {expected[1]}] (max_length, "
+                f"num_mel_bins) but got {tuple(features.shape)}"
+            )
+        hidden = self.ast(input_values=features).last_hidden_state  # layer-normed [B, 2 + N, H]
+        if self.pooling == "cls_dist":
+            return (hidden[:, 0] + hidden[:, 1]) / 2
+        return hidden[:, 2:].mean(dim=1)

@@ -1,0 +1,253 @@
+"""The training module: backbone -> embedding -> linear head, trained with a ClassificationLoss."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from add_lightning.losses import ClassificationLoss
+from add_lightning.metrics import EmbeddingGeometry
+from add_lightning.models.heatmaps import class_pair_heatmap
+
+__all__ = ["AudioClassifier", "hard_targets"]
+
+
+# Authors' AST configs (PAPER.md: ESC-50 and ER): Adam, lr 6.7e-6, betas (0.95, 0.999), wd 5e-6.
+_PAPER_ADAM = {"lr": 6.7e-6, "betas": (0.95, 0.999), "weight_decay": 5e-6}
+
+
+def hard_targets(target: Tensor) -> Tensor:
+    """Class ids of hard ``[B]`` targets or of soft ``[B, C]`` targets (argmax).
+
+    Shape:
+        - target: ``[B]`` int64 or ``[B, C]`` float
+        - output: ``[B]`` int64
+    """
+    return target.argmax(dim=-1) if target.ndim == 2 else target
+
+
+class AudioClassifier(LightningModule):
+    """Audio classifier ``g(f(x))``: a backbone ``f`` gives embeddings, a linear head ``g`` logits.
+
+    The loss sees both (``loss(embeddings, logits, target)``), so cross-entropy, focal loss,
+    CE + ADD or CE + OPL are configurations of ``loss``. Logged: ``train/loss`` and every
+    named loss term (``train/ce``, ``train/add/mu_p``, ...), ``{train,val,test}/acc``
+    (micro accuracy) and ``/f1`` (macro F1), ``val/loss``, ``test/loss``, the scalar embedding
+    statistics ``{val,test}/geometry/<key>`` of :class:`~add_lightning.metrics.EmbeddingGeometry`
+    and, at test time with a TensorBoard logger, the two class-pair heat maps.
+
+    Built from YAML by LightningCLI (``backbone``, ``loss``, ``optimizer`` and ``scheduler`` are
+    ``class_path``/``init_args`` entries); a checkpoint written under the CLI restores with
+    ``AudioClassifier.load_from_checkpoint(path)``. Built in Python, the modules are not saved
+    as hyperparameters: pass them again, ``load_from_checkpoint(path, backbone=...)``.
+
+    Args:
+        backbone: Embedding extractor with an ``embedding_dim`` attribute, ``[B, T, F] -> [B, D]``.
+        num_classes: Number of classes ``C`` (linked from the data module by the CLI).
+        loss: Training loss; None means cross-entropy alone.
+        optimizer: Callable ``params -> Optimizer``; None means the authors' AST setting,
+            Adam(lr=6.7e-6, betas=(0.95, 0.999), weight_decay=5e-6).
+        scheduler: Callable ``optimizer -> LRScheduler`` stepped once per epoch, or None.
+        freeze_backbone: Linear probe: the backbone is frozen (kept in eval mode, left out of
+            the optimizer) and only the head trains.
+        class_names: Names of the classes in id order (linked from the data module by the CLI).
+
+    Shape:
+        - features: ``[B, T, F]``
+        - embeddings: ``[B, D]``
+        - logits: ``[B, C]``
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        num_classes: int,
+        loss: ClassificationLoss | None = None,
+        optimizer: OptimizerCallable | None = None,
+        scheduler: LRSchedulerCallable | None = None,
+        freeze_backbone: bool = False,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(
+                f"Expected argument `num_classes` to be an int >= 2 but got {num_classes!r}"
+            )
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(
+                f"Expected {num_classes} `class_names` (one per class) but got {len(class_names)}"
+            )
+        embedding_dim = getattr(backbone, "embedding_dim", None)
+        if not isinstance(embedding_dim, int):
+            raise TypeError(
+                "Expected argument `backbone` to be an nn.Module with an int attribute "
+                f"`embedding_dim` but got {type(backbone).__name__} with {embedding_dim!r}"
+            )
+        # Under LightningCLI the hyperparameters are the parsed config (class paths of the
+        # backbone, loss, optimizer, scheduler), enough for load_from_checkpoint to rebuild
+        # them; in plain Python they are live objects, which are not hyperparameters.
+        built_by_cli = _given_hyperparameters.get() is not None
+        self.save_hyperparameters(
+            ignore=[] if built_by_cli else ["backbone", "loss", "optimizer", "scheduler"]
+        )
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names is not None else None
+        self.freeze_backbone = freeze_backbone
+        self.backbone = backbone
+        self.head = nn.Linear(embedding_dim, num_classes)
+        self.loss = loss if loss is not None else ClassificationLoss()
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.test_acc = MulticlassAccuracy(num_classes, average="micro")
+        self.train_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.val_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.test_f1 = MulticlassF1Score(num_classes, average="macro")
+        self.val_geometry = EmbeddingGeometry(num_classes)
+        self.test_geometry = EmbeddingGeometry(num_classes)
+
+    # ------------------------------------------------------------------ model
+    def embed(self, features: Tensor) -> Tensor:
+        """Backbone embeddings. Shape: ``[B, T, F] -> [B, D]``."""
+        return self.backbone(features)
+
+    def forward(self, features: Tensor) -> Tensor:
+        """Class logits. Shape: ``[B, T, F] -> [B, C]``."""
+        return self.head(self.embed(features))
+
+    def train(self, mode: bool = True) -> AudioClassifier:
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()  # linear probe: no dropout in the frozen backbone
+        return self
+
+    # --------------------------------------------------------------- training
+    def _step(self, batch: dict[str, Any], stage: str) -> tuple[Tensor, Tensor, Tensor]:
+        features, target = batch["features"], batch["target"]
+        embeddings = self.embed(features)
+        logits = self.head(embeddings)
+        total, terms = self.loss(embeddings, logits, target)
+        batch_size = features.shape[0]
+        on_step = stage == "train"
+        self.log(
+            f"{stage}/loss",
+            total,
+            on_step=on_step,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch_size,
+            sync_dist=True,
+        )
+        for name, value in terms.items():
+            self.log(
+                f"{stage}/{name}",
+                value,
+                on_step=on_step,
+                on_epoch=True,
+                batch_size=batch_size,
+                sync_dist=True,
+            )
+        labels = hard_targets(target)
+        accuracy, f1 = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_f1")
+        accuracy(logits, labels)
+        f1(logits, labels)
+        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        self.log(f"{stage}/f1", f1, on_step=False, on_epoch=True)
+        return total, embeddings, labels
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        total, _, _ = self._step(batch, "train")
+        return total
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        _, embeddings, labels = self._step(batch, "val")
+        self.val_geometry.update(embeddings.float(), labels)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        _, embeddings, labels = self._step(batch, "test")
+        self.test_geometry.update(embeddings.float(), labels)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Embeddings, logits, targets and clip ids of a batch (see ``EmbeddingWriter``)."""
+        embeddings = self.embed(batch["features"])
+        return {
+            "embeddings": embeddings,
+            "logits": self.head(embeddings),
+            "target": batch.get("target"),
+            "clip_id": batch.get("clip_id"),
+        }
+
+    def on_train_epoch_start(self) -> None:
+        if self.trainer.optimizers:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_epoch=True)
+
+    def _log_geometry(self, stage: str) -> dict[str, Tensor]:
+        geometry = getattr(self, f"{stage}_geometry")
+        statistics = geometry.compute()  # synchronised over processes by torchmetrics
+        geometry.reset()
+        for key, value in statistics.items():
+            if value.ndim == 0:
+                self.log(f"{stage}/geometry/{key}", value.float(), on_epoch=True)
+        return statistics
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_geometry("val")
+
+    def on_test_epoch_end(self) -> None:
+        statistics = self._log_geometry("test")
+        if not isinstance(self.logger, TensorBoardLogger) or not self.trainer.is_global_zero:
+            return
+        for key, title, label in (
+            ("class_mean", "mean cosine distance between classes", "mean of d = 1 - cos"),
+            ("class_cv", "coefficient of variation of the cosine distance", "std(d) / mean(d)"),
+        ):
+            figure = class_pair_heatmap(statistics[key], self.class_names, title, label)
+            self.logger.experiment.add_figure(f"test/geometry/{key}", figure, self.global_step)
+
+    # ------------------------------------------------------------- optimizers
+    def configure_optimizers(self) -> Any:
+        """The optimizer over trainable parameters (frozen ones are left out), epoch schedule."""
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        if self.optimizer is None:
+            optimizer = torch.optim.Adam(parameters, **_PAPER_ADAM)
+        else:
+            optimizer = self.optimizer(parameters)
+        if self.scheduler is None:
+            return optimizer
+        scheduler = self.scheduler(optimizer)
+        config = {"scheduler": scheduler, "interval": "epoch"}
+        if isinstance(scheduler, ReduceLROnPlateau):
+            config["monitor"] = "val/loss"
+        return {"optimizer": optimizer, "lr_scheduler": config}
+
+    # ------------------------------------------------------------ checkpoints
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose head has another number of classes than this model."""
+        head = checkpoint.get("state_dict", {}).get("head.weight")
+        if head is not None and head.shape[0] != self.num_classes:
+            raise ValueError(
+                f"The checkpoint has a head for {head.shape[0]} classes but this model (and the "
+                f"data it is linked to) has num_classes={self.num_classes}; use a checkpoint "
+                "trained on the same classes, or the data module the checkpoint was trained with"
+            )
+        saved_names = checkpoint.get("hyper_parameters", {}).get("class_names")
+        if saved_names is not None and self.class_names is not None:
+            if list(saved_names) != self.class_names:
+                rank_zero_warn(
+                    "The checkpoint's class_names differ from this model's: "
+                    f"{list(saved_names)[:5]}... vs {self.class_names[:5]}...; class ids may not "
+                    "mean the same classes"
+                )

@@ -1,0 +1,54 @@
+"""Figures of the class-pair geometry (the paper's analysis figure) for TensorBoard."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.figure import Figure
+from torch import Tensor
+
+__all__ = ["class_pair_heatmap"]
+
+
+def class_pair_heatmap(
+    matrix: Tensor | np.ndarray,
+    class_names: Sequence[str] | None = None,
+    title: str = "",
+    colorbar_label: str = "",
+) -> Figure:
+    """Render a ``C×C`` matrix over class pairs as a heat map.
+
+    Used for ``EmbeddingGeometry``'s ``class_mean`` (mean cosine distance between the
+    embeddings of classes a and b) and ``class_cv`` (its coefficient of variation). The figure
+    is built with matplotlib's object API (no pyplot state, no display backend needed).
+
+    Args:
+        matrix: Values per class pair; NaN (no pair, e.g. a class with one clip) is drawn blank.
+        class_names: Tick labels, one per class; class indices when None.
+        title: Figure title.
+        colorbar_label: Label of the colour bar.
+
+    Shape:
+        - matrix: ``[C, C]``
+    """
+    values = matrix.detach().cpu().double().numpy() if isinstance(matrix, Tensor) else matrix
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2 or values.shape[0] != values.shape[1]:
+        raise ValueError(f"Expected `matrix` of shape [C, C] but got {values.shape}")
+    num_classes = values.shape[0]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+    if len(names) != num_classes:
+        raise ValueError(
+            f"Expected {num_classes} `class_names` (one per matrix row) but got {len(names)}"
+        )
+    side = min(4.0 + 0.22 * num_classes, 16.0)
+    figure = Figure(figsize=(side + 1.0, side), layout="constrained")
+    axes = figure.add_subplot()
+    image = axes.imshow(np.ma.masked_invalid(values), cmap="viridis", interpolation="nearest")
+    figure.colorbar(image, ax=axes, label=colorbar_label)
+    fontsize = 8 if num_classes <= 20 else 5
+    axes.set_xticks(range(num_classes), names, rotation=90, fontsize=fontsize)
+    axes.set_yticks(range(num_classes), names, fontsize=fontsize)
+    axes.set_title(title)
+    return figure

@@ -1,0 +1,212 @@
+"""Training throughput of AudioClassifier, and how much of a training step waits for data.
+
+Two measurements:
+
+* ``model``: forward + backward + Adam step on random features already in memory (the model
+  alone), CE + ADD loss. On CPU: the quickstart's tiny AST (128 frames); on a GPU, when present,
+  also AST-base (ASTConfig defaults, random init, 512 frames as for ESC-50, bf16-mixed).
+* ``pipeline``: ``add-lightning fit`` of a config (default ``configs/quickstart.yaml``) with a
+  callback that times every batch: *step* = on_train_batch_start -> on_train_batch_end,
+  *wait* = previous on_train_batch_end -> on_train_batch_start (the data loader, transfer and
+  loop overhead). Reports clips/s and wait / (wait + step).
+
+Usage::
+
+    python benchmarks/bench_train.py                       # both parts, CPU (+ GPU if present)
+    python benchmarks/bench_train.py --part model --steps 20
+    python benchmarks/bench_train.py --part pipeline --config configs/quickstart.yaml \
+        --data.init_args.cache_dir null          # fbank computed in the loop, no cache
+
+Prints one JSON object per measurement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+
+import torch
+from lightning.pytorch import Callback
+
+from add_lightning.losses import ADDLoss, ClassificationLoss
+from add_lightning.models import ASTBackbone, AudioClassifier
+
+QUICKSTART_AST = {  # configs/model/ast_tiny.yaml
+    "hidden_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 128,
+    "frequency_stride": 16,
+    "time_stride": 16,
+}
+
+
+def model_throughput(
+    name: str,
+    backbone_kwargs: dict,
+    frames: int,
+    batch_size: int,
+    device: str,
+    steps: int,
+    bf16: bool,
+    num_classes: int = 10,
+) -> dict:
+    """Clips/s of forward + backward + optimizer step on in-memory random batches."""
+    torch.manual_seed(0)
+    backbone = ASTBackbone(pretrained=None, max_length=frames, **backbone_kwargs)
+    model = AudioClassifier(backbone, num_classes, loss=ClassificationLoss(embedding=ADDLoss()))
+    model = model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    features = torch.randn(batch_size, frames, 128, device=device)
+    target = torch.arange(batch_size, device=device) % num_classes
+    autocast = torch.autocast(device, dtype=torch.bfloat16) if bf16 else nullcontext()
+
+    def step() -> None:
+        with autocast:
+            embeddings = model.embed(features)
+            total, _ = model.loss(embeddings, model.head(embeddings), target)
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+
+    for _ in range(3):  # warm-up (allocator, kernels)
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    elapsed = time.perf_counter() - start
+    return {
+        "measurement": "model",
+        "model": name,
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu x{os.cpu_count()}",
+        "torch_threads": torch.get_num_threads(),
+        "precision": "bf16-mixed" if bf16 else "32-true",
+        "frames": frames,
+        "batch_size": batch_size,
+        "steps": steps,
+        "step_s": elapsed / steps,
+        "clips_per_s": batch_size * steps / elapsed,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
+
+
+class BatchTimer(Callback):
+    """Times data waiting and computing for every training batch after the first ``skip``."""
+
+    def __init__(self, skip: int = 2) -> None:
+        self.skip = skip
+        self.waits: list[float] = []
+        self.steps: list[float] = []
+        self.sizes: list[int] = []
+        self._end: float | None = None
+        self._start = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self._end = time.perf_counter()  # the first wait includes creating the loader iterator
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self._start = time.perf_counter()
+        if batch_idx >= self.skip and self._end is not None:
+            self.waits.append(self._start - self._end)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._end = time.perf_counter()
+        if batch_idx >= self.skip:
+            self.steps.append(self._end - self._start)
+            self.sizes.append(len(batch["clip_id"]))
+
+
+def pipeline_throughput(config: str, batches: int, extra: list[str]) -> dict:
+    """Clips/s and data-wait fraction of a real `fit` on the data of ``config``."""
+    from add_lightning.cli import AddLightningCLI
+
+    with tempfile.TemporaryDirectory() as run_dir:
+        args = [
+            "--config",
+            config,
+            "--trainer.default_root_dir",
+            run_dir,
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            str(batches),
+            "--trainer.limit_val_batches",
+            "0",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.enable_checkpointing",
+            "false",
+            "--trainer.logger",
+            "false",
+            *extra,
+        ]
+        cli = AddLightningCLI(args=args, run=False)
+        timer = BatchTimer()
+        cli.trainer.callbacks.append(timer)
+        start = time.perf_counter()
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        total = time.perf_counter() - start
+    wait, step = sum(timer.waits), sum(timer.steps)
+    return {
+        "measurement": "pipeline",
+        "config": config,
+        "device": str(cli.trainer.strategy.root_device),
+        "timed_batches": len(timer.steps),
+        "clips_per_s": sum(timer.sizes) / (wait + step),
+        "data_wait_fraction": wait / (wait + step),
+        "mean_step_s": step / max(len(timer.steps), 1),
+        "mean_wait_s": wait / max(len(timer.waits), 1),
+        "fit_wall_s_including_setup": total,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=["model", "pipeline", "all"], default="all")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps of the model part")
+    parser.add_argument("--batches", type=int, default=12, help="batches of the pipeline part")
+    parser.add_argument("--config", default="configs/quickstart.yaml")
+    parser.add_argument("--batch-size", type=int, default=32)
+    # any other arguments go to add-lightning in the pipeline part, e.g. --trainer.precision
+    args, extra = parser.parse_known_args()
+    results = []
+    if args.part in ("model", "all"):
+        results.append(
+            model_throughput(
+                "quickstart tiny AST",
+                QUICKSTART_AST,
+                128,
+                args.batch_size,
+                "cpu",
+                args.steps,
+                bf16=False,
+            )
+        )
+        if torch.cuda.is_available():
+            results.append(
+                model_throughput(
+                    "AST-base (random init)",
+                    {},
+                    512,
+                    args.batch_size,
+                    "cuda",
+                    args.steps,
+                    bf16=True,
+                )
+            )
+    if args.part in ("pipeline", "all"):
+        results.append(pipeline_throughput(args.config, args.batches, extra))
+    for result in results:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

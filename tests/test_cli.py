@@ -1,0 +1,246 @@
+"""The add-lightning command: run layout, checkpoints, resume, predict, dispatch, DDP."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from add_lightning.cli import AddLightningCLI, main
+from add_lightning.models import AudioClassifier
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+
+# test_models.ToyData: 3 learnable classes of random 32x32 "fbank" clips (importable because
+# pytest puts tests/ on sys.path; subprocesses get it through PYTHONPATH)
+TINY_CONFIG = {
+    "data": {"class_path": "test_models.ToyData", "init_args": {"size": 24, "batch_size": 8}},
+    "model": {
+        "init_args": {
+            "backbone": {
+                "class_path": "add_lightning.models.ASTBackbone",
+                "init_args": {
+                    "pretrained": None,
+                    "max_length": 32,
+                    "num_mel_bins": 32,
+                    "hidden_size": 32,
+                    "num_hidden_layers": 2,
+                    "num_attention_heads": 2,
+                    "intermediate_size": 37,
+                    "patch_size": 8,
+                    "frequency_stride": 8,
+                    "time_stride": 8,
+                },
+            },
+            "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 3e-3}},
+            "scheduler": {
+                "class_path": "add_lightning.models.WarmupExponentialLR",
+                "init_args": {"warmup_epochs": 1},
+            },
+        }
+    },
+    "trainer": {
+        "accelerator": "cpu",
+        "max_epochs": 2,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "log_every_n_steps": 1,
+    },
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path) -> str:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_CONFIG))
+    return str(path)
+
+
+def _base(tiny_config: str, run_dir: Path) -> list[str]:
+    return [
+        "--config",
+        tiny_config,
+        "--config",
+        str(REPO / "configs/loss/add.yaml"),
+        "--trainer.default_root_dir",
+        str(run_dir),
+    ]
+
+
+def test_fit_test_predict_and_run_layout(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    main(["fit", *_base(tiny_config, run)])
+    assert (run / "config.yaml").is_file()
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    assert (run / "checkpoints" / "best.ckpt").is_file()
+    assert list(run.glob("events.out.tfevents.*"))
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["seed_everything"] == 0
+    assert saved["model"]["init_args"]["loss"]["init_args"]["embedding"]["class_path"] == (
+        "add_lightning.losses.ADDLoss"
+    )
+
+    best = run / "checkpoints" / "best.ckpt"
+    main(["test", "--config", str(run / "config.yaml"), "--ckpt_path", str(best)])
+    assert (run / "config_test.yaml").is_file()  # config.yaml of fit is kept
+
+    output = run / "predictions.npz"
+    main(
+        [
+            "predict",
+            "--config",
+            str(run / "config.yaml"),
+            "--ckpt_path",
+            str(best),
+            "--trainer.callbacks+=add_lightning.models.EmbeddingWriter",
+            "--trainer.callbacks.output_path",
+            str(output),
+            "--return_predictions",
+            "false",
+        ]
+    )
+    with np.load(output) as data:
+        assert data["embeddings"].shape == (24, 32)
+        assert data["logits"].shape == (24, 3)
+        assert data["class_names"].tolist() == ["a", "b", "c"]
+        logits = torch.from_numpy(data["logits"])
+
+    # a CLI checkpoint restores without arguments (backbone, loss, optimizer from hparams)
+    restored = AudioClassifier.load_from_checkpoint(best).eval()
+    assert type(restored.loss.embedding).__name__ == "ADDLoss"
+    from test_models import ToyClips
+
+    with torch.no_grad():
+        torch.testing.assert_close(restored(ToyClips(24, seed=1).features), logits)
+
+
+def test_resume_from_last(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    main(["fit", *_base(tiny_config, run), "--trainer.max_epochs", "1"])
+    first = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    main(["fit", *_base(tiny_config, run), "--trainer.max_epochs", "2", "--ckpt_path", "last"])
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (first["epoch"], resumed["epoch"]) == (0, 1)
+    assert resumed["global_step"] == 2 * first["global_step"]
+
+
+def test_programmatic_use(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    cli = AddLightningCLI(args=_base(tiny_config, run), run=False)
+    assert cli.model.num_classes == 3
+    assert cli.model.class_names == ["a", "b", "c"]
+    assert Path(cli.trainer.logger.log_dir) == run
+    checkpoint = cli.trainer.checkpoint_callback
+    assert (checkpoint.monitor, checkpoint.mode, checkpoint.filename) == ("val/acc", "max", "best")
+
+
+def test_checkpoint_with_other_class_count_is_refused(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    main(["fit", *_base(tiny_config, run), "--trainer.max_epochs", "1"])
+    with pytest.raises(ValueError, match=r"head for 3 classes.*num_classes=4"):
+        main(
+            [
+                "test",
+                *_base(tiny_config, tmp_path / "other"),
+                "--data.init_args.num_classes",
+                "4",
+                "--ckpt_path",
+                str(run / "checkpoints" / "last.ckpt"),
+            ]
+        )
+
+
+def test_print_config(tiny_config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", tiny_config, "--print_config"])
+    assert exit_info.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["init_args"]["backbone"]["init_args"]["hidden_size"] == 32
+    assert printed["checkpoint"]["filename"] == "best"
+
+
+@pytest.mark.parametrize("command", ["cv", "compare", "figures"])
+def test_experiment_commands_are_dispatched(monkeypatch, command):
+    calls = []
+    fake = types.ModuleType("add_lightning.experiments.cli")
+    fake.main = lambda argv: calls.append(argv) or 7
+    monkeypatch.setitem(sys.modules, "add_lightning.experiments.cli", fake)
+    assert main([command, "--x", "1"]) == 7
+    assert calls == [["--x", "1"]]
+
+
+def test_ddp_two_cpu_processes(tiny_config, tmp_path):
+    """fit (ADD statistics gathered over both processes) and predict under 2-process gloo DDP."""
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
+    env["HF_HUB_OFFLINE"] = "1"
+    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
+    fit = [
+        sys.executable,
+        "-m",
+        "add_lightning.cli",
+        "fit",
+        *_base(tiny_config, run),
+        *ddp,
+        "--model.init_args.loss.init_args.embedding.init_args.gather_distributed",
+        "true",
+        "--trainer.max_epochs",
+        "1",
+    ]
+    result = subprocess.run(fit, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+
+    output = run / "predictions.npz"  # the default of `predict`: <run dir>/predictions.npz
+    predict = [
+        sys.executable,
+        "-m",
+        "add_lightning.cli",
+        "predict",
+        "--config",
+        str(run / "config.yaml"),
+        *ddp,
+        "--ckpt_path",
+        str(run / "checkpoints" / "last.ckpt"),
+    ]
+    result = subprocess.run(predict, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with np.load(output) as data:
+        assert sorted(data["clip_ids"].tolist()) == [f"clip{i:03d}" for i in range(24)]
+        assert data["embeddings"].shape == (24, 32)
+    assert sorted(p.name for p in run.glob("predictions*")) == ["predictions.npz"]
+
+
+def test_missing_dataset_root_is_reported(tmp_path):
+    missing = tmp_path / "no_esc50"
+    with pytest.raises(FileNotFoundError, match="no_esc50"):
+        main(
+            [
+                *("fit", "--config", str(REPO / "configs/data/esc50.yaml")),
+                *("--config", str(REPO / "configs/model/ast_tiny.yaml")),
+                *("--data.init_args.dataset.init_args.root", str(missing)),
+                *("--data.init_args.dataset.init_args.download", "false"),
+            ]
+        )
+
+
+def test_offline_hub_id_is_reported(tiny_config, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(OSError, match=r"save_pretrained"):
+        main(
+            [
+                *("fit", *_base(tiny_config, tmp_path / "run")),
+                *("--model.init_args.backbone.init_args.pretrained", "nobody/no-such-ast"),
+            ]
+        )

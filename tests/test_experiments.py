@@ -1,0 +1,661 @@
+"""Tests of the experiments runner, aggregation, comparison table and figures.
+
+Aggregation and tables are checked against hand-computed numbers on fake result files; the
+end-to-end tests run `add-lightning cv` on the synthetic dataset with a tiny AST on CPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from add_lightning.experiments import cli
+from add_lightning.experiments.aggregate import (
+    UnitResult,
+    aggregate,
+    format_mean_std,
+    load_unit_result,
+    write_results,
+)
+from add_lightning.experiments.atomic import atomic_path, write_json_atomic, write_text_atomic
+from add_lightning.experiments.compare import compare_table, describe_experiment, describe_loss
+from add_lightning.experiments.config import EXPERIMENT_FILENAME, ExperimentConfigError, config_hash
+from add_lightning.experiments.figures import load_run_embeddings, make_figures, select_classes
+from add_lightning.experiments.runner import (
+    Unit,
+    _claim_run_dir,
+    _experiment_lock,
+    plan_units,
+    prepare_experiment,
+    unit_is_finished,
+)
+from add_lightning.experiments.unit import RNGStateCheckpoint
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Hand-computed case: seeds 0, 1, 2 on folds 1, 2.
+#   seed 0: (0.90 + 0.80) / 2 = 0.85; seed 1: (0.95 + 0.85) / 2 = 0.90;
+#   seed 2: (0.70 + 0.90) / 2 = 0.80
+#   mean over seeds 0.85; sample std sqrt((0 + 0.05² + 0.05²) / 2) = 0.05
+#   (the population std would be sqrt(0.005 / 3) = 0.0408).
+ACCURACY = {(1, 0): 0.90, (2, 0): 0.80, (1, 1): 0.95, (2, 1): 0.85, (1, 2): 0.70, (2, 2): 0.90}
+# A second metric, mu_p, per unit: seed means 0.2, 0.3, 0.4 -> mean 0.3, sample std 0.1.
+MU_P = {(1, 0): 0.1, (2, 0): 0.3, (1, 1): 0.3, (2, 1): 0.3, (1, 2): 0.5, (2, 2): 0.3}
+
+
+def _results(accuracy=ACCURACY, mu_p=MU_P) -> list[UnitResult]:
+    return [
+        UnitResult(fold, seed, {"test/acc": acc, "test/geometry/mu_p": mu_p[(fold, seed)]}, "h")
+        for (fold, seed), acc in accuracy.items()
+    ]
+
+
+# ---------------------------------------------------------------------------------- aggregation
+
+
+def test_aggregate_mean_over_folds_then_sample_std_over_seeds():
+    summary = aggregate(_results())
+    assert summary.folds == [1, 2]
+    assert summary.seeds == [0, 1, 2]
+    assert summary.per_seed[0]["test/acc"] == pytest.approx(0.85)
+    assert summary.per_seed[1]["test/acc"] == pytest.approx(0.90)
+    assert summary.per_seed[2]["test/acc"] == pytest.approx(0.80)
+    assert summary.mean["test/acc"] == pytest.approx(0.85)
+    assert summary.std["test/acc"] == pytest.approx(0.05)
+    assert summary.mean["test/geometry/mu_p"] == pytest.approx(0.3)
+    assert summary.std["test/geometry/mu_p"] == pytest.approx(0.1)
+
+
+def test_aggregate_without_folds_and_single_seed():
+    summary = aggregate(
+        [UnitResult(None, 3, {"test/acc": 0.5}), UnitResult(None, 4, {"test/acc": 0.7})]
+    )
+    assert summary.folds == [None]
+    assert summary.mean["test/acc"] == pytest.approx(0.6)
+    assert summary.std["test/acc"] == pytest.approx(math.sqrt(0.02))
+    single = aggregate([UnitResult(1, 0, {"test/acc": 0.5}), UnitResult(2, 0, {"test/acc": 0.6})])
+    assert single.mean["test/acc"] == pytest.approx(0.55)
+    assert math.isnan(single.std["test/acc"])
+    assert format_mean_std("test/acc", 0.55, math.nan) == "55.00"
+
+
+@pytest.mark.parametrize(
+    ("results", "message"),
+    [
+        ([], "at least one unit"),
+        ([UnitResult(1, 0, {"a": 1.0}), UnitResult(1, 0, {"a": 2.0})], "one result per"),
+        (
+            [
+                UnitResult(1, 0, {"a": 1.0}),
+                UnitResult(2, 0, {"a": 1.0}),
+                UnitResult(1, 1, {"a": 1.0}),
+            ],
+            "same folds",
+        ),
+    ],
+    ids=["empty", "duplicate-unit", "missing-fold"],
+)
+def test_aggregate_rejects_inconsistent_results(results, message):
+    with pytest.raises(ValueError, match=message):
+        aggregate(results)
+
+
+def test_write_results_csv_and_markdown(tmp_path):
+    csv_path, md_path = write_results(tmp_path, aggregate(_results()))
+    rows = list(csv.DictReader(csv_path.open()))
+    assert len(rows) == 6 + 3 + 2  # units, per-seed means, mean and std over seeds
+    by_key = {(row["fold"], row["seed"]): row for row in rows}
+    assert float(by_key[("1", "2")]["test/acc"]) == pytest.approx(0.70)
+    assert float(by_key[("mean", "1")]["test/acc"]) == pytest.approx(0.90)
+    assert float(by_key[("mean", "mean")]["test/acc"]) == pytest.approx(0.85)
+    assert float(by_key[("mean", "std")]["test/acc"]) == pytest.approx(0.05)
+    text = md_path.read_text()
+    assert "| test/acc (%) | 85.00 ± 5.00 | 85.00 | 90.00 | 80.00 |" in text
+    assert "| test/geometry/mu_p | 0.3000 ± 0.1000 |" in text
+    assert "ddof=1" in text
+    assert "| 1 | 2 | 70.00 | 0.5000 |" in text  # the per-fold table
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_load_unit_result_distrusts_damaged_files(tmp_path):
+    path = tmp_path / "test_metrics.json"
+    assert load_unit_result(path) is None
+    full = json.dumps({"config_hash": "h", "fold": 1, "seed": 0, "metrics": {"test/acc": 0.5}})
+    path.write_text(full[:-7])  # truncated
+    assert load_unit_result(path) is None
+    path.write_text(json.dumps({"fold": 1, "seed": 0, "metrics": {}}))  # no config hash
+    assert load_unit_result(path) is None
+    path.write_text(full)
+    assert load_unit_result(path) == UnitResult(1, 0, {"test/acc": 0.5}, "h")
+    assert unit_is_finished(tmp_path, "h")
+    assert not unit_is_finished(tmp_path, "other")
+
+
+# ----------------------------------------------------------------------------------- atomicity
+
+
+def test_write_atomic_replaces_and_cleans_up(tmp_path):
+    path = tmp_path / "a" / "result.json"
+    write_json_atomic(path, {"x": 1})
+    write_text_atomic(path, "new")
+    assert path.read_text() == "new"
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("interrupted")
+    assert path.read_text() == "new"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["result.json"]
+
+
+def test_write_atomic_survives_kill_9(tmp_path):
+    path = tmp_path / "result.txt"
+    path.write_text("old")
+    script = textwrap.dedent(
+        f"""
+        import os, signal
+        from add_lightning.experiments.atomic import atomic_path
+        with atomic_path({str(path)!r}) as tmp:
+            with open(tmp, "w") as stream:
+                stream.write("half of the new cont")
+                stream.flush()
+                os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    process = subprocess.run([sys.executable, "-c", script], check=False)
+    assert process.returncode == -signal.SIGKILL
+    assert path.read_text() == "old"
+
+
+# ------------------------------------------------------------------------- planning, config
+
+
+def _config(dataset: str = "ESC50", fold: int | None = 1, **loss) -> dict:
+    data_args = {
+        "dataset": {
+            "class_path": f"add_lightning.data.datasets.{dataset}",
+            "init_args": {"root": "x"},
+        }
+    }
+    if fold != "absent":
+        data_args["fold"] = fold
+    return {
+        "seed_everything": 0,
+        "trainer": {"max_epochs": 2, "default_root_dir": None},
+        "data": {"class_path": "add_lightning.data.AudioDataModule", "init_args": data_args},
+        "model": {
+            "class_path": "add_lightning.models.AudioClassifier",
+            "init_args": {"backbone": {"class_path": "add_lightning.models.ASTBackbone"}, **loss},
+        },
+    }
+
+
+def test_plan_units():
+    assert plan_units(_config(), [1, 2], [0, 1]) == [Unit(1, 0), Unit(2, 0), Unit(1, 1), Unit(2, 1)]
+    assert plan_units(_config(fold=3), None, [5]) == [Unit(3, 5)]
+    assert plan_units(_config(fold=None), None, [0, 1]) == [Unit(None, 0), Unit(None, 1)]
+    assert [u.name for u in plan_units(_config(fold=None), None, [0])] == ["seed0"]
+    assert Unit(2, 1).name == "fold2_seed1"
+
+
+@pytest.mark.parametrize(
+    ("folds", "seeds", "fold", "message"),
+    [
+        ([1, 2], [0], "absent", "omit --folds"),
+        ([1, 2], [0], None, "fold: null"),
+        ([1, 1], [0], 1, "distinct"),
+        ([1], [0, 0], 1, "distinct seeds"),
+        ([1], [], 1, "distinct seeds"),
+    ],
+    ids=[
+        "folds-without-fold-argument",
+        "folds-for-official-split",
+        "duplicate-folds",
+        "duplicate-seeds",
+        "no-seeds",
+    ],
+)
+def test_plan_units_rejects_bad_requests(folds, seeds, fold, message):
+    with pytest.raises(ExperimentConfigError, match=message):
+        plan_units(_config(fold=fold), folds, seeds)
+
+
+def test_config_hash_ignores_unit_entries():
+    config = _config()
+    other = _config(fold=4)
+    other["seed_everything"] = 7
+    other["trainer"]["default_root_dir"] = "elsewhere"
+    assert config_hash(config) == config_hash(other)
+    other["trainer"]["max_epochs"] = 3
+    assert config_hash(config) != config_hash(other)
+
+
+def test_prepare_experiment_refuses_another_config_unless_forced(tmp_path):
+    first = _config()
+    digest = prepare_experiment(tmp_path, first)
+    assert prepare_experiment(tmp_path, first) == digest
+    second = _config()
+    second["trainer"]["max_epochs"] = 5
+    with pytest.raises(ExperimentConfigError, match="--force"):
+        prepare_experiment(tmp_path, second)
+    assert config_hash(yaml.safe_load((tmp_path / EXPERIMENT_FILENAME).read_text())) == digest
+    assert prepare_experiment(tmp_path, second, force=True) == config_hash(second)
+
+
+def test_rng_state_checkpoint_round_trip(tmp_path):
+    callback = RNGStateCheckpoint()
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)  # noqa: NPY002
+    path = tmp_path / "state.pt"
+    torch.save(callback.state_dict(), path)
+    expected = (random.random(), np.random.rand(), torch.rand(1).item())  # noqa: NPY002
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)  # noqa: NPY002
+    callback.load_state_dict(torch.load(path, weights_only=True))
+    assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected  # noqa: NPY002
+
+
+def test_cv_parser_passes_unknown_arguments_to_fit():
+    argv = ["cv", "--config", "a.yaml", "--config", "b.yaml", "--output", "out", "--fold", "2"]
+    argv += ["--trainer.max_epochs", "2", "--seeds", "3", "4"]
+    args, overrides = cli.build_parser().parse_known_args(argv)
+    assert args.config == [Path("a.yaml"), Path("b.yaml")]
+    assert (args.folds, args.seeds, args.force) == (None, [3, 4], False)
+    assert overrides == ["--fold", "2", "--trainer.max_epochs", "2"]  # not --folds abbreviated
+
+
+# ------------------------------------------------------------------------------------- compare
+
+CE = {"class_path": "add_lightning.losses.ClassificationLoss"}
+ADD = {
+    "class_path": "add_lightning.losses.ClassificationLoss",
+    "init_args": {
+        "classifier": {"class_path": "add_lightning.losses.CrossEntropyLoss"},
+        "embedding": {
+            "class_path": "add_lightning.losses.ADDLoss",
+            "init_args": {
+                "lambda_mu_p": 1.0,
+                "lambda_sigma_p": 0.0,
+                "lambda_mu_n": 1.0,
+                "lambda_sigma_n": 0,
+            },
+        },
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("loss", "expected"),
+    [
+        (None, "CE"),
+        (CE, "CE"),
+        (
+            {**CE, "init_args": {"classifier": {"class_path": "add_lightning.losses.FocalLoss"}}},
+            "Focal",
+        ),
+        (
+            {
+                **CE,
+                "init_args": {
+                    "embedding": {"class_path": "add_lightning.losses.OrthogonalProjectionLoss"}
+                },
+            },
+            "CE + OPL",
+        ),
+        (ADD, "CE + ADD (1,0,1,0)"),
+    ],
+    ids=["default", "ce", "focal", "opl", "add"],
+)
+def test_describe_loss(loss, expected):
+    assert describe_loss(loss) == expected
+
+
+def test_describe_experiment_names_datasets_as_the_paper():
+    key = describe_experiment(_config("SpeechCommands", loss=ADD))
+    assert (key.dataset, key.backbone, key.loss) == ("KS2", "AST", "CE + ADD (1,0,1,0)")
+    assert describe_experiment(_config("IEMOCAP")).column == "ER AST"
+
+
+def _fake_experiment(root: Path, name: str, config: dict, accuracy: dict) -> Path:
+    directory = root / name
+    prepare_experiment(directory, config)
+    digest = config_hash(config)
+    for (fold, seed), acc in accuracy.items():
+        write_json_atomic(
+            directory / Unit(fold, seed).name / "test_metrics.json",
+            {"config_hash": digest, "fold": fold, "seed": seed, "metrics": {"test/acc": acc}},
+        )
+    return directory
+
+
+def test_compare_table_bolds_the_best_of_each_column(tmp_path):
+    low = {key: value - 0.1 for key, value in ACCURACY.items()}  # 75.00 ± 5.00
+    dirs = [
+        _fake_experiment(tmp_path, "esc_ce", _config("ESC50", loss=CE), low),
+        _fake_experiment(tmp_path, "esc_add", _config("ESC50", loss=ADD), ACCURACY),
+        _fake_experiment(tmp_path, "er_ce", _config("IEMOCAP", loss=CE), ACCURACY),
+        _fake_experiment(tmp_path, "er_add", _config("IEMOCAP", loss=ADD), ACCURACY),
+        _fake_experiment(
+            tmp_path, "ks_ce", _config("SpeechCommands", fold=None, loss=CE), {(None, 0): 0.5}
+        ),
+    ]
+    table = compare_table(dirs)
+    lines = table.splitlines()
+    assert lines[2] == "| loss | ESC-50 AST | ER AST | KS2 AST |"
+    assert lines[4] == "| CE | 75.00 ± 5.00 | **85.00 ± 5.00** | **50.00** |"
+    assert lines[5] == "| CE + ADD (1,0,1,0) | **85.00 ± 5.00** | **85.00 ± 5.00** | - |"
+    lowest = compare_table(dirs[:2], higher_is_better=False).splitlines()
+    assert lowest[4] == "| CE | **75.00 ± 5.00** |"
+
+
+def test_compare_errors(tmp_path):
+    one = _fake_experiment(tmp_path, "one", _config(loss=CE), {(1, 0): 0.5})
+    two = _fake_experiment(tmp_path, "two", _config(loss=CE, freeze_backbone=True), {(1, 0): 0.6})
+    with pytest.raises(ValueError, match="one experiment per"):
+        compare_table([one, two])
+    with pytest.raises(FileNotFoundError, match=r"experiment\.yaml"):
+        compare_table([tmp_path / "missing"])
+    with pytest.raises(ValueError, match="test/f1"):
+        compare_table([one], metric="test/f1")
+    empty = tmp_path / "empty"
+    prepare_experiment(empty, _config())
+    with pytest.raises(ValueError, match="found none"):
+        compare_table([empty])
+
+
+def test_cli_compare_writes_table_and_reports_errors(tmp_path, capsys):
+    directory = _fake_experiment(tmp_path, "esc_add", _config(loss=ADD), ACCURACY)
+    output = tmp_path / "table.md"
+    assert cli.main(["compare", str(directory), "--output", str(output)]) == 0
+    assert "**85.00 ± 5.00**" in output.read_text()
+    assert output.read_text() in capsys.readouterr().out
+    assert cli.main(["compare", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["compare", str(directory), "--unknown"])
+
+
+# ------------------------------------------------------------------------------------- figures
+
+
+def _fake_embeddings(path: Path, num_classes: int = 4, per_class: int = 5, seed: int = 0) -> Path:
+    generator = np.random.default_rng(seed)
+    targets = np.repeat(np.arange(num_classes), per_class).astype(np.int64)
+    centres = generator.normal(size=(num_classes, 8))
+    embeddings = (centres[targets] + 0.3 * generator.normal(size=(len(targets), 8))).astype(
+        np.float32
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        path,
+        embeddings=embeddings,
+        logits=generator.normal(size=(len(targets), num_classes)).astype(np.float32),
+        targets=targets,
+        clip_ids=np.array([f"clip{i}" for i in range(len(targets))]),
+        class_names=np.array([f"class_{k}" for k in range(num_classes)]),
+    )
+    return path
+
+
+def test_figures_write_two_pngs(tmp_path):
+    run_dir = tmp_path / "exp" / "fold1_seed0"
+    _fake_embeddings(run_dir / "test_embeddings.npz")
+    other = _fake_embeddings(tmp_path / "other.npz", seed=1)
+    output = tmp_path / "figs" / "geometry.png"
+    heatmaps, properties = make_figures([run_dir, other], output, classes=3)
+    assert heatmaps == output and properties == tmp_path / "figs" / "geometry_properties.png"
+    for path in (heatmaps, properties):
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+    assert load_run_embeddings(run_dir).label == "exp/fold1_seed0"
+    assert load_run_embeddings(other).label == "other"
+    assert (
+        cli.main(
+            ["figures", str(other), "--class-ids", "0", "3", "--output", str(tmp_path / "c.png")]
+        )
+        == 0
+    )
+    assert (tmp_path / "c_properties.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_figures_errors(tmp_path):
+    good = _fake_embeddings(tmp_path / "good.npz")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_run_embeddings(tmp_path / "missing")
+    np.savez(tmp_path / "bad.npz", embeddings=np.zeros((2, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="missing"):
+        load_run_embeddings(tmp_path / "bad.npz")
+    np.savez(
+        tmp_path / "range.npz",
+        embeddings=np.zeros((2, 3)),
+        targets=np.array([0, 5]),
+        class_names=np.array(["a", "b"]),
+    )
+    with pytest.raises(ValueError, match="targets"):
+        load_run_embeddings(tmp_path / "range.npz")
+    five = _fake_embeddings(tmp_path / "five.npz", num_classes=5)
+    with pytest.raises(ValueError, match="share one set of classes"):
+        make_figures([good, five], tmp_path / "x.png")
+    with pytest.raises(ValueError, match="one label per run"):
+        make_figures([good], tmp_path / "x.png", labels=["a", "b"])
+    with pytest.raises(ValueError, match="class_ids"):
+        select_classes(4, class_ids=[0, 4])
+    with pytest.raises(ValueError, match="positive"):
+        select_classes(4, first=0)
+    assert select_classes(4, first=10) == [0, 1, 2, 3]
+
+
+# ------------------------------------------------------------------------------ end to end
+
+TINY_CONFIG = """\
+# Synthetic data (3 classes x 4 clips of 0.5 s, 2 folds), a one-layer random AST, CE + ADD.
+data:
+  class_path: add_lightning.data.AudioDataModule
+  init_args:
+    dataset:
+      class_path: add_lightning.data.SyntheticDataset
+      init_args: {{root: {root}, num_classes: 3, clips_per_class: 4, num_folds: 2, duration_s: 0.5}}
+    fold: 1
+    features: {{num_mel_bins: 32, target_frames: 48}}
+    batch_size: 4
+model:
+  class_path: add_lightning.models.AudioClassifier
+  init_args:
+    backbone:
+      class_path: add_lightning.models.ASTBackbone
+      init_args:
+        pretrained: null
+        max_length: 48
+        num_mel_bins: 32
+        hidden_size: 32
+        num_hidden_layers: 1
+        num_attention_heads: 2
+        intermediate_size: 37
+    loss:
+      class_path: add_lightning.losses.ClassificationLoss
+      init_args:
+        embedding: {{class_path: add_lightning.losses.ADDLoss}}
+    optimizer: {{class_path: torch.optim.Adam, init_args: {{lr: 1.0e-3}}}}
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_epochs: 2
+  deterministic: true
+  enable_progress_bar: false
+  enable_model_summary: false
+  log_every_n_steps: 1
+"""
+UNITS = ("fold1_seed0", "fold2_seed0", "fold1_seed1", "fold2_seed1")
+
+
+def _cv_args(config: Path, output: Path) -> list[str]:
+    return [
+        "cv",
+        "--config",
+        str(config),
+        "--folds",
+        "1",
+        "2",
+        "--seeds",
+        "0",
+        "1",
+        "--output",
+        str(output),
+    ]
+
+
+@pytest.fixture(scope="module")
+def tiny_config(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tiny")
+    path = root / "tiny.yaml"
+    path.write_text(TINY_CONFIG.format(root=root / "synthetic"))
+    return path
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tiny_config, tmp_path_factory) -> Path:
+    """An uninterrupted `add-lightning cv` of 2 folds x 2 seeds."""
+    output = tmp_path_factory.mktemp("cv") / "uninterrupted"
+    assert cli.main(_cv_args(tiny_config, output)) == 0
+    return output
+
+
+def test_cv_runs_every_fold_and_seed(uninterrupted):
+    for name in UNITS:
+        run_dir = uninterrupted / name
+        for file in (
+            "config.yaml",
+            "checkpoints/last.ckpt",
+            "test_metrics.json",
+            "test_embeddings.npz",
+        ):
+            assert (run_dir / file).is_file(), file
+        assert list(run_dir.glob("events.out.tfevents.*"))
+        run = load_run_embeddings(run_dir)
+        assert run.embeddings.shape == (6, 32) and len(run.class_names) == 3
+    # The table against a re-statement of the protocol on the units' own numbers.
+    accuracy = {
+        name: json.loads((uninterrupted / name / "test_metrics.json").read_text())["metrics"][
+            "test/acc"
+        ]
+        for name in UNITS
+    }
+    per_seed = [
+        (accuracy["fold1_seed0"] + accuracy["fold2_seed0"]) / 2,
+        (accuracy["fold1_seed1"] + accuracy["fold2_seed1"]) / 2,
+    ]
+    rows = {
+        (row["fold"], row["seed"]): row
+        for row in csv.DictReader((uninterrupted / "results.csv").open())
+    }
+    assert float(rows[("mean", "mean")]["test/acc"]) == pytest.approx(sum(per_seed) / 2)
+    assert float(rows[("mean", "std")]["test/acc"]) == pytest.approx(
+        abs(per_seed[0] - per_seed[1]) / math.sqrt(2)
+    )
+    assert "test/geometry/mu_p" in rows[("mean", "mean")]
+    assert (uninterrupted / "results.md").read_text().startswith("# Results: uninterrupted")
+    heatmaps, properties = make_figures(
+        [uninterrupted / name for name in UNITS[:2]], uninterrupted / "fig.png"
+    )
+    assert heatmaps.read_bytes()[:8] == properties.read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_cv_rerun_skips_finished_units_and_refuses_another_config(
+    uninterrupted, tiny_config, capsys
+):
+    stamps = {
+        name: (uninterrupted / name / "test_metrics.json").stat().st_mtime_ns for name in UNITS
+    }
+    assert cli.main(_cv_args(tiny_config, uninterrupted)) == 0
+    assert stamps == {
+        name: (uninterrupted / name / "test_metrics.json").stat().st_mtime_ns for name in UNITS
+    }
+    capsys.readouterr()
+    assert cli.main([*_cv_args(tiny_config, uninterrupted), "--trainer.max_epochs", "3"]) == 2
+    assert "--force" in capsys.readouterr().err
+
+
+def test_cv_killed_and_rerun_equals_uninterrupted(uninterrupted, tiny_config, tmp_path, capfd):
+    output = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "add_lightning.experiments.cli",
+        *_cv_args(tiny_config, output),
+    ]
+    process = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 900  # a guard against hanging, not a timing assertion
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            finished = [name for name in UNITS if (output / name / "test_metrics.json").exists()]
+            running = [
+                name
+                for name in UNITS
+                if name not in finished and (output / name / "checkpoints" / "last.ckpt").exists()
+            ]
+            if finished and running:
+                break
+            time.sleep(0.02)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the runner and its unit process
+        process.wait()
+    assert finished and running, "the runner ended before it could be killed inside a unit"
+    assert not (output / "results.csv").exists()
+    kept = {name: (output / name / "test_metrics.json").read_bytes() for name in finished}
+    stamps = {
+        name: (output / name / "checkpoints" / "last.ckpt").stat().st_mtime_ns for name in finished
+    }
+
+    capfd.readouterr()
+    assert cli.main(_cv_args(tiny_config, output)) == 0
+    assert f"Resuming {running[0]} from" in capfd.readouterr().err
+    for name in finished:  # not retrained
+        assert (output / name / "test_metrics.json").read_bytes() == kept[name]
+        assert (output / name / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamps[name]
+    assert (output / "results.csv").read_text() == (uninterrupted / "results.csv").read_text()
+    tables = [(d / "results.md").read_text().split("\n", 1)[1] for d in (output, uninterrupted)]
+    assert tables[0] == tables[1]
+
+
+def test_cv_reports_user_errors(tiny_config, tmp_path, capsys):
+    # An option that does not parse: refused before anything runs.
+    assert cli.main([*_cv_args(tiny_config, tmp_path / "a"), "--trainer.no_such_option", "1"]) == 2
+    assert "does not parse" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    # Another runner holds the directory.
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    with _experiment_lock(locked):
+        assert cli.main(_cv_args(tiny_config, locked)) == 2
+    assert "Another `add-lightning cv` is running" in capsys.readouterr().err
+    # A value that parses but fails when the unit builds its data module: the unit's error is
+    # shown, the runner stops with status 1 and writes no table.
+    output = tmp_path / "b"
+    args = [*_cv_args(tiny_config, output), "--data.init_args.batch_size", "0"]
+    assert cli.main(args) == 1
+    assert "Unit fold1_seed0 failed" in capsys.readouterr().err
+    assert (output / EXPERIMENT_FILENAME).is_file() and not (output / "results.csv").exists()
+
+
+def test_claim_run_dir_protects_other_experiments(tmp_path):
+    run_dir = tmp_path / "fold1_seed0"
+    _claim_run_dir(run_dir, Unit(1, 0), "old", force=False)
+    (run_dir / "checkpoints").mkdir()
+    _claim_run_dir(run_dir, Unit(1, 0), "old", force=False)  # its own: kept
+    assert (run_dir / "checkpoints").is_dir()
+    with pytest.raises(ExperimentConfigError, match="--force"):
+        _claim_run_dir(run_dir, Unit(1, 0), "new", force=False)
+    _claim_run_dir(run_dir, Unit(1, 0), "new", force=True)
+    assert not (run_dir / "checkpoints").exists()
+    assert json.loads((run_dir / "unit.json").read_text())["config_hash"] == "new"

@@ -1,0 +1,300 @@
+"""AudioClassifier: training, logging, checkpoints, freezing, prediction files, bf16."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from lightning.pytorch import Callback, LightningDataModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch.utils.data import DataLoader, Dataset
+
+from add_lightning.losses import ADDLoss, ClassificationLoss
+from add_lightning.models import ASTBackbone, AudioClassifier, EmbeddingWriter
+
+NUM_CLASSES, FRAMES, BINS = 3, 32, 32
+
+
+class ToyClips(Dataset):
+    """Random [T, F] "fbank" clips whose class adds +1 to its own band of frequency bins."""
+
+    def __init__(
+        self, size: int, seed: int, soft: bool = False, num_classes: int = NUM_CLASSES
+    ) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        self.labels = torch.arange(size) % num_classes
+        self.features = 0.5 * torch.randn(size, FRAMES, BINS, generator=generator)
+        band = BINS // num_classes
+        for i, label in enumerate(self.labels.tolist()):
+            self.features[i, :, label * band : (label + 1) * band] += 1.0
+        self.soft = soft
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict:
+        label = int(self.labels[index])
+        target = torch.tensor(label)
+        if self.soft:  # a 0.7 / 0.3 mix with the next class
+            num_classes = int(self.labels.max()) + 1
+            target = torch.zeros(num_classes)
+            target[label], target[(label + 1) % num_classes] = 0.7, 0.3
+        return {"features": self.features[index], "target": target, "clip_id": f"clip{index:03d}"}
+
+
+class ToyData(LightningDataModule):
+    """ToyClips for every split; also used by test_cli.py as a YAML ``class_path``."""
+
+    def __init__(
+        self, size: int = 24, batch_size: int = 8, soft: bool = False, num_classes: int = 3
+    ) -> None:
+        super().__init__()
+        self.train_set = ToyClips(size, seed=0, soft=soft, num_classes=num_classes)
+        self.eval_set = ToyClips(size, seed=1, soft=soft, num_classes=num_classes)
+        self.batch_size = batch_size
+        self._num_classes = num_classes
+
+    @property
+    def num_classes(self) -> int:
+        return self._num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return ["a", "b", "c", "d", "e", "f"][: self._num_classes]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.eval_set, batch_size=self.batch_size)
+
+    test_dataloader = val_dataloader
+    predict_dataloader = val_dataloader
+
+
+def tiny_backbone(seed: int = 0) -> ASTBackbone:
+    torch.manual_seed(seed)
+    return ASTBackbone(
+        pretrained=None,
+        max_length=FRAMES,
+        num_mel_bins=BINS,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=37,
+        patch_size=8,
+        frequency_stride=8,
+        time_stride=8,
+    )
+
+
+def tiny_model(**kwargs) -> AudioClassifier:
+    kwargs.setdefault("loss", ClassificationLoss(embedding=ADDLoss()))  # CE + ADD: logs every term
+    kwargs.setdefault("optimizer", lambda params: torch.optim.Adam(params, lr=3e-3))
+    return AudioClassifier(tiny_backbone(), NUM_CLASSES, class_names=["a", "b", "c"], **kwargs)
+
+
+def tiny_trainer(tmp_path, **kwargs) -> Trainer:
+    defaults = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "default_root_dir": str(tmp_path),
+        "max_epochs": 1,
+        "num_sanity_val_steps": 0,
+    }
+    return Trainer(**{**defaults, **kwargs})
+
+
+class LossRecorder(Callback):
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+
+def test_tiny_model_learns(tmp_path):
+    recorder = LossRecorder()
+    model = tiny_model()
+    trainer = tiny_trainer(tmp_path, max_epochs=6, callbacks=[recorder], limit_val_batches=0)
+    trainer.fit(model, datamodule=ToyData())
+    first, last = np.mean(recorder.losses[:3]), np.mean(recorder.losses[-3:])
+    assert all(math.isfinite(v) for v in recorder.losses)
+    assert last < 0.8 * first
+
+
+def test_logged_metrics(tmp_path):
+    model = tiny_model()
+    data = ToyData()
+    trainer = tiny_trainer(tmp_path, max_epochs=1)
+    trainer.fit(model, datamodule=data)
+    keys = set(trainer.callback_metrics)
+    expected = {
+        "train/loss",
+        "train/ce",
+        "train/add",
+        "train/add/mu_p",
+        "train/add/sigma_p",
+        "train/add/mu_n",
+        "train/add/sigma_n",
+        "train/acc",
+        "train/f1",
+        "train/lr",
+        "val/loss",
+        "val/acc",
+        "val/f1",
+        "val/geometry/mu_p",
+        "val/geometry/inter_class/cv",
+    }
+    assert expected <= keys
+    assert not any(key.endswith(("class_mean", "class_cv")) for key in keys)
+    # val/acc against a reference computed here from the model's logits
+    model.eval()
+    with torch.no_grad():
+        logits = model(data.eval_set.features)
+    accuracy = (logits.argmax(-1) == data.eval_set.labels).float().mean()
+    metrics = trainer.validate(model, datamodule=data, verbose=False)[0]
+    assert metrics["val/acc"] == pytest.approx(float(accuracy), abs=1e-6)
+    test_metrics = trainer.test(model, datamodule=data, verbose=False)[0]
+    assert {"test/acc", "test/f1", "test/loss", "test/geometry/mu_n"} <= set(test_metrics)
+
+
+def test_soft_targets_train_and_score_argmax(tmp_path):
+    model = tiny_model()
+    trainer = tiny_trainer(tmp_path, limit_train_batches=2, limit_val_batches=1)
+    trainer.fit(model, datamodule=ToyData(soft=True))
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    assert "train/add/mu" in trainer.callback_metrics
+    assert 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = tiny_model()
+    checkpoint = ModelCheckpoint(dirpath=tmp_path / "ckpt", filename="last")
+    trainer = tiny_trainer(tmp_path, max_steps=3, enable_checkpointing=True, callbacks=[checkpoint])
+    trainer.fit(model, datamodule=ToyData())
+    features = ToyClips(4, seed=5).features
+    model.eval()
+    with torch.no_grad():
+        expected = model(features)
+    restored = AudioClassifier.load_from_checkpoint(
+        checkpoint.best_model_path, backbone=tiny_backbone(seed=1)
+    ).eval()
+    assert restored.class_names == ["a", "b", "c"]
+    with torch.no_grad():
+        torch.testing.assert_close(restored(features), expected)
+
+
+def test_checkpoint_with_other_class_count_is_refused(tmp_path):
+    model = tiny_model()
+    path = tmp_path / "three.ckpt"
+    trainer = tiny_trainer(tmp_path, max_steps=1, limit_val_batches=0)
+    trainer.fit(model, datamodule=ToyData())
+    trainer.save_checkpoint(path)
+    with pytest.raises(ValueError, match=r"head for 3 classes.*num_classes=5"):
+        AudioClassifier.load_from_checkpoint(
+            path, backbone=tiny_backbone(), num_classes=5, class_names=None
+        )
+
+
+def test_frozen_backbone_is_left_out_of_optimizer():
+    model = tiny_model(freeze_backbone=True)
+    optimizer = model.configure_optimizers()
+    optimized = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert optimized == {id(model.head.weight), id(model.head.bias)}
+    model.train()
+    assert model.head.training and not model.backbone.training
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+
+
+def test_default_optimizer_is_authors_adam():
+    model = AudioClassifier(tiny_backbone(), NUM_CLASSES)
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.Adam)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["betas"], group["weight_decay"]) == (6.7e-6, (0.95, 0.999), 5e-6)
+
+
+def test_scheduler_is_stepped_per_epoch():
+    from add_lightning.models import WarmupExponentialLR
+
+    model = tiny_model(scheduler=lambda optimizer: WarmupExponentialLR(optimizer))
+    config = model.configure_optimizers()
+    assert config["lr_scheduler"]["interval"] == "epoch"
+    assert isinstance(config["lr_scheduler"]["scheduler"], WarmupExponentialLR)
+
+
+def test_embedding_writer(tmp_path):
+    model = tiny_model()
+    output = tmp_path / "out" / "predictions.npz"
+    trainer = tiny_trainer(tmp_path, callbacks=[EmbeddingWriter(str(output))])
+    trainer.predict(model, datamodule=ToyData(size=10, soft=True), return_predictions=False)
+    with np.load(output) as data:
+        assert data["embeddings"].shape == (10, 32) and data["embeddings"].dtype == np.float32
+        assert data["logits"].shape == (10, 3) and data["logits"].dtype == np.float32
+        assert data["targets"].dtype == np.int64
+        np.testing.assert_array_equal(data["targets"], np.arange(10) % 3)  # argmax of soft
+        assert data["clip_ids"].tolist() == [f"clip{i:03d}" for i in range(10)]
+        assert data["class_names"].tolist() == ["a", "b", "c"]
+        model.eval()
+        with torch.no_grad():
+            expected = model(ToyClips(10, seed=1).features).numpy()
+        np.testing.assert_allclose(data["logits"], expected, rtol=1e-4, atol=1e-5)
+    assert [p.name for p in output.parent.iterdir()] == ["predictions.npz"]  # no temporaries
+
+
+def test_test_heatmaps_in_tensorboard(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    model = tiny_model()
+    logger = TensorBoardLogger(save_dir=str(tmp_path), name="", version="")
+    trainer = tiny_trainer(tmp_path, logger=logger)
+    trainer.test(model, datamodule=ToyData(), verbose=False)
+    logger.experiment.flush()
+    events = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()
+    assert {"test/geometry/class_mean", "test/geometry/class_cv"} <= set(events.Tags()["images"])
+
+
+def test_bf16_mixed_on_cpu(tmp_path):
+    model = tiny_model()
+    trainer = tiny_trainer(tmp_path, precision="bf16-mixed", fast_dev_run=1)
+    trainer.fit(model, datamodule=ToyData())
+    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"num_classes": 1}, ValueError, "num_classes"),
+        ({"class_names": ["a", "b"]}, ValueError, "3 `class_names`"),
+        ({"backbone": torch.nn.Linear(2, 2)}, TypeError, "embedding_dim"),
+    ],
+    ids=["one-class", "names-count", "backbone-without-dim"],
+)
+def test_invalid_arguments(kwargs, error, match):
+    arguments = {"backbone": tiny_backbone(), "num_classes": NUM_CLASSES, **kwargs}
+    with pytest.raises(error, match=match):
+        AudioClassifier(**arguments)
+
+
+def test_writer_rejects_other_suffix():
+    with pytest.raises(ValueError, match=r"\.npz"):
+        EmbeddingWriter("predictions.csv")
+
+
+def test_heatmap_rejects_bad_inputs():
+    from add_lightning.models.heatmaps import class_pair_heatmap
+
+    with pytest.raises(ValueError, match=r"\[C, C\]"):
+        class_pair_heatmap(torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="2 `class_names`"):
+        class_pair_heatmap(torch.zeros(2, 2), ["a", "b", "c"])
+    figure = class_pair_heatmap(torch.tensor([[0.1, float("nan")], [0.9, 0.2]]), ["a", "b"])
+    assert figure.axes[0].get_title() == ""
