@@ -172,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> Any:
     if arguments and arguments[0] in EXPERIMENT_COMMANDS:
         from add_lightning.experiments.cli import main as experiments_main
 
-        return experiments_main(arguments[1:])
+        return experiments_main(arguments)
     AddLightningCLI(args=arguments)
     return 0
 

@@ -174,7 +174,12 @@ def test_experiment_commands_are_dispatched(monkeypatch, command):
     fake.main = lambda argv: calls.append(argv) or 7
     monkeypatch.setitem(sys.modules, "add_lightning.experiments.cli", fake)
     assert main([command, "--x", "1"]) == 7
-    assert calls == [["--x", "1"]]
+    assert calls == [[command, "--x", "1"]]
+
+
+def test_console_script_reaches_the_real_experiment_commands(tmp_path, capsys):
+    assert main(["compare", str(tmp_path / "missing")]) == 2
+    assert "add-lightning compare: error" in capsys.readouterr().err
 
 
 def test_ddp_two_cpu_processes(tiny_config, tmp_path):
