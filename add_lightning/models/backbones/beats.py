@@ -20,7 +20,7 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from add_lightning.models.backbones.beats_config import BEATsConfig
+from add_lightning.models.backbones.beats_config import DROPOUT_FIELDS, BEATsConfig
 from add_lightning.models.backbones.beats_layers import BEATsEncoder
 
 logger = logging.getLogger(__name__)
@@ -28,15 +28,7 @@ logger = logging.getLogger(__name__)
 Pooling = Literal["patch_mean", "pre_head"]
 
 # Fields that only change regularisation: a checkpoint's value may be overridden for fine-tuning.
-REGULARISATION_FIELDS = (
-    "dropout",
-    "attention_dropout",
-    "activation_dropout",
-    "encoder_layerdrop",
-    "dropout_input",
-    "predictor_dropout",
-    "layer_wise_gradient_decay_ratio",
-)
+REGULARISATION_FIELDS = (*DROPOUT_FIELDS, "layer_wise_gradient_decay_ratio")
 PREDICTOR_PREFIX = "predictor."
 
 

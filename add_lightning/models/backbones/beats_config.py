@@ -9,6 +9,16 @@ from typing import Any
 
 from add_lightning.models.backbones.beats_layers import ACTIVATIONS
 
+#: The dropout probabilities of the config (each in [0, 1]; fine-tuning may override them).
+DROPOUT_FIELDS = (
+    "dropout",
+    "attention_dropout",
+    "activation_dropout",
+    "encoder_layerdrop",
+    "dropout_input",
+    "predictor_dropout",
+)
+
 logger = logging.getLogger(__name__)
 
 
@@ -86,14 +96,7 @@ class BEATsConfig:
         ]
         checks += [
             (0.0 <= getattr(self, name) <= 1.0, name, "a probability in [0, 1]")
-            for name in (
-                "dropout",
-                "attention_dropout",
-                "activation_dropout",
-                "encoder_layerdrop",
-                "dropout_input",
-                "predictor_dropout",
-            )
+            for name in DROPOUT_FIELDS
         ]
         if self.relative_position_embedding:
             checks += [
