@@ -41,16 +41,27 @@ _DESCRIPTION = (
     "`add-lightning {cv,compare,figures} --help` runs the paper's experiments."
 )
 
-# One checkpoint callback with stable file names: the experiments runner and `--ckpt_path last`
+# Two checkpoint callbacks with stable file names: the experiments runner and `--ckpt_path last`
 # rely on DIR/checkpoints/{last,best}.ckpt; no version counter, so a re-run overwrites them.
+# `last.ckpt` has a callback of its own, without a monitor, that writes it at the end of every
+# training epoch: ModelCheckpoint's `save_last` rewrites it only when a top-k checkpoint is
+# saved, i.e. when `val/acc` improves (Lightning 2.6), which left `last.ckpt` epochs behind.
 _CHECKPOINT_DEFAULTS = {
     "checkpoint.monitor": "val/acc",
     "checkpoint.mode": "max",
     "checkpoint.filename": "best",
     "checkpoint.save_top_k": 1,
-    "checkpoint.save_last": True,
+    "checkpoint.save_last": False,
     "checkpoint.auto_insert_metric_name": False,
     "checkpoint.enable_version_counter": False,
+    "last_checkpoint.monitor": None,
+    "last_checkpoint.filename": ModelCheckpoint.CHECKPOINT_NAME_LAST,
+    "last_checkpoint.save_top_k": 1,
+    "last_checkpoint.save_last": False,
+    "last_checkpoint.every_n_epochs": 1,
+    "last_checkpoint.save_on_train_epoch_end": True,
+    "last_checkpoint.auto_insert_metric_name": False,
+    "last_checkpoint.enable_version_counter": False,
 }
 
 
@@ -66,8 +77,9 @@ def _raised_by_jsonargparse(error: BaseException) -> bool:
 class AddLightningCLI(LightningCLI):
     """LightningCLI for :class:`~add_lightning.models.AudioClassifier` and any LightningDataModule.
 
-    Adds to LightningCLI: ``data.num_classes``/``data.class_names`` linked into the model, a
-    configurable ``checkpoint`` (ModelCheckpoint: ``last.ckpt`` + ``best.ckpt`` by ``val/acc``),
+    Adds to LightningCLI: ``data.num_classes``/``data.class_names`` linked into the model, two
+    configurable ModelCheckpoints: ``checkpoint`` (``best.ckpt`` by ``val/acc``) and
+    ``last_checkpoint`` (``last.ckpt``, the end of every training epoch),
     a TensorBoard logger whose directory is ``trainer.default_root_dir`` when given, and
     ``seed_everything: 0``. The optimizer and scheduler are the model's own arguments
     (``model.init_args.optimizer``/``scheduler``), not LightningCLI's top-level ones.
@@ -110,6 +122,7 @@ class AddLightningCLI(LightningCLI):
             "data.class_names", "model.init_args.class_names", apply_on="instantiate"
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
         parser.set_defaults(_CHECKPOINT_DEFAULTS)
 
     def instantiate_classes(self) -> None:
@@ -157,7 +170,9 @@ class AddLightningCLI(LightningCLI):
         callback_keys = self._parser(self.subcommand).callback_keys
         if trainer_config.get("enable_checkpointing") is False:
             # `--trainer.enable_checkpointing false` means no checkpoint callback at all
-            callback_keys = [key for key in callback_keys if key != "checkpoint"]
+            callback_keys = [
+                key for key in callback_keys if key not in ("checkpoint", "last_checkpoint")
+            ]
         callbacks = [self._get(self.config_init, key) for key in callback_keys]
         return self._instantiate_trainer(trainer_config, callbacks)
 

@@ -132,6 +132,18 @@ def test_resume_from_last(tiny_config, tmp_path):
     assert resumed["global_step"] == 2 * first["global_step"]
 
 
+def test_last_checkpoint_is_the_final_epoch_when_validation_stops_improving(tiny_config, tmp_path):
+    # lr 0: val/acc never improves after epoch 0, so best.ckpt stays at epoch 0 while
+    # last.ckpt must follow every epoch (Lightning's save_last alone left it at epoch 0).
+    run = tmp_path / "run"
+    no_learning = ["--model.init_args.optimizer.init_args.lr", "0.0"]
+    main(["fit", *_base(tiny_config, run), *no_learning, "--trainer.max_epochs", "3"])
+    last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)
+    assert (best["epoch"], last["epoch"]) == (0, 2)
+    assert last["global_step"] == 3 * best["global_step"]
+
+
 def test_programmatic_use(tiny_config, tmp_path):
     run = tmp_path / "run"
     cli = AddLightningCLI(args=_base(tiny_config, run), run=False)

@@ -1,4 +1,4 @@
-"""The README's two set-up commands stay true: CI runs the test command verbatim."""
+"""The README's two set-up commands stay true: CI runs both verbatim."""
 
 from __future__ import annotations
 
@@ -15,12 +15,15 @@ def _setup_commands() -> list[str]:
 
 def test_readme_starts_with_quickstart_and_test_commands():
     quickstart, tests = _setup_commands()
-    assert "pip install -e ." in quickstart and "configs/quickstart.yaml" in quickstart
+    assert "configs/quickstart.yaml" in quickstart and "pytest" in tests
     assert (ROOT / "configs" / "quickstart.yaml").is_file()
-    assert "pytest" in tests
+    for command in (quickstart, tests):  # both install from the lock
+        assert "-c requirements.lock -e ." in command
+    assert (ROOT / "requirements.lock").is_file()
 
 
-def test_ci_runs_the_readme_test_command_verbatim():
-    _, tests = _setup_commands()
+def test_ci_runs_both_readme_commands_verbatim():
+    quickstart, tests = _setup_commands()
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert tests in ci_lines
+    assert quickstart in ci_lines

@@ -103,10 +103,14 @@ class _HardTerms(torch.autograd.Function):
         mu_n = torch.where(n_n > 0, sum_n / n_n.clamp_min(1), 0.0)
         centred = values - mu_n
         centred -= same * (mu_p - mu_n)
-        centred_diagonal = centred.diagonal().square().sum()
-        centred_same = (centred * same).view(-1)
-        squares_p = torch.dot(centred_same, centred.view(-1)) - centred_diagonal
-        squares_n = torch.dot(centred.view(-1), centred.view(-1)) - centred_diagonal - squares_p
+        # The pairs i == j belong to neither set. Zeroing them here, rather than subtracting
+        # their squares from the sums, keeps a zero spread at exactly 0 in float32 (the square
+        # root would turn a rounding residue of 1e-8 into a sigma of 1e-4).
+        centred.diagonal().zero_()
+        centred_same = centred * same
+        centred_other = centred - centred_same
+        squares_p = torch.dot(centred_same.view(-1), centred.view(-1))
+        squares_n = torch.dot(centred_other.view(-1), centred_other.view(-1))
         sigma_p = torch.where(n_p > 1, sqrt0(squares_p / (n_p - 1).clamp_min(1)), 0.0)
         sigma_n = torch.where(n_n > 1, sqrt0(squares_n / (n_n - 1).clamp_min(1)), 0.0)
         ctx.save_for_backward(z, same, deviation, centred, n_p, n_n, sigma_p, sigma_n)
