@@ -347,13 +347,26 @@ class AudioDataModule(LightningDataModule):
             "persistent_workers": self.num_workers > 0,
         }
 
+    def _first_training_epoch(self) -> int:
+        """The epoch the trainer runs next: 0, or after a restored checkpoint the resumed one.
+
+        Lightning creates the training iterator before it calls ``set_epoch`` on the sampler, and
+        DataLoader workers prefetch indices as soon as the iterator exists; on a resumed run
+        that first iteration would replay epoch 0's order and augmentation. So the sampler
+        starts at the epoch that ``set_epoch`` will announce: the fit loop's count of processed
+        epochs (restored from the checkpoint before this loader is requested).
+        """
+        trainer = self.trainer
+        return 0 if trainer is None else int(trainer.fit_loop.epoch_progress.current.processed)
+
     def train_dataloader(self) -> DataLoader:
         """Shuffled (seeded per epoch) or class-balanced, augmented training batches."""
         dataset = self._dataset("train")
+        sampler: SeededShuffleSampler | ClassBalancedBatchSampler
         if self.balanced_batches is not None:
             classes_per_batch, clips_per_class = self.balanced_batches
             trainer = self.trainer  # ranks from the trainer when attached, else torch.distributed
-            batch_sampler = ClassBalancedBatchSampler(
+            sampler = ClassBalancedBatchSampler(
                 [clip.label for clip in dataset.clips],
                 classes_per_batch,
                 clips_per_class,
@@ -362,8 +375,10 @@ class AudioDataModule(LightningDataModule):
                 rank=None if trainer is None else trainer.global_rank,
                 on_epoch=dataset.set_epoch,
             )
-            return DataLoader(dataset, batch_sampler=batch_sampler, **self._loader_options())
+            sampler.set_epoch(self._first_training_epoch())
+            return DataLoader(dataset, batch_sampler=sampler, **self._loader_options())
         sampler = SeededShuffleSampler(len(dataset), seed=self.seed, on_epoch=dataset.set_epoch)
+        sampler.set_epoch(self._first_training_epoch())
         return DataLoader(
             dataset, batch_size=self.batch_size, sampler=sampler, **self._loader_options()
         )

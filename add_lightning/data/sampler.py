@@ -7,19 +7,25 @@ clips each has P * K * (K - 1) ordered same-class pairs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 import numpy as np
 import torch.distributed
 from torch.utils.data import Sampler
 
+T = TypeVar("T")
+
 
 class _EpochCounter:
-    """The epoch of a sampler: set by ``set_epoch``, else advanced by one per iteration.
+    """The epoch of a sampler: set by ``set_epoch``, else advanced by one per complete pass.
 
     Lightning calls ``set_epoch`` on a DataLoader's ``sampler`` but not on a custom
-    ``batch_sampler``, and plain PyTorch loops often never call it; advancing on each ``__iter__``
-    still gives every epoch new, reproducible batches. ``on_epoch`` (e.g. ``ClipDataset.set_epoch``,
+    ``batch_sampler``, and plain PyTorch loops often never call it; advancing after each complete
+    pass still gives every epoch new, reproducible batches. An iteration that is started but not
+    finished does not advance the epoch: a DataLoader with workers creates its index iterator
+    twice before the first batch, and Lightning creates one before it calls ``set_epoch``, so
+    counting ``__iter__`` calls would skip epochs. ``on_epoch`` (e.g. ``ClipDataset.set_epoch``,
     which seeds the augmentation) is told the epoch when an iteration starts, in the main process
     and before any index reaches a worker.
     """
@@ -27,20 +33,25 @@ class _EpochCounter:
     def __init__(self, on_epoch: Callable[[int], None] | None) -> None:
         self.on_epoch = on_epoch
         self.epoch = 0
-        self._explicit = True  # the first iteration uses epoch 0
+        self._completed = False  # the pass over `epoch` finished: the next one draws epoch + 1
 
     def set(self, epoch: int) -> None:
         if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"Expected argument `epoch` to be an integer >= 0 but got {epoch!r}.")
-        self.epoch, self._explicit = epoch, True
+        self.epoch, self._completed = epoch, False
 
     def start(self) -> int:
-        if not self._explicit:
-            self.epoch += 1
-        self._explicit = False
+        if self._completed:
+            self.epoch, self._completed = self.epoch + 1, False
         if self.on_epoch is not None:
             self.on_epoch(self.epoch)
         return self.epoch
+
+    def iterate(self, epoch: int, items: Iterable[T]) -> Iterator[T]:
+        """Yields ``items`` (the pass over ``epoch``) and marks the epoch complete at the end."""
+        yield from items
+        if epoch == self.epoch:  # not re-chosen by `set_epoch` in the meantime
+            self._completed = True
 
 
 class SeededShuffleSampler(Sampler[int]):
@@ -77,7 +88,7 @@ class SeededShuffleSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         epoch = self._epochs.start()
         permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
-        return iter(permutation.tolist())
+        return self._epochs.iterate(epoch, permutation.tolist())
 
 
 def _distributed_default(value: int | None, getter_name: str, fallback: int) -> int:
@@ -95,8 +106,8 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
     often, never twice in one batch); each class's clips from its own reshuffled queue (a
     class with fewer than K clips repeats clips within a batch). The batches of an epoch are
     generated identically on every rank from ``(seed, epoch)`` and dealt round robin, so ranks
-    get distinct batches and the same number of them. The epoch advances by one per iteration
-    unless ``set_epoch`` chose it. Under DDP with Lightning, set
+    get distinct batches and the same number of them. The epoch advances by one
+    after each complete pass unless ``set_epoch`` chose it. Under DDP with Lightning, set
     ``Trainer(use_distributed_sampler=False)``: this sampler splits the batches between ranks
     itself (Lightning refuses to wrap a custom batch sampler and says so).
 
@@ -201,7 +212,7 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
 
     def __iter__(self) -> Iterator[list[int]]:
         epoch = self._epochs.start()
-        return self._batches_of_rank(epoch)
+        return self._epochs.iterate(epoch, self._batches_of_rank(epoch))
 
     def _batches_of_rank(self, epoch: int) -> Iterator[list[int]]:
         for index, batch in enumerate(self._global_batches(epoch)):
