@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -139,6 +141,43 @@ def test_normalization_is_cached_per_fold(
     assert again._training_normalization() == first._training_normalization()
     with pytest.raises(AssertionError, match="recomputed"):  # another fold: other statistics
         datamodule(synthetic_root, fold=3, cache_dir=str(tmp_path / "cache")).setup("fit")
+
+
+def test_normalization_follows_audio_rewritten_in_place(tmp_path: Path) -> None:
+    root = tmp_path / "synthetic"
+    make_synthetic(root).prepare()
+    cache = str(tmp_path / "cache")
+    before = datamodule(root, cache_dir=cache, cache_features=False)._training_normalization()
+
+    index = ESC50(str(make_synthetic(root).dataset_root))
+    train_paths = [c.path for c in index.clips("train", 1)]
+    for path in train_paths:  # same paths and sizes, louder audio, a later mtime
+        samples, rate = soundfile.read(path, dtype="float32")
+        soundfile.write(path, samples * 4.0, rate, subtype=soundfile.info(path).subtype)
+        stat = Path(path).stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+
+    after = datamodule(root, cache_dir=cache, cache_features=False)._training_normalization()
+    mean, std = reference_statistics(train_paths, FEATURES)
+    assert after.mean == pytest.approx(mean, rel=1e-5) and after.std == pytest.approx(std, rel=1e-5)
+    assert after.mean != pytest.approx(before.mean, rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    "content", ["", '{"mean": -5.9', '{"mean": "x", "std": 1}', '{"mean": 0, "std": 0}', "[]"]
+)
+def test_damaged_normalization_file_is_recomputed_with_a_warning(
+    synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture, content: str
+) -> None:
+    cache = str(tmp_path / "cache")
+    expected = datamodule(synthetic_root, cache_dir=cache)._training_normalization()
+    (stored,) = (tmp_path / "cache").glob("normalization-*.json")
+    stored.write_text(content)
+    with caplog.at_level("WARNING"):
+        again = datamodule(synthetic_root, cache_dir=cache)._training_normalization()
+    assert again == expected
+    assert str(stored) in caplog.text and "damaged" in caplog.text
+    assert json.loads(stored.read_text()) == {"mean": expected.mean, "std": expected.std}
 
 
 def test_preset_normalization_by_name(synthetic_root: Path) -> None:

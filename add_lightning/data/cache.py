@@ -45,6 +45,23 @@ def _write_text_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def file_fingerprints(paths: Iterable[str | os.PathLike[str]]) -> list[list[Any]]:
+    """``[absolute path, size, mtime in ns]`` of each file: what a cache key must change with.
+
+    Raises:
+        AudioError: If a file does not exist.
+    """
+    fingerprints = []
+    for path in paths:
+        path = os.path.abspath(path)
+        try:
+            stat = os.stat(path)
+        except FileNotFoundError:
+            raise AudioError(f"Audio file {path} does not exist.") from None
+        fingerprints.append([path, stat.st_size, stat.st_mtime_ns])
+    return fingerprints
+
+
 class FeatureCache:
     """Precomputed fbanks of a fixed list of audio files, looked up by path.
 
@@ -151,18 +168,11 @@ class FeatureCache:
         self._open()
 
     def _compute_key(self) -> str:
-        files = []
-        for path in self.paths:
-            try:
-                stat = os.stat(path)
-            except FileNotFoundError:
-                raise AudioError(f"Audio file {path} does not exist.") from None
-            files.append([path, stat.st_size, stat.st_mtime_ns])
         description = {
             "version": CACHE_FORMAT_VERSION,
             "options": dataclasses.asdict(self.options),
             "dtype": self.dtype,
-            "files": files,
+            "files": file_fingerprints(self.paths),
         }
         encoded = json.dumps(description, sort_keys=True).encode("utf-8")
         return hashlib.sha256(encoded).hexdigest()[:20]

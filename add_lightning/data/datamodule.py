@@ -8,9 +8,11 @@ validation or test clips) and are cached per fold in ``cache_dir``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,7 +23,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from add_lightning.data.cache import FeatureCache
+from add_lightning.data.cache import FeatureCache, file_fingerprints
 from add_lightning.data.clip_dataset import Clip, ClipDataset
 from add_lightning.data.datasets.base import SPLITS, AudioDatasetIndex, Split
 from add_lightning.data.features import (
@@ -265,16 +267,42 @@ class AudioDataModule(LightningDataModule):
     # normalisation
 
     def _normalization_path(self, train: Sequence[Clip]) -> Path | None:
+        """``normalization-<key>.json``; the key changes with the features and with any file.
+
+        Keyed like the fbank cache: the feature settings, where the features come from (the
+        float16 cache or the audio) and each training file's path, size and mtime, so audio
+        rewritten in place gets new statistics.
+        """
         if self.cache_dir is None:
             return None
         description = json.dumps(
             {
-                "features": repr(self.features),
-                "clips": [os.path.abspath(clip.path) for clip in train],
-            }
+                "features": dataclasses.asdict(self.features),
+                "from_cache": self._feature_cache() is not None,
+                "files": file_fingerprints(clip.path for clip in train),
+            },
+            sort_keys=True,
         )
         key = hashlib.sha256(description.encode("utf-8")).hexdigest()[:20]
         return self.cache_dir / f"normalization-{key}.json"
+
+    @staticmethod
+    def _load_normalization(path: Path) -> Normalization | None:
+        """The statistics stored in ``path``; None (and a warning) if it is damaged."""
+        try:
+            stored = json.loads(path.read_text(encoding="utf-8"))
+            mean, std = float(stored["mean"]), float(stored["std"])
+            if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+                raise ValueError(f"mean {mean}, std {std}")
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning(
+                "Normalisation statistics file %s is damaged (%s: %s); computing them again.",
+                path,
+                type(error).__name__,
+                error,
+            )
+            return None
+        return Normalization(mean=mean, std=std)
 
     def _training_normalization(self) -> Normalization:
         """Statistics of the current fold's training clips only (computed once, then cached)."""
@@ -283,10 +311,11 @@ class AudioDataModule(LightningDataModule):
         train = self._split_clips()["train"]
         path = self._normalization_path(train)
         if path is not None and path.is_file():
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            self._fold_normalization = Normalization(mean=stored["mean"], std=stored["std"])
-            log.info("Loaded normalisation %s from %s", self._fold_normalization, path)
-            return self._fold_normalization
+            stored = self._load_normalization(path)
+            if stored is not None:
+                self._fold_normalization = stored
+                log.info("Loaded normalisation %s from %s", stored, path)
+                return stored
         source = ClipDataset(
             train, self.num_classes, self.features, None, cache=self._feature_cache()
         )
