@@ -144,6 +144,16 @@ def test_last_checkpoint_is_the_final_epoch_when_validation_stops_improving(tiny
     assert last["global_step"] == 3 * best["global_step"]
 
 
+def test_diverging_training_stops_with_the_cause(tiny_config, tmp_path):
+    # Adam moves every weight by about lr per step: 1e30 overflows the activations at once.
+    run = tmp_path / "run"
+    diverge = ["--model.init_args.optimizer.init_args.lr", "1e30", "--trainer.max_epochs", "3"]
+    with pytest.raises(FloatingPointError, match=r"train loss is nan.*features are finite") as info:
+        main(["fit", *_base(tiny_config, run), *diverge])
+    assert "lower the learning rate" in str(info.value)
+    assert "epoch 0" in str(info.value)  # stopped at once, not after three epochs of NaN
+
+
 def test_programmatic_use(tiny_config, tmp_path):
     run = tmp_path / "run"
     cli = AddLightningCLI(args=_base(tiny_config, run), run=False)

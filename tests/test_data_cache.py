@@ -333,3 +333,17 @@ def test_normalization_from_a_shared_cache_uses_the_split_only(
     ).astype(np.float64)
     assert stats.mean == pytest.approx(values.mean(), abs=2e-3)  # float16 storage
     assert stats.std == pytest.approx(values.std(), abs=2e-3)
+
+
+def test_non_finite_row_in_a_complete_cache_names_the_file(tmp_path: Path, paths: list[Path]):
+    cache = FeatureCache(tmp_path / "cache", paths, OPTIONS)
+    cache.build()
+    damaged = np.load(cache.array_path, mmap_mode="r+")
+    damaged[2, 5, 7] = np.nan  # e.g. a bit flip in the exponent
+    damaged.flush()
+    del damaged
+    reopened = FeatureCache(tmp_path / "cache", paths, OPTIONS)
+    reopened.features(paths[1])  # other rows are still served
+    with pytest.raises(AudioError, match="non-finite values") as info:
+        reopened.features(reopened.paths[2])
+    assert str(cache.array_path) in str(info.value) and reopened.paths[2] in str(info.value)

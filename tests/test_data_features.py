@@ -25,6 +25,7 @@ from add_lightning.data.features import (
     compute_fbank,
     compute_fbank_frames,
     compute_normalization,
+    load_fbank_frames,
     pad_or_crop,
 )
 
@@ -230,6 +231,18 @@ def test_load_audio_non_finite_names_path(tmp_path: Path):
     path = _write(tmp_path / "nan.wav", wave, subtype="FLOAT")
     with pytest.raises(AudioError, match="non-finite") as info:
         load_audio(path)
+    assert str(path) in str(info.value)
+
+
+def test_overflowing_filterbank_names_path(tmp_path: Path):
+    # finite samples whose power spectrum overflows float32: the fbank would be all NaN/inf
+    wave = np.full(1600, 1e20, dtype=np.float32)
+    wave[::2] = -1e20
+    path = _write(tmp_path / "loud.wav", wave, subtype="FLOAT")
+    with pytest.raises(
+        AudioError, match=r"non-finite values.*largest \|sample\| is 1e\+20"
+    ) as info:
+        load_fbank_frames(path, FbankOptions())
     assert str(path) in str(info.value)
 
 

@@ -137,11 +137,20 @@ class FeatureCache:
 
         Shape:
             - Output: ``[target_frames, num_mel_bins]``, float32.
+
+        Raises:
+            AudioError: If the stored row is not finite (a damaged cache file).
         """
         row = self.row(path)
         array, _ = self._open()
         # np.array copies: the memmap rows are read-only
-        return torch.from_numpy(np.array(array[row], dtype=np.float32))
+        features = torch.from_numpy(np.array(array[row], dtype=np.float32))
+        if not torch.isfinite(features).all():  # every row was finite when it was written
+            raise AudioError(
+                f"The feature cache {self.array_path} holds non-finite values for {path}: the "
+                "file is damaged. Delete it to rebuild the cache."
+            )
+        return features
 
     def num_frames(self, path: str | os.PathLike[str]) -> int:
         """Frames of ``path``'s fbank before padding or cropping to ``target_frames``."""

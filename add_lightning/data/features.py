@@ -139,7 +139,8 @@ def compute_fbank_frames(waveform: Tensor, options: FbankOptions) -> Tensor:
         - Output: ``[num_frames, num_mel_bins]``, num_frames = 1 + (num_samples - window) // shift.
 
     Raises:
-        ValueError: If the waveform is not 1-D, not floating point, or shorter than one window.
+        ValueError: If the waveform is not 1-D, not floating point, shorter than one window, or
+            so loud that the filterbank overflows.
     """
     if waveform.dim() != 1:
         raise ValueError(
@@ -157,7 +158,7 @@ def compute_fbank_frames(waveform: Tensor, options: FbankOptions) -> Tensor:
             f"{options.sample_rate} Hz) but got {waveform.numel()} samples."
         )
     waveform = waveform.to(torch.float32) * options.waveform_scale
-    return torchaudio.compliance.kaldi.fbank(
+    fbank = torchaudio.compliance.kaldi.fbank(
         waveform.unsqueeze(0),
         sample_frequency=options.sample_rate,
         num_mel_bins=options.num_mel_bins,
@@ -170,6 +171,14 @@ def compute_fbank_frames(waveform: Tensor, options: FbankOptions) -> Tensor:
         htk_compat=True,
         use_energy=False,
     )
+    if not torch.isfinite(fbank).all():
+        # Finite samples can still overflow the float32 power spectrum (|x| above ~1e19).
+        peak = waveform.abs().max().item() / options.waveform_scale
+        raise ValueError(
+            "the filterbank has non-finite values: expected samples in about [-1, 1] but the "
+            f"largest |sample| is {peak:.3g}"
+        )
+    return fbank
 
 
 def load_fbank_frames(path: str | os.PathLike[str], options: FbankOptions) -> Tensor:

@@ -140,6 +140,8 @@ class AudioClassifier(LightningModule):
         embeddings = self.embed(features)
         logits = self.head(embeddings)
         total, terms = self.loss(embeddings, logits, target)
+        if not torch.isfinite(total):
+            self._stop_on_non_finite_loss(stage, total, terms, batch)
         batch_size = features.shape[0]
         on_step = stage == "train"
         self.log(
@@ -167,6 +169,21 @@ class AudioClassifier(LightningModule):
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train")
         self.log(f"{stage}/f1", f1, on_step=False, on_epoch=True)
         return total, embeddings, labels
+
+    def _stop_on_non_finite_loss(
+        self, stage: str, total: Tensor, terms: dict[str, Tensor], batch: dict[str, Any]
+    ) -> None:
+        """Raises: training on (or reporting) a NaN/inf loss would only hide the cause."""
+        bad_terms = [name for name, value in terms.items() if not torch.isfinite(value)]
+        features_finite = bool(torch.isfinite(batch["features"]).all())
+        clips = list(batch.get("clip_id") or [])
+        raise FloatingPointError(
+            f"The {stage} loss is {total.item()} at epoch {self.current_epoch}, global step "
+            f"{self.global_step} (non-finite terms: {', '.join(bad_terms) or 'none'}; the input "
+            f"features are {'finite' if features_finite else 'NOT finite'}; first clips: "
+            f"{clips[:4]}). With finite features this means diverging weights: lower the "
+            "learning rate, or use float32/bf16 instead of fp16."
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         total, _, _ = self._step(batch, "train")
