@@ -187,7 +187,7 @@ def test_classification_loss_rejects_swapped_roles():
         (lambda: FocalLoss(gamma=-1), "`gamma`"),
         (lambda: FocalLoss(alpha=[1.0, -0.5]), "`alpha`"),
         (lambda: CrossEntropyLoss(label_smoothing=1.0), "`label_smoothing`"),
-        (lambda: OrthogonalProjectionLoss(weight=-1), "`gamma` and `weight`"),
+        (lambda: OrthogonalProjectionLoss(weight=-1), "`weight`"),
     ],
     ids=["focal_gamma", "focal_alpha", "smoothing", "opl_weight"],
 )

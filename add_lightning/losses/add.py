@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 from add_lightning.losses.base import EmbeddingLoss, LossOutput
@@ -54,8 +56,10 @@ class ADDLoss(EmbeddingLoss):
             "mu": lambda_mu,
         }
         for name, weight in self.weights.items():
-            if weight < 0:
-                raise ValueError(f"Expected argument `lambda_{name}` to be >= 0 but got {weight}")
+            if not (math.isfinite(weight) and weight >= 0):  # NaN fails every comparison
+                raise ValueError(
+                    f"Expected argument `lambda_{name}` to be a finite number >= 0 but got {weight}"
+                )
         self.gather_distributed = gather_distributed
 
     def compute(self, embeddings: Tensor, targets: Tensor) -> LossOutput:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -27,14 +29,18 @@ class FocalLoss(LogitLoss):
         self, gamma: float = 2.0, alpha: list[float] | None = None, label_smoothing: float = 0.0
     ) -> None:
         super().__init__()
-        if gamma < 0:
-            raise ValueError(f"Expected argument `gamma` to be >= 0 but got {gamma}")
+        if not (math.isfinite(gamma) and gamma >= 0):  # NaN fails every comparison
+            raise ValueError(
+                f"Expected argument `gamma` to be a finite number >= 0 but got {gamma}"
+            )
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(
                 f"Expected argument `label_smoothing` to be in [0, 1) but got {label_smoothing}"
             )
-        if alpha is not None and any(a < 0 for a in alpha):
-            raise ValueError(f"Expected argument `alpha` to hold weights >= 0 but got {alpha}")
+        if alpha is not None and not all(math.isfinite(a) and a >= 0 for a in alpha):
+            raise ValueError(
+                f"Expected argument `alpha` to hold finite weights >= 0 but got {alpha}"
+            )
         self.gamma = gamma
         self.label_smoothing = label_smoothing
         self.register_buffer(

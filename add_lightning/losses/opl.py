@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from torch import Tensor
 
 from add_lightning.losses.base import EmbeddingLoss, LossOutput
@@ -31,10 +33,11 @@ class OrthogonalProjectionLoss(EmbeddingLoss):
         self, gamma: float = 2.0, weight: float = 0.1, gather_distributed: bool = False
     ) -> None:
         super().__init__()
-        if gamma < 0 or weight < 0:
-            raise ValueError(
-                f"Expected arguments `gamma` and `weight` to be >= 0 but got {gamma}, {weight}"
-            )
+        for name, value in (("gamma", gamma), ("weight", weight)):
+            if not (math.isfinite(value) and value >= 0):  # NaN fails every comparison
+                raise ValueError(
+                    f"Expected argument `{name}` to be a finite number >= 0 but got {value}"
+                )
         self.gamma = gamma
         self.weight = weight
         self.gather_distributed = gather_distributed

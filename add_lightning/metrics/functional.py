@@ -50,7 +50,7 @@ _BLOCK_COPIES = 2
 # Default budget for one row block, so that the peak stays far below 4 GB at N = 100,000.
 _DEFAULT_BLOCK_BYTES = 256 * 1024**2
 
-# F.normalize's default eps: vectors shorter than this are divided by it (zero stays zero).
+# Zero rows divided by this stay zero (rows are scaled to a largest |entry| of 1 before).
 _NORMALIZE_EPS = 1e-12
 
 
@@ -254,8 +254,11 @@ def pairwise_geometry(
     targets = targets.to(device=device, dtype=torch.long)
     order = torch.argsort(targets, stable=True)
     labels = targets[order]
-    # One sorted copy, normalised in place with F.normalize's semantics (x / max(|x|, eps)).
+    # One sorted copy, normalised in place: divided by its largest |entry| first, so that the
+    # squared norm neither overflows (entries above ~1.8e19 in float32) nor underflows; every
+    # non-zero row gets unit length and zero rows stay zero.
     z = embeddings.index_select(0, order).to(compute_dtype)
+    z.div_(z.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(compute_dtype).tiny))
     z.div_(torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min(_NORMALIZE_EPS))
     class_count = torch.bincount(labels, minlength=num_classes)
     class_starts = [0, *torch.cumsum(class_count, 0).tolist()]

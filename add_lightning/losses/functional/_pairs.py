@@ -6,8 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from add_lightning.losses.functional._targets import checked_targets
 
-def check_embeddings_and_targets(embeddings: Tensor, targets: Tensor) -> bool:
+
+def check_embeddings_and_targets(embeddings: Tensor, targets: Tensor) -> tuple[bool, Tensor]:
     """Validate shapes and tell hard from soft targets.
 
     Args:
@@ -15,7 +17,8 @@ def check_embeddings_and_targets(embeddings: Tensor, targets: Tensor) -> bool:
         targets: Integer class ids of shape [B], or class probabilities of shape [B, C].
 
     Returns:
-        True when the targets are soft (floating point [B, C]), False when they are hard.
+        Whether the targets are soft (floating point [B, C]), and the targets as int64 class
+        ids or checked probabilities (see ``checked_targets``).
 
     Raises:
         ValueError: If a shape or dtype does not match the above.
@@ -35,12 +38,12 @@ def check_embeddings_and_targets(embeddings: Tensor, targets: Tensor) -> bool:
                 "Expected floating point `targets` to be class probabilities of shape [B, C] "
                 f"but got shape {tuple(targets.shape)}"
             )
-        return True
+        return True, checked_targets(targets)
     if targets.ndim != 1:
         raise ValueError(
             f"Expected integer `targets` to have shape [B] but got shape {tuple(targets.shape)}"
         )
-    return False
+    return False, checked_targets(targets)
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:
@@ -49,8 +52,17 @@ def compute_dtype(tensor: Tensor) -> torch.dtype:
 
 
 def normalized(embeddings: Tensor) -> Tensor:
-    """L2-normalise rows in the compute dtype; zero rows stay zero (as ``F.normalize``)."""
-    return F.normalize(embeddings.to(compute_dtype(embeddings)), p=2.0, dim=1)
+    """L2-normalise rows in the compute dtype: non-zero rows get unit length, zero rows stay 0.
+
+    Each row is first divided by its largest absolute entry (a constant for autograd: the
+    normalisation does not depend on scale, so the gradient is unchanged). Without it the
+    float32 squared norm overflows for entries above about 1.8e19, where ``F.normalize``
+    returns a zero vector, and rows shorter than its ``eps`` (1e-12) are shrunk, not normalised.
+    """
+    z = embeddings.to(compute_dtype(embeddings))
+    scale = z.detach().abs().amax(dim=1, keepdim=True)
+    z = z / torch.where(scale > 0, scale, torch.ones_like(scale))
+    return F.normalize(z, p=2.0, dim=1)
 
 
 def off_diagonal(size: int, device: torch.device) -> Tensor:

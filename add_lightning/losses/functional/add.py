@@ -56,7 +56,7 @@ def add_terms(embeddings: Tensor, targets: Tensor) -> dict[str, Tensor]:
         - embeddings: [B, D]
         - targets: [B] (int64) or [B, C] (float)
     """
-    soft = check_embeddings_and_targets(embeddings, targets)
+    soft, targets = check_embeddings_and_targets(embeddings, targets)
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
         z = normalized(embeddings)
         if soft:

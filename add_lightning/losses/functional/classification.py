@@ -6,8 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from add_lightning.losses.functional._targets import checked_targets
 
-def _check_logits_and_targets(logits: Tensor, targets: Tensor) -> None:
+
+def _check_logits_and_targets(logits: Tensor, targets: Tensor) -> Tensor:
+    """The targets as int64 class ids or checked probabilities (see ``checked_targets``)."""
     if logits.ndim != 2:
         raise ValueError(
             f"Expected argument `logits` to have shape [B, C] but got {tuple(logits.shape)}"
@@ -23,6 +26,7 @@ def _check_logits_and_targets(logits: Tensor, targets: Tensor) -> None:
             f"Expected integer `targets` to have shape [{logits.shape[0]}] "
             f"but got {tuple(targets.shape)}"
         )
+    return checked_targets(targets)
 
 
 def _probabilities(targets: Tensor, num_classes: int, label_smoothing: float, dtype) -> Tensor:
@@ -41,12 +45,14 @@ def cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0)
 
     Shape:
         - logits: [B, C]
-        - targets: [B] (int64) or [B, C] (float probabilities)
-        - output: 0-dim, float32 (float64 for float64 logits)
+        - targets: [B] (integer class ids) or [B, C] (float probabilities)
+        - output: 0-dim, float32 (float64 for float64 logits); 0 for an empty batch
     """
-    _check_logits_and_targets(logits, targets)
+    targets = _check_logits_and_targets(logits, targets)
     with torch.autocast(device_type=logits.device.type, enabled=False):
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        if logits.shape[0] == 0:  # an empty batch: 0 with a gradient, not the mean of nothing
+            return logits.sum()
         if targets.is_floating_point():
             targets = targets.to(logits.dtype)
         return F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
@@ -71,9 +77,11 @@ def focal_loss(
         - alpha: [C] per-class weights, or None
         - output: 0-dim
     """
-    _check_logits_and_targets(logits, targets)
+    targets = _check_logits_and_targets(logits, targets)
     with torch.autocast(device_type=logits.device.type, enabled=False):
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        if logits.shape[0] == 0:  # an empty batch: 0 with a gradient, not the mean of nothing
+            return logits.sum()
         log_p = F.log_softmax(logits, dim=-1)
         weight = _probabilities(targets, logits.shape[-1], label_smoothing, logits.dtype)
         if gamma:
