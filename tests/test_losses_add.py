@@ -1,4 +1,4 @@
-"""ADD loss against a float64 re-statement of the paper's equations (PAPER.md)."""
+"""ADD loss against a float64 re-statement of the paper's equations (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def _mean(values: list[torch.Tensor]) -> torch.Tensor:
 
 
 def reference_hard(z: torch.Tensor, y: list[int]) -> dict[str, torch.Tensor]:
-    """PAPER.md, hard labels, written pair by pair in float64."""
+    """docs/method.md, hard labels, written pair by pair in float64."""
     z = z.double()
     unit = [row / torch.sqrt((row * row).sum()) for row in z]
     positive, negative = [], []
@@ -49,7 +49,7 @@ def reference_hard(z: torch.Tensor, y: list[int]) -> dict[str, torch.Tensor]:
 
 
 def reference_soft(z: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """PAPER.md, soft labels, written pair by pair in float64."""
+    """docs/method.md, soft labels, written pair by pair in float64."""
     z, y = z.double(), y.double()
     unit = [row / torch.sqrt((row * row).sum()) for row in z]
     labels = [row / torch.sqrt((row * row).sum()) for row in y]
@@ -123,7 +123,7 @@ def test_soft_terms_and_gradients_match_reference(dtype):
 
 
 def test_one_hot_soft_targets_equal_weighted_hard_terms():
-    """PAPER.md: with one-hot labels, L_mu = (|D_p| mu_p + |D_n| mu_n) / (B (B - 1))."""
+    """docs/method.md: with one-hot labels, L_mu = (|D_p| mu_p + |D_n| mu_n) / (B (B - 1))."""
     labels = torch.tensor([0, 0, 1, 2, 2, 2, 3])
     z = torch.randn(7, 4, dtype=torch.float64)
     hard = add_terms(z, labels)

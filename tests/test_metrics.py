@@ -1,4 +1,4 @@
-"""Tests of the embedding-geometry metric against a brute-force float64 re-statement of PAPER.md."""
+"""The embedding-geometry metric against a brute-force float64 re-statement of docs/method.md."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def _cv(values: list[float]) -> float:
 
 
 def brute_force(embeddings: Tensor, targets: Tensor, num_classes: int) -> dict[str, Tensor]:
-    """PAPER.md's definitions, pair by pair in Python floats (float64)."""
+    """docs/method.md's definitions, pair by pair in Python floats (float64)."""
     rows = embeddings.double().tolist()
     labels = targets.tolist()
     unit = []

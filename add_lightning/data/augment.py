@@ -10,7 +10,7 @@ import torchaudio.transforms
 from torch import Tensor, nn
 
 MIXUP_ALPHA = 10.0
-"""Mixup's lambda ~ Beta(alpha, alpha) with the authors' alpha = 10 (PAPER.md)."""
+"""Mixup's lambda ~ Beta(alpha, alpha) with the authors' alpha = 10 (docs/method.md)."""
 
 _LOG_POWER_FLOOR = math.log(torch.finfo(torch.float32).eps)  # Kaldi floors mel power at eps
 

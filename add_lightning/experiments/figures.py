@@ -4,7 +4,7 @@ For each run (a run directory holding ``test_embeddings.npz``, or such a file):
 
 - heat maps over class pairs ``(a, b)`` of a subset of classes: top row the mean of the cosine
   distance ``d(z_i, z_j)`` (``y_i = a, y_j = b, i != j``), bottom row its coefficient of
-  variation, one column per run (PAPER.md, "The analysis figure");
+  variation, one column per run (docs/method.md, "The analysis figure");
 - the four property statistics ``mu_p, sigma_p, mu_n, sigma_n`` over the whole test set, as a
   grouped bar chart.
 

@@ -4,7 +4,7 @@ The pure core of :class:`add_lightning.metrics.EmbeddingGeometry`. With L2-norma
 embeddings ``z`` (``F.normalize`` semantics: zero vectors stay zero) and the cosine distance
 ``d(a, b) = 1 - a·b``, it reports over all ordered pairs ``(i, j), i != j``:
 
-- the four statistics of the ADD loss (PAPER.md): ``mu_p``/``sigma_p`` over
+- the four statistics of the ADD loss (docs/method.md): ``mu_p``/``sigma_p`` over
   ``D_p = {d² : y_i == y_j}`` and ``mu_n``/``sigma_n`` over ``D_n = {(1 - d)² : y_i != y_j}``;
 - mean, standard deviation and coefficient of variation of plain ``d`` over same-class
   (``intra_class/*``) and different-class (``inter_class/*``) pairs;

@@ -21,7 +21,8 @@ from add_lightning.models.heatmaps import class_pair_heatmap
 __all__ = ["AudioClassifier", "hard_targets"]
 
 
-# Authors' AST configs (PAPER.md: ESC-50 and ER): Adam, lr 6.7e-6, betas (0.95, 0.999), wd 5e-6.
+# Authors' AST configs (docs/method.md, ESC-50 and ER): Adam, lr 6.7e-6, betas (0.95, 0.999),
+# weight decay 5e-6.
 _PAPER_ADAM = {"lr": 6.7e-6, "betas": (0.95, 0.999), "weight_decay": 5e-6}
 
 

@@ -7,7 +7,7 @@ once per epoch (``interval="epoch"``), so the learning rate of epoch ``e`` is
 
     factor(e) = s + (1 - s) * e / W        for e < W     (s = warmup_start_factor)
 
-PAPER.md's "linear from 1e-5" is read as a start *factor* of 1e-5 (a warm-up from an absolute
+The paper's "linear from 1e-5" is read as a start *factor* of 1e-5 (a warm-up from an absolute
 1e-5 would decrease towards the AST learning rate 6.7e-6, which is not a warm-up).
 """
 
