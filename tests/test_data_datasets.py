@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -291,6 +292,47 @@ def test_iemocap_missing_audio_names_label_file(tmp_path: Path) -> None:
         IEMOCAP(str(tmp_path)).clips("train", 1)
 
 
+def _rewrite(path: Path, edit, encoding: str = "utf-8") -> None:
+    path.write_bytes(edit(path.read_text()).encode(encoding))
+
+
+@pytest.mark.parametrize(
+    ("session", "edit", "encoding"),
+    [
+        (1, lambda text: text.replace("\t", "    "), "utf-8"),  # tabs lost to an editor
+        (2, lambda text: text, "utf-16"),  # re-saved as UTF-16 (with a byte-order mark)
+        (
+            3,
+            lambda text: re.sub(r"\t(neu|ang|sad)\t", lambda m: f"\t{m[1].upper()}\t", text),
+            "utf-8",
+        ),
+        (4, lambda text: text.replace("]\tSes04F", "\tSes04F").replace("\t[2.5", "\t2.5"), "utf-8"),
+    ],
+    ids=["spaces", "utf16", "capitalised", "brackets"],
+)
+def test_iemocap_reads_damaged_label_files(tmp_path: Path, session, edit, encoding) -> None:
+    expected = make_iemocap(tmp_path)
+    label_file = tmp_path / f"Session{session}/dialog/EmoEvaluation/Ses0{session}F_impro01.txt"
+    _rewrite(label_file, edit, encoding)
+    index = IEMOCAP(str(tmp_path))
+    clips = index.clips("train", 5) + index.clips("test", 5)
+    got = {name: sum(c.label == i for c in clips) for i, name in enumerate(index.class_names)}
+    assert got == expected
+
+
+def test_iemocap_warns_about_unreadable_category_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    make_iemocap(tmp_path)
+    label_file = tmp_path / "Session3/dialog/EmoEvaluation/Ses03F_impro01.txt"
+    _rewrite(label_file, lambda text: text.replace("[0.0100 - 0.9000]\t", "start 0.01: "))
+    with caplog.at_level("WARNING"):
+        clips = IEMOCAP(str(tmp_path)).clips("test", 3)
+    assert len(clips) == 4  # the neu utterance F000 lost its times
+    assert "1 lines that name an utterance" in caplog.text
+    assert f"{label_file} line 3" in caplog.text and "Ses03F_impro01_F000" in caplog.text
+
+
 def test_iemocap_missing_root(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"Session1 \.\.\. Session5"):
         _ = IEMOCAP(str(tmp_path)).folds
@@ -526,3 +568,108 @@ def test_class_ids_identical_across_processes(esc50_root: Path, tmp_path: Path) 
         folder.class_names,
         [[c.clip_id, c.label] for c in folder.clips("test", 1)],
     ]
+
+
+# metadata that would drop, duplicate or invent clips: each a clear error or a warning
+
+
+def _edit_esc50_csv(folder: Path, edit) -> None:
+    csv_path = folder / "meta" / "esc50.csv"
+    lines = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join(edit(lines)) + "\n")
+
+
+def _set_field(line: str, column: int, value: str) -> str:
+    fields = line.split(",")
+    fields[column] = value
+    return ",".join(fields)
+
+
+@pytest.mark.parametrize(
+    ("edit", "error"),
+    [
+        (lambda lines: [*lines, lines[1]], r"1-1001-A-0\.wav is listed twice with the label 'dog'"),
+        (
+            lambda lines: [*lines, _set_field(lines[1], 3, "rooster")],
+            r"1-1001-A-0\.wav is listed under two labels, 'dog' and 'rooster'",
+        ),
+        (
+            lambda lines: [lines[0], _set_field(lines[1], 3, ""), *lines[2:]],
+            r"line 2: the columns \['category'\] are empty",
+        ),
+        (
+            lambda lines: [lines[0], _set_field(lines[1], 1, "0"), *lines[2:]],
+            r"expected folds numbered 1 to 6 but found \[0, 1, 2, 3, 4, 5\]",
+        ),
+        (
+            lambda lines: [lines[0], _set_field(lines[1], 1, "7"), *lines[2:]],
+            r"expected folds numbered 1 to 6 but found \[1, 2, 3, 4, 5, 7\]",
+        ),
+    ],
+    ids=["duplicate_row", "two_labels", "empty_category", "fold_0", "fold_7"],
+)
+def test_esc50_metadata_errors(tmp_path: Path, edit, error: str) -> None:
+    folder = make_esc50(tmp_path, clips_per_fold=1)
+    _edit_esc50_csv(folder, edit)
+    with pytest.raises(ValueError, match=error):
+        ESC50(str(folder)).clips("train", 1)
+
+
+def test_non_utf8_metadata_names_the_file(tmp_path: Path) -> None:
+    folder = make_esc50(tmp_path, clips_per_fold=1)
+    csv_path = folder / "meta" / "esc50.csv"
+    csv_path.write_bytes(csv_path.read_bytes().replace(b"rooster", b"roost\xe9r"))
+    with pytest.raises(ValueError, match=r"esc50\.csv line \d+: expected UTF-8 text") as info:
+        _ = ESC50(str(folder)).class_names
+    assert str(csv_path) in str(info.value)
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(b"path,label\nclip.wav,caf\xe9\n")
+    with pytest.raises(ValueError, match=r"m\.csv line 2: expected UTF-8 text"):
+        _ = FolderDataset(str(manifest)).class_names
+
+
+@pytest.mark.parametrize(
+    ("rows", "error"),
+    [
+        ([["a.wav", "x", 1], ["a.wav", "x", 2], ["b.wav", "y", 2]], "listed twice"),
+        ([["a.wav", "x", 1], ["./a.wav", "y", 2], ["b.wav", "y", 2]], "under two labels"),
+        ([["a.wav", "x", 0], ["b.wav", "y", 1]], r"folds numbered 1 to 2 but found \[0, 1\]"),
+    ],
+    ids=["duplicate_row", "two_labels", "fold_0"],
+)
+def test_manifest_metadata_errors(tmp_path: Path, rows, error: str) -> None:
+    for name in ("a.wav", "b.wav"):
+        write_wav(tmp_path / name)
+    manifest = write_manifest(tmp_path / "m.csv", rows, ["path", "label", "fold"])
+    with pytest.raises(ValueError, match=error):
+        FolderDataset(str(manifest)).clips("train", 1)
+
+
+def test_speech_commands_ignores_empty_folders_and_reads_any_case(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    root, _, test = make_speech_commands(tmp_path / "sc")
+    (root / "stray").mkdir()  # e.g. left by an interrupted copy
+    upper = root / "yes" / "0000000a_nohash_0.WAV"
+    write_wav(upper)
+    (root / "yes" / "._00000000_nohash_0.wav").write_bytes(b"\x00\x05\x16\x07")  # macOS
+    listed = sorted(test)[0]
+    (root / "testing_list.txt").write_text(
+        "".join(f"./{r}\n" if r == listed else f"{r}\n" for r in sorted(test))
+    )
+    with caplog.at_level("WARNING"):
+        index = SpeechCommands(str(root))
+        assert index.class_names == sorted(SC_WORDS)
+    assert "['stray']" in caplog.text and "hold no .wav file" in caplog.text
+    train = {c.clip_id for c in index.clips("train")}
+    assert "yes/0000000a_nohash_0" in train and not any("._" in c for c in train)
+    assert {f"{c.clip_id}.wav" for c in index.clips("test")} == test
+
+
+def test_folder_skips_hidden_files(tmp_path: Path) -> None:
+    root = make_class_folders(tmp_path)
+    (root / "cat" / "._clip0.wav").write_bytes(b"\x00\x05\x16\x07 AppleDouble")
+    (root / "dog" / ".cache").mkdir()
+    write_wav(root / "dog" / ".cache" / "copy.wav")
+    clips = FolderDataset(str(root)).clips("train")
+    assert len(clips) == 15 and not any("/." in c.clip_id for c in clips)

@@ -43,6 +43,23 @@ class IndexEntry(NamedTuple):
     clip_id: str
 
 
+def read_metadata_text(path: Path) -> str:
+    """A metadata file (CSV, list) as text: UTF-8, with or without a byte-order mark.
+
+    Raises:
+        ValueError: If the file is not UTF-8, naming the file and the first bad byte.
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path} line {line}: expected UTF-8 text but byte {error.start} is "
+            f"{data[error.start : error.start + 1]!r}; save the file as UTF-8."
+        ) from None
+
+
 def relative_clip_id(path: Path, root: Path) -> str:
     """The id of ``path``: relative to ``root`` (when inside it), forward slashes, no suffix."""
     try:
@@ -94,6 +111,11 @@ class AudioDatasetIndex(ABC):
             names = sorted(self._read_class_names())
             if not names:
                 raise ValueError(f"{type(self).__name__} at {self.root} has no classes.")
+            if any(not name.strip() for name in names):
+                raise ValueError(
+                    f"{type(self).__name__} at {self.root}: a class name is empty {names}; "
+                    "every clip needs a label."
+                )
             duplicates = sorted(name for name, count in Counter(names).items() if count > 1)
             if duplicates:
                 raise ValueError(
@@ -109,9 +131,21 @@ class AudioDatasetIndex(ABC):
 
     @property
     def folds(self) -> tuple[int, ...]:
-        """The fold numbers (sorted) of a fold-based dataset; ``()`` for a split-based one."""
+        """The fold numbers (sorted) of a fold-based dataset; ``()`` for a split-based one.
+
+        Raises:
+            ValueError: Unless the folds are numbered 1..K: a fold 0 or a stray fold 7 next to
+                folds 1-5 would be trained on in every unit of ``cv --folds 1 2 3 4 5`` and
+                tested in none.
+        """
         if self._folds is None:
-            self._folds = tuple(sorted(self._read_folds()))
+            folds = tuple(sorted(self._read_folds()))
+            if folds and folds != tuple(range(1, len(folds) + 1)):
+                raise ValueError(
+                    f"{type(self).__name__} at {self.root}: expected folds numbered 1 to "
+                    f"{len(folds)} but found {list(folds)}; renumber the folds in the metadata."
+                )
+            self._folds = folds
         return self._folds
 
     def entries(self) -> list[IndexEntry]:
@@ -119,11 +153,23 @@ class AudioDatasetIndex(ABC):
         if self._entries is None:
             entries = self._read_entries()
             known = set(self.class_names)
+            seen: dict[Path, IndexEntry] = {}
             for entry in entries:
                 if entry.label not in known:
                     raise ValueError(
                         f"{type(self).__name__}: clip {entry.path} has label {entry.label!r}, "
                         f"which is not one of the {len(known)} class names {self.class_names}."
+                    )
+                first = seen.setdefault(Path(entry.path).resolve(), entry)
+                if first is not entry:  # a clip counted twice, or one clip in two classes
+                    labels = (
+                        f"twice with the label {entry.label!r}"
+                        if first.label == entry.label
+                        else f"under two labels, {first.label!r} and {entry.label!r}"
+                    )
+                    raise ValueError(
+                        f"{type(self).__name__} at {self.root}: the clip {entry.path} is listed "
+                        f"{labels}; each clip must appear once."
                     )
             counts = Counter(entry.group for entry in entries)
             log.debug("%s at %s: clips per fold/split %s", type(self).__name__, self.root, counts)

@@ -13,11 +13,12 @@ Class ids are positions in the sorted ``category`` names (the project rule), not
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from pathlib import Path
 
-from add_lightning.data.datasets.base import AudioDatasetIndex, IndexEntry
+from add_lightning.data.datasets.base import AudioDatasetIndex, IndexEntry, read_metadata_text
 from add_lightning.data.download import download_and_extract
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ class ESC50(AudioDatasetIndex):
     def _read_rows(self) -> tuple[Path, list[tuple[int, dict[str, str]]]]:
         """The CSV path and its rows with their line numbers, columns checked."""
         csv_path = self._require_data_root() / ESC50_CSV
-        with open(csv_path, newline="", encoding="utf-8") as stream:
+        with io.StringIO(read_metadata_text(csv_path), newline="") as stream:
             reader = csv.DictReader(stream)
             missing = [c for c in ESC50_REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
@@ -123,6 +124,12 @@ class ESC50(AudioDatasetIndex):
             rows = [(reader.line_num, row) for row in reader]
         if not rows:
             raise ValueError(f"ESC-50 metadata {csv_path} has no rows.")
+        for line, row in rows:
+            empty = [c for c in ("filename", "category", "fold") if not (row[c] or "").strip()]
+            if empty:
+                raise ValueError(
+                    f"ESC-50 metadata {csv_path} line {line}: the columns {empty} are empty."
+                )
         return csv_path, rows
 
     def _read_class_names(self) -> list[str]:

@@ -18,12 +18,18 @@ the DataModule's ``val_fraction`` holds out a validation part.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 from pathlib import Path
 
 import numpy as np
 
-from add_lightning.data.datasets.base import AudioDatasetIndex, IndexEntry, relative_clip_id
+from add_lightning.data.datasets.base import (
+    AudioDatasetIndex,
+    IndexEntry,
+    read_metadata_text,
+    relative_clip_id,
+)
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +97,7 @@ class FolderDataset(AudioDatasetIndex):
 
     def _rows(self) -> list[tuple[int, dict[str, str]]]:
         if self._manifest_rows is None:
-            with open(self.root, newline="", encoding="utf-8") as stream:
+            with io.StringIO(read_metadata_text(self.root), newline="") as stream:
                 reader = csv.DictReader(stream)
                 columns = [name.strip() for name in reader.fieldnames or []]
                 reader.fieldnames = columns
@@ -188,7 +194,12 @@ class FolderDataset(AudioDatasetIndex):
                     f"`class_names` {sorted(self.given_class_names)}."
                 )
             files = sorted(
-                p for p in folder.rglob("*") if p.suffix.lower() in self.extensions and p.is_file()
+                p
+                for p in folder.rglob("*")
+                if p.suffix.lower() in self.extensions
+                # hidden files and folders, e.g. macOS's "._clip.wav" resource forks
+                and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+                and p.is_file()
             )
             if not files:
                 raise FileNotFoundError(

@@ -10,7 +10,10 @@ Only the category lines of an EmoEvaluation file are read::
     [<start> - <end>]<TAB><utterance><TAB><label><TAB>[<V>, <A>, <D>]
 
 (headers, annotator lines such as ``C-E1:`` and the ``Attribute/``, ``Categorical/`` and
-``Self-evaluation/`` sub-folders are ignored). SUPERB keeps ``neu``, ``hap``, ``ang``, ``sad``
+``Self-evaluation/`` sub-folders are ignored). Tabs or spaces separate the fields, labels are
+compared in lower case and files may be UTF-8 or UTF-16 (with a byte-order mark); a line that
+names an utterance but cannot be read as a category line is logged (a WARNING with the count
+and the first such line), never dropped silently. SUPERB keeps ``neu``, ``hap``, ``ang``, ``sad``
 and ``exc``, maps ``exc`` to ``hap`` and drops every other label (``fru``, ``sur``, ``xxx``,
 ...): such utterances are left out of the index, not reported as errors. Fold k tests on
 Session k and trains on the other sessions (5,531 utterances in the full release).
@@ -18,6 +21,7 @@ Session k and trains on the other sessions (5,531 utterances in the full release
 
 from __future__ import annotations
 
+import codecs
 import logging
 import re
 from collections import Counter
@@ -32,9 +36,25 @@ SUPERB_LABELS = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": 
 """The SUPERB protocol: kept labels and the class each maps to (``exc`` merged into ``hap``)."""
 
 _SESSION = re.compile(r"^Session(\d+)$")
+# "[6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5000, 2.5000, 2.5000]", with tabs
+# or spaces (files re-saved by editors lose their tabs), a bracket of the times may be missing,
+# and the [V, A, D] part is optional.
+_NUMBER = r"[-+]?\d+(?:\.\d*)?(?:[eE][-+]?\d+)?"
 _CATEGORY_LINE = re.compile(
-    r"^\[\s*[-+\d.eE]+\s*-\s*[-+\d.eE]+\s*\]\t(?P<utterance>[^\t]+)\t(?P<label>[^\t]+)\t\["
+    rf"^\[?\s*{_NUMBER}\s*-\s*{_NUMBER}\s*\]?\s*(?P<utterance>Ses\S+)\s+(?P<label>[A-Za-z]+)"
+    r"(?:\s+\[?[-+\d.eE,\s]*\]?)?$"
 )
+# Of the lines of an EmoEvaluation file only the category lines name an utterance: any other
+# line that does is a damaged category line.
+_UTTERANCE = re.compile(r"Ses\d\d[FM]_\S+")
+
+
+def _read_label_file(path: Path) -> str:
+    """The text of an EmoEvaluation file: UTF-8, or UTF-16 / UTF-8 with a byte-order mark."""
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
 
 
 class IEMOCAP(AudioDatasetIndex):
@@ -83,6 +103,7 @@ class IEMOCAP(AudioDatasetIndex):
     def _read_entries(self) -> list[IndexEntry]:
         entries: list[IndexEntry] = []
         dropped: Counter[str] = Counter()
+        unreadable: list[tuple[Path, int, str]] = []  # (file, line number, line)
         for session_number, session in sorted(self._require_sessions().items()):
             evaluation = session / "dialog" / "EmoEvaluation"
             label_files = sorted(
@@ -94,13 +115,14 @@ class IEMOCAP(AudioDatasetIndex):
                 )
             for label_file in label_files:
                 wav_folder = session / "sentences" / "wav" / label_file.stem
-                text = label_file.read_text(encoding="utf-8", errors="replace")
-                for line in text.splitlines():
-                    match = _CATEGORY_LINE.match(line)
+                text = _read_label_file(label_file)
+                for number, line in enumerate(text.splitlines(), start=1):
+                    match = _CATEGORY_LINE.match(line.strip())
                     if match is None:
+                        if _UTTERANCE.search(line):
+                            unreadable.append((label_file, number, line.strip()))
                         continue
-                    utterance, label = match.group("utterance").strip(), match.group("label")
-                    label = label.strip()
+                    utterance, label = match.group("utterance"), match.group("label").lower()
                     if label not in SUPERB_LABELS:
                         dropped[label] += 1
                         continue
@@ -118,6 +140,17 @@ class IEMOCAP(AudioDatasetIndex):
                             clip_id=utterance,
                         )
                     )
+        if unreadable:
+            path, number, line = unreadable[0]
+            log.warning(
+                "IEMOCAP: %d lines that name an utterance are not category lines "
+                "'[start - end] utterance label [V, A, D]' and were not used; the first: %s "
+                "line %d: %r",
+                len(unreadable),
+                path,
+                number,
+                line,
+            )
         counts = Counter(entry.label for entry in entries)
         log.info(
             "IEMOCAP: %d utterances kept %s; dropped (not in the SUPERB protocol) %s",

@@ -17,7 +17,7 @@ import logging
 import os
 from pathlib import Path
 
-from add_lightning.data.datasets.base import AudioDatasetIndex, IndexEntry
+from add_lightning.data.datasets.base import AudioDatasetIndex, IndexEntry, read_metadata_text
 from add_lightning.data.download import download_and_extract
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,16 @@ SPEECH_COMMANDS_CLASS_NAMES: tuple[str, ...] = (
 def _is_class_folder(entry: os.DirEntry[str]) -> bool:
     # "_background_noise_" (and any other "_"-prefixed or hidden folder) is not a class
     return entry.is_dir() and not entry.name.startswith(("_", "."))
+
+
+def _wav_names(folder: Path) -> list[str]:
+    """The sorted ``.wav`` (any case) file names of ``folder``, without hidden files (``._x``)."""
+    with os.scandir(folder) as files:
+        return sorted(
+            f.name
+            for f in files
+            if f.name.lower().endswith(".wav") and not f.name.startswith(".") and f.is_file()
+        )
 
 
 class SpeechCommands(AudioDatasetIndex):
@@ -110,13 +120,21 @@ class SpeechCommands(AudioDatasetIndex):
             return list(SPEECH_COMMANDS_CLASS_NAMES)
         data_root = self._require_data_root()
         with os.scandir(data_root) as entries:
-            return [entry.name for entry in entries if _is_class_folder(entry)]
+            folders = sorted(entry.name for entry in entries if _is_class_folder(entry))
+        words = [word for word in folders if _wav_names(data_root / word)]
+        if len(words) < len(folders):
+            log.warning(
+                "Speech Commands: the folders %s of %s hold no .wav file and are not classes.",
+                sorted(set(folders) - set(words)),
+                data_root,
+            )
+        return words
 
     def _read_list(self, data_root: Path, name: str) -> set[str]:
         path = data_root / name
-        with open(path, encoding="utf-8") as stream:
-            lines = [line.strip().replace("\\", "/") for line in stream]
-        return {line for line in lines if line}
+        lines = [line.strip().replace("\\", "/") for line in read_metadata_text(path).splitlines()]
+        # "./word/x.wav" names the same clip as "word/x.wav"
+        return {line[2:] if line.startswith("./") else line for line in lines if line}
 
     def _read_entries(self) -> list[IndexEntry]:
         data_root = self._require_data_root()
@@ -132,9 +150,7 @@ class SpeechCommands(AudioDatasetIndex):
         entries = []
         for word in self.class_names:
             folder = data_root / word
-            with os.scandir(folder) as files:
-                names = sorted(f.name for f in files if f.name.endswith(".wav") and f.is_file())
-            for filename in names:
+            for filename in _wav_names(folder):
                 relative = f"{word}/{filename}"
                 entries.append(
                     IndexEntry(
