@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -582,6 +583,56 @@ def test_cv_rerun_skips_finished_units_and_refuses_another_config(
     capsys.readouterr()
     assert cli.main([*_cv_args(tiny_config, uninterrupted), "--trainer.max_epochs", "3"]) == 2
     assert "--force" in capsys.readouterr().err
+
+
+def test_cv_rerun_with_fewer_folds_and_seeds_keeps_the_whole_table(uninterrupted, tiny_config):
+    table = (uninterrupted / "results.csv").read_text()
+    subset = [*_cv_args(tiny_config, uninterrupted)[:3], "--folds", "1", "--seeds", "0"]
+    subset += ["--output", str(uninterrupted)]
+    assert cli.main(subset) == 0
+    assert (uninterrupted / "results.csv").read_text() == table
+
+
+def test_cv_regenerates_deleted_test_embeddings(uninterrupted, tiny_config, tmp_path):
+    output = tmp_path / "copy"
+    shutil.copytree(uninterrupted, output)
+    (output / "fold2_seed1" / "test_embeddings.npz").unlink()
+    metrics = (output / "fold2_seed1" / "test_metrics.json").read_text()
+    assert not unit_is_finished(output / "fold2_seed1", config_hash(_experiment(output)))
+    assert cli.main(_cv_args(tiny_config, output)) == 0
+    assert (output / "fold2_seed1" / "test_embeddings.npz").is_file()
+    # resumed from the final checkpoint: no training, the same test numbers
+    assert json.loads((output / "fold2_seed1" / "test_metrics.json").read_text()) == json.loads(
+        metrics
+    )
+    assert (output / "results.csv").read_text() == (uninterrupted / "results.csv").read_text()
+
+
+def _experiment(output: Path) -> dict:
+    return yaml.safe_load((output / EXPERIMENT_FILENAME).read_text())
+
+
+def test_unit_stopped_by_sigterm_is_a_failure(monkeypatch, tmp_path):
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    from add_lightning.experiments import unit as unit_module
+
+    def stopped(*args, **kwargs):
+        raise SIGTERMException  # what Lightning raises on SIGTERM: SystemExit with status 0
+
+    monkeypatch.setattr(unit_module, "run_unit", stopped)
+    arguments = ["--experiment", "e.yaml", "--run-dir", str(tmp_path), "--seed", "0"]
+    assert unit_module.main([*arguments, "--config-hash", "h"]) == 128 + signal.SIGTERM
+
+
+def test_cv_names_the_signal_that_stopped_a_unit(monkeypatch, tiny_config, tmp_path, capsys):
+    from add_lightning.experiments import runner
+
+    monkeypatch.setattr(
+        runner.subprocess, "run", lambda command: subprocess.CompletedProcess(command, 143)
+    )
+    assert cli.main(_cv_args(tiny_config, tmp_path / "out")) != 0
+    assert "fold1_seed0 was interrupted by signal SIGTERM" in capsys.readouterr().err
 
 
 def test_cv_killed_and_rerun_equals_uninterrupted(uninterrupted, tiny_config, tmp_path, capfd):

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -37,6 +38,7 @@ from add_lightning.experiments.aggregate import (
     Summary,
     aggregate,
     load_unit_result,
+    load_unit_results,
     write_results,
 )
 from add_lightning.experiments.atomic import write_json_atomic, write_text_atomic
@@ -119,9 +121,15 @@ def plan_units(
 
 
 def unit_is_finished(run_dir: str | Path, expected_hash: str) -> bool:
-    """A unit is finished iff its ``test_metrics.json`` parses and carries ``expected_hash``."""
+    """A unit is finished iff its ``test_metrics.json`` parses and carries ``expected_hash``,
+    and its ``test_embeddings.npz`` exists (a unit missing it is rerun: from its final
+    checkpoint that is only test and export)."""
     result = load_unit_result(Path(run_dir) / METRICS_FILENAME)
-    return result is not None and result.config_hash == expected_hash
+    return (
+        result is not None
+        and result.config_hash == expected_hash
+        and (Path(run_dir) / EMBEDDINGS_FILENAME).is_file()
+    )
 
 
 def prepare_experiment(output: Path, config: dict[str, Any], force: bool = False) -> str:
@@ -212,6 +220,41 @@ def _unit_command(output: Path, run_dir: Path, unit: Unit, expected_hash: str) -
     return command if unit.fold is None else [*command, "--fold", str(unit.fold)]
 
 
+def _aggregate_experiment(output: Path, expected_hash: str, units: Sequence[Unit]) -> Summary:
+    """Aggregates every finished unit of the experiment, not only the ``units`` just run.
+
+    A rerun with fewer folds or seeds must not shrink the experiment's table to a subset.
+
+    Raises:
+        ExperimentConfigError: If the finished units do not form a table (seeds run on different
+            folds), saying which units to run.
+    """
+    finished = {
+        (result.fold, result.seed): result
+        for result in load_unit_results(output, expected_hash)
+        if unit_is_finished(output / Unit(result.fold, result.seed).name, expected_hash)
+    }
+    extra = sorted(set(finished) - {(u.fold, u.seed) for u in units}, key=str)
+    if extra:
+        log.info(
+            "%s holds %d finished units beyond this command's folds and seeds %s; the results "
+            "cover all %d",
+            output,
+            len(extra),
+            [Unit(*key).name for key in extra],
+            len(finished),
+        )
+    try:
+        return aggregate(finished.values())
+    except ValueError as error:
+        folds = sorted({fold for fold, _ in finished}, key=str)
+        seeds = sorted({seed for _, seed in finished})
+        raise ExperimentConfigError(
+            f"The finished units of {output} do not form a complete table ({error}). Run the "
+            f"missing ones: --folds {' '.join(map(str, folds))} --seeds {' '.join(map(str, seeds))}"
+        ) from None
+
+
 def run_cv(
     configs: Sequence[str | os.PathLike[str]],
     seeds: Sequence[int],
@@ -258,12 +301,16 @@ def run_cv(
                 _unit_command(output, run_dir, unit, expected_hash)
             ).returncode
             if returncode != 0 or not unit_is_finished(run_dir, expected_hash):
-                raise RuntimeError(
-                    f"Unit {unit.name} failed (exit status {returncode}); see its output above and "
-                    f"{run_dir}. Rerun the same command to resume from its last checkpoint"
+                how = (
+                    f"was interrupted by signal {signal.Signals(returncode - 128).name}"
+                    if returncode > 128 and returncode - 128 in signal.valid_signals()
+                    else f"failed (exit status {returncode})"
                 )
-        results = [load_unit_result(output / unit.name / METRICS_FILENAME) for unit in units]
-        summary = aggregate(result for result in results if result is not None)
+                raise RuntimeError(
+                    f"Unit {unit.name} {how}; see its output above and {run_dir}. Rerun the "
+                    "same command to resume from its last checkpoint"
+                )
+        summary = _aggregate_experiment(output, expected_hash, units)
         csv_path, md_path = write_results(output, summary, title=f"Results: {output.name}")
     log.info("Wrote %s and %s", csv_path, md_path)
     return summary

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from add_lightning.experiments.aggregate import METRICS_FILENAME
 from add_lightning.experiments.atomic import write_json_atomic
@@ -191,7 +192,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _exit_with_parent(args.parent_pid)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    run_unit(args.experiment, args.run_dir, args.seed, args.config_hash, args.fold)
+    try:
+        run_unit(args.experiment, args.run_dir, args.seed, args.config_hash, args.fold)
+    except SIGTERMException:
+        # Lightning turns SIGTERM into a SystemExit without a status, i.e. 0: report the signal
+        # as a shell does (128 + 15), so that the runner never takes the unit for finished.
+        log.warning("Unit %s stopped by SIGTERM; rerun to resume it", args.run_dir)
+        return 128 + signal.SIGTERM
     return 0
 
 
