@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import os
 import sys
+import zipfile
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
@@ -29,7 +31,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from add_lightning.models.classifier import AudioClassifier
 from add_lightning.models.prediction import EmbeddingWriter
 
-__all__ = ["EXPERIMENT_COMMANDS", "AddLightningCLI", "main"]
+__all__ = ["EXPERIMENT_COMMANDS", "AddLightningCLI", "console_main", "main"]
 
 
 # First arguments that belong to the experiments runner rather than to LightningCLI.
@@ -74,6 +76,37 @@ def _raised_by_jsonargparse(error: BaseException) -> bool:
     )
 
 
+# `--ckpt_path` values that Lightning resolves itself rather than naming a file.
+_SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+def check_checkpoint_file(path: str | os.PathLike[str] | None) -> None:
+    """Raises a clear error unless ``path`` is None, a special name, or a torch checkpoint file.
+
+    ``torch.load`` of an empty file raises a bare ``EOFError`` and of a damaged one an
+    ``UnpicklingError`` advising ``weights_only=False``; neither names the file.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If it is empty or not the zip archive that ``torch.save`` writes.
+    """
+    if path is None or str(path) in _SPECIAL_CKPT_PATHS or "://" in str(path):
+        return
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} (`--ckpt_path`) does not exist.")
+    if path.stat().st_size == 0:
+        raise ValueError(
+            f"Checkpoint {path} (`--ckpt_path`) is empty (0 bytes), e.g. left by an interrupted "
+            "save; use another checkpoint."
+        )
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"Checkpoint {path} (`--ckpt_path`) is not a PyTorch checkpoint (torch.save writes a "
+            "zip archive): the file is damaged or of another format."
+        )
+
+
 class AddLightningCLI(LightningCLI):
     """LightningCLI for :class:`~add_lightning.models.AudioClassifier` and any LightningDataModule.
 
@@ -113,6 +146,10 @@ class AddLightningCLI(LightningCLI):
             self.config = parser.parse_object(args)
         else:
             self.config = parser.parse_args(args)
+        # LightningCLI reads the hyperparameters of `--ckpt_path` next: check the file first.
+        subcommand = self.config.get("subcommand")
+        if subcommand:
+            check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
@@ -192,5 +229,33 @@ def main(argv: Sequence[str] | None = None) -> Any:
     return 0
 
 
+#: Set to 1 to see the full traceback of an error the console script reports in one line.
+TRACEBACK_VARIABLE = "ADD_LIGHTNING_TRACEBACK"
+
+# What a user's data, paths, configs or numbers cause (AudioError and the config errors are
+# ValueErrors); anything else is a bug and keeps its traceback.
+_USER_ERRORS = (ValueError, OSError, FloatingPointError)
+
+
+def console_main(argv: Sequence[str] | None = None) -> int:
+    """The ``add-lightning`` console script: :func:`main`, with user errors in one line.
+
+    A bad path, config value or data file ends the command with ``add-lightning: error:
+    <message>`` on stderr and exit status 1, instead of a 40-line traceback whose last line is
+    the message. ``ADD_LIGHTNING_TRACEBACK=1`` shows the traceback too.
+    """
+    try:
+        return main(argv)
+    except _USER_ERRORS as error:
+        if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
+            raise
+        kind = type(error).__name__
+        sys.stderr.write(
+            f"add-lightning: error: {error}\n({kind}; set {TRACEBACK_VARIABLE}=1 for the "
+            "traceback)\n"
+        )
+        return 1
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(console_main())

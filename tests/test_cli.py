@@ -345,3 +345,42 @@ def test_resume_with_workers_equals_an_uninterrupted_run(tmp_path, sampling):
         assert checkpoint["state_dict"].keys() == expected["state_dict"].keys()
         for name, weight in expected["state_dict"].items():
             assert torch.equal(checkpoint["state_dict"][name], weight), f"{run}: {name}"
+
+
+@pytest.mark.parametrize("traceback", [False, True], ids=["message", "traceback"])
+def test_console_script_reports_user_errors_in_one_line(tmp_path, traceback):
+    script = Path(sys.executable).with_name("add-lightning")
+    if not script.is_file():
+        pytest.skip("the console script is not installed next to this Python")
+    missing = tmp_path / "no_esc50"
+    command = [
+        str(script),
+        *("fit", "--config", str(REPO / "configs/data/esc50.yaml")),
+        *("--config", str(REPO / "configs/model/ast_tiny.yaml")),
+        *("--data.init_args.dataset.init_args.root", str(missing)),
+        *("--data.init_args.dataset.init_args.download", "false"),
+    ]
+    env = {**os.environ, "ADD_LIGHTNING_TRACEBACK": "1" if traceback else ""}
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert result.returncode == 1
+    assert str(missing) in result.stderr
+    if traceback:
+        assert "Traceback (most recent call last)" in result.stderr
+    else:
+        assert "Traceback" not in result.stderr
+        errors = [line for line in result.stderr.splitlines() if "add-lightning: error:" in line]
+        assert len(errors) == 1 and "ESC50 metadata not found" in errors[0]
+        assert "ADD_LIGHTNING_TRACEBACK=1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(b"", r"is empty \(0 bytes\)"), (b"\x80\x02garbage" * 100, "is not a PyTorch checkpoint")],
+    ids=["empty", "random"],
+)
+def test_damaged_checkpoint_is_named(tiny_config, tmp_path, content, message):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=message) as info:
+        main(["test", *_base(tiny_config, tmp_path / "run"), "--ckpt_path", str(bad)])
+    assert str(bad) in str(info.value)

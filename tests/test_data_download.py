@@ -319,3 +319,31 @@ def test_dataset_download_checksum_mismatch(tmp_path: Path) -> None:
     with pytest.raises(ChecksumError, match="expected sha256 af14739e"):
         index.prepare()  # the default checksum is that of the real V2 archive
     assert list((tmp_path / "data").iterdir()) == []
+
+
+def test_offline_download_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def offline(url: str, offset: int):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(download_module, "_open_url", offline)
+    url = "https://example.org/data/archive.zip"
+    with pytest.raises(download_module.DownloadError) as info:
+        download_and_extract(url, tmp_path, progress=False)
+    message = str(info.value)
+    assert url in message and "name resolution" in message
+    assert str(tmp_path / "archive.zip") in message and "`download: false`" in message
+
+
+@pytest.mark.parametrize("kind", ["zip", "tar.gz"])
+def test_truncated_unverified_archive_is_removed(tmp_path: Path, kind: str) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    data = np.random.default_rng(0).bytes(200_000)  # incompressible: truncation hits the data
+    make = make_zip if kind == "zip" else make_tar
+    archive = make(source / f"data.{kind}", {"top/a.bin": data})
+    archive.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    root = tmp_path / "root"
+    with pytest.raises(ValueError, match=r"cannot be extracted .*has been removed"):
+        download_and_extract(archive.as_uri(), root, progress=False)
+    assert not (root / f"data.{kind}").exists()  # the next run downloads it again
+    assert not (root / "data").exists()

@@ -21,6 +21,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
@@ -38,6 +39,10 @@ class ChecksumError(ValueError):
 
 class UnsafeArchiveError(ValueError):
     """An archive member would be written outside the extraction folder."""
+
+
+class DownloadError(OSError):
+    """A download failed (no network, refused, timed out); the message says what to do."""
 
 
 def file_checksum(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
@@ -106,6 +111,15 @@ def _fetch(url: str, partial: Path, offset: int, name: str, progress: bool) -> N
                 bar.update(len(chunk))
 
 
+def _download_advice(url: str, path: Path, error: BaseException) -> str:
+    reason = getattr(error, "reason", None) or error
+    return (
+        f"Could not download {url} ({reason}). Without network access, fetch the file by hand "
+        f"and put it at {path} (it is then used as it is), or extract the dataset yourself and "
+        "set `download: false`."
+    )
+
+
 def download_url(
     url: str,
     path: str | os.PathLike[str],
@@ -153,7 +167,9 @@ def download_url(
         _fetch(url, partial, offset, path.name, progress)
     except urllib.error.HTTPError as err:
         if not (err.code == 416 and offset > 0):  # 416: the .part already holds every byte
-            raise
+            raise DownloadError(_download_advice(url, path, err)) from err
+    except OSError as err:  # URLError (no network, DNS, refused), timeouts, reset connections
+        raise DownloadError(_download_advice(url, path, err)) from err
     try:
         verify_checksum(partial, sha256, md5)
     except ChecksumError as err:
@@ -352,12 +368,26 @@ def download_and_extract(
     if (destination / EXTRACTED_MARKER).exists():
         return destination
     archive = download_url(url, root / name, sha256=sha256, md5=md5, progress=progress)
-    return extract_archive(archive, destination, strip_components=strip_components)
+    try:
+        return extract_archive(archive, destination, strip_components=strip_components)
+    except UnsafeArchiveError:
+        raise
+    except (ValueError, EOFError, zipfile.BadZipFile, tarfile.TarError, zlib.error) as err:
+        if _expected_checksum(sha256, md5) is not None:
+            raise  # a verified archive is what its publisher made: keep it
+        # An unverified archive that cannot be read is most likely truncated: remove it, so that
+        # the next run downloads it again instead of failing on it forever.
+        archive.unlink(missing_ok=True)
+        raise ValueError(
+            f"The archive {archive} downloaded from {url} cannot be extracted ({err}); it was "
+            "probably cut short and has been removed. Run again to download it again."
+        ) from err
 
 
 __all__ = [
     "EXTRACTED_MARKER",
     "ChecksumError",
+    "DownloadError",
     "UnsafeArchiveError",
     "download_and_extract",
     "download_url",
