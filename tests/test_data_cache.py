@@ -347,3 +347,27 @@ def test_non_finite_row_in_a_complete_cache_names_the_file(tmp_path: Path, paths
     with pytest.raises(AudioError, match="non-finite values") as info:
         reopened.features(reopened.paths[2])
     assert str(cache.array_path) in str(info.value) and reopened.paths[2] in str(info.value)
+
+
+def test_rebuild_after_files_changed_removes_the_stale_cache(tmp_path: Path, paths: list[Path]):
+    cache_dir = tmp_path / "cache"
+    old = FeatureCache(cache_dir, paths, OPTIONS)
+    old.build()
+    other_settings = FeatureCache(cache_dir, paths, dataclasses.replace(OPTIONS, num_mel_bins=64))
+    other_settings.build()
+    stat = paths[0].stat()
+    os.utime(paths[0], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the file changed
+    new = FeatureCache(cache_dir, paths, OPTIONS)
+    new.build()
+    assert new.key != old.key
+    assert not old.array_path.exists() and not old.manifest_path.exists()
+    assert other_settings.is_valid()  # another configuration's cache is kept
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted(
+        p.name
+        for p in (
+            new.array_path,
+            new.manifest_path,
+            other_settings.array_path,
+            other_settings.manifest_path,
+        )
+    )

@@ -7,7 +7,9 @@ order and each clip's frame count before padding). The key hashes a format versi
 of them selects a new cache. The array is written under a temporary name and renamed when
 complete, and the manifest is written last, so an interrupted build leaves nothing that is
 trusted. A cache whose manifest is missing or unreadable, or disagrees with the key, clip list,
-shape, dtype or file size, is rebuilt. (Bit flips inside a complete file are not detected.)
+shape, dtype or file size, is rebuilt; a build removes the caches of the same files and settings
+that older versions of the files left behind. Bit flips inside a complete file are not detected,
+except non-finite values, which a lookup reports.
 """
 
 from __future__ import annotations
@@ -252,6 +254,35 @@ class FeatureCache:
         }
         _write_text_atomic(self.manifest_path, json.dumps(manifest))
         log.info("Built feature cache %s with %d clips.", self.array_path, len(self.paths))
+        self._remove_stale(manifest)
+
+    def _remove_stale(self, manifest: dict[str, Any]) -> None:
+        """Deletes the caches of the same files and settings built before the files changed.
+
+        Such a cache differs from this one only in the files' sizes or mtimes, so no key can
+        select it again; caches of other settings or file lists are kept (delete ``cache_dir``
+        to reclaim them all).
+        """
+        same = {name: manifest[name] for name in ("shape", "dtype", "options", "paths")}
+        same = json.loads(json.dumps(same))  # tuples as lists, as in the stored manifests
+        for other in self.cache_dir.glob("fbank-*.json"):
+            if other == self.manifest_path:
+                continue
+            try:
+                stored = json.loads(other.read_text(encoding="utf-8"))
+                if any(stored.get(name) != value for name, value in same.items()):
+                    continue
+            except (OSError, ValueError, AttributeError):
+                continue
+            array = other.with_suffix(".npy")
+            size = array.stat().st_size if array.is_file() else 0
+            other.unlink(missing_ok=True)  # the manifest first: a half-removed cache is invalid
+            array.unlink(missing_ok=True)
+            log.info(
+                "Removed the stale feature cache %s (%.1f MB): its audio files changed since.",
+                array,
+                size / 1e6,
+            )
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
