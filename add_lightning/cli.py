@@ -199,11 +199,16 @@ class AddLightningCLI(LightningCLI):
         trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
         if trainer_config.get("logger") in (None, True):
             root = trainer_config.get("default_root_dir")
+            # default_hp_metric=False: no `hp_metric = -1` placeholder as the first card
             if root is not None:
                 # name="" and version="": log_dir == root, checkpoints in root/checkpoints
-                trainer_config["logger"] = TensorBoardLogger(save_dir=root, name="", version="")
+                trainer_config["logger"] = TensorBoardLogger(
+                    save_dir=root, name="", version="", default_hp_metric=False
+                )
             else:
-                trainer_config["logger"] = TensorBoardLogger(os.getcwd(), name="lightning_logs")
+                trainer_config["logger"] = TensorBoardLogger(
+                    os.getcwd(), name="lightning_logs", default_hp_metric=False
+                )
         callback_keys = self._parser(self.subcommand).callback_keys
         if trainer_config.get("enable_checkpointing") is False:
             # `--trainer.enable_checkpointing false` means no checkpoint callback at all

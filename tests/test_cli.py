@@ -384,3 +384,19 @@ def test_damaged_checkpoint_is_named(tiny_config, tmp_path, content, message):
     with pytest.raises(ValueError, match=message) as info:
         main(["test", *_base(tiny_config, tmp_path / "run"), "--ckpt_path", str(bad)])
     assert str(bad) in str(info.value)
+
+
+def test_no_placeholder_metric_and_no_checkpoint_under_fast_dev_run(tiny_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    main(["fit", *_base(tiny_config, run), "--trainer.max_epochs", "1"])
+    (events,) = run.glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    scalars = accumulator.Tags()["scalars"]
+    assert "train/loss_epoch" in scalars and "hp_metric" not in scalars
+
+    quick = tmp_path / "quick"
+    main(["fit", *_base(tiny_config, quick), "--trainer.fast_dev_run", "true"])
+    assert not (quick / "checkpoints").exists() or not any((quick / "checkpoints").iterdir())

@@ -142,6 +142,8 @@ def test_load_unit_result_distrusts_damaged_files(tmp_path):
     assert load_unit_result(path) is None
     path.write_text(full)
     assert load_unit_result(path) == UnitResult(1, 0, {"test/acc": 0.5}, "h")
+    assert not unit_is_finished(tmp_path, "h")  # the test embeddings are missing
+    (tmp_path / "test_embeddings.npz").write_bytes(b"")
     assert unit_is_finished(tmp_path, "h")
     assert not unit_is_finished(tmp_path, "other")
 
