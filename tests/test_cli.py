@@ -273,48 +273,18 @@ def test_offline_hub_id_is_reported(tiny_config, tmp_path, monkeypatch):
         )
 
 
-# Synthetic audio through AudioDataModule with every epoch-dependent randomness switched on
-# (shuffling, mixup, SpecAugment), so that an epoch replayed in the wrong order changes the
-# weights.
-AUDIO_CONFIG = """\
-data:
-  class_path: add_lightning.data.AudioDataModule
-  init_args:
-    dataset:
-      class_path: add_lightning.data.SyntheticDataset
-      init_args: {{root: {root}, num_classes: 3, clips_per_class: 6, num_folds: 2, duration_s: 0.5}}
-    fold: 1
-    features: {{num_mel_bins: 32, target_frames: 48}}
-    batch_size: 3
-    mixup_rate: 0.5
-    time_mask: 8
-    cache_dir: {cache}
-model:
-  class_path: add_lightning.models.AudioClassifier
-  init_args:
-    backbone:
-      class_path: add_lightning.models.ASTBackbone
-      init_args:
-        pretrained: null
-        max_length: 48
-        num_mel_bins: 32
-        hidden_size: 32
-        num_hidden_layers: 1
-        num_attention_heads: 2
-        intermediate_size: 37
-    loss:
-      class_path: add_lightning.losses.ClassificationLoss
-      init_args:
-        embedding: {{class_path: add_lightning.losses.ADDLoss}}
-    optimizer: {{class_path: torch.optim.Adam, init_args: {{lr: 1.0e-3}}}}
-trainer:
-  accelerator: cpu
-  devices: 1
-  deterministic: true
-  enable_progress_bar: false
-  enable_model_summary: false
-  log_every_n_steps: 1
-"""
+def _audio_config(root: Path, cache: Path) -> str:
+    """The synthetic-audio config of the cv tests with every epoch-dependent randomness on
+    (shuffling, mixup, SpecAugment), so that an epoch replayed in the wrong order changes the
+    weights."""
+    from test_experiments import TINY_CONFIG
+
+    config = yaml.safe_load(TINY_CONFIG.format(root=root))
+    data = config["data"]["init_args"]
+    data["dataset"]["init_args"]["clips_per_class"] = 6
+    data.update(batch_size=3, mixup_rate=0.5, time_mask=8, cache_dir=str(cache))
+    del config["trainer"]["max_epochs"]
+    return yaml.safe_dump(config)
 
 
 @pytest.mark.parametrize(
@@ -325,7 +295,7 @@ def test_resume_with_workers_equals_an_uninterrupted_run(tmp_path, sampling):
     # Lightning creates the first one (and the workers prefetch from it) before it tells the
     # sampler the resumed epoch. Reference: the same run without workers, uninterrupted.
     config = tmp_path / "audio.yaml"
-    config.write_text(AUDIO_CONFIG.format(root=tmp_path / "synthetic", cache=tmp_path / "cache"))
+    config.write_text(_audio_config(tmp_path / "synthetic", tmp_path / "cache"))
 
     def fit(run: str, workers: int, *extra: str) -> None:
         base = ["--config", str(config), "--trainer.default_root_dir", str(tmp_path / run)]
