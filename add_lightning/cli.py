@@ -27,6 +27,7 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 from add_lightning.models.classifier import AudioClassifier
 from add_lightning.models.prediction import EmbeddingWriter
@@ -107,6 +108,45 @@ def check_checkpoint_file(path: str | os.PathLike[str] | None) -> None:
         )
 
 
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``{"a.b.c": leaf}``; lists and tuples compare as lists."""
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flat(item, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: list(value) if isinstance(value, tuple) else value}
+
+
+def _warn_about_replaced_model_arguments(section: Namespace) -> None:
+    """Warns when ``--ckpt_path``'s stored hyperparameters will replace given model arguments.
+
+    LightningCLI rebuilds the model from the checkpoint's hyperparameters (the weights fit only
+    that architecture), so a ``--model.*`` value that differs is ignored: say which.
+    """
+    path, model = section.get("ckpt_path"), section.get("model")
+    if path is None or model is None or not Path(str(path)).is_file():
+        return
+    import torch  # the checkpoint was checked by check_checkpoint_file
+
+    stored = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+    given = model.as_dict() if isinstance(model, Namespace) else dict(model)
+    stored_flat = _flat({key: v for key, v in stored.items() if not key.startswith("_")})
+    given_flat = _flat(given.get("init_args") or {})
+    replaced = {
+        key: (given_flat[key], stored_flat[key])
+        for key in sorted(set(given_flat) & set(stored_flat))
+        if given_flat[key] is not None and given_flat[key] != stored_flat[key]
+    }
+    if replaced:
+        rank_zero_warn(
+            f"The model is rebuilt from the hyperparameters stored in {path}, so these given "
+            "model arguments are replaced by the checkpoint's: "
+            + ", ".join(f"{key} {new!r} (given {old!r})" for key, (old, new) in replaced.items())
+            + ". To change the architecture, train a new model."
+        )
+
+
 class AddLightningCLI(LightningCLI):
     """LightningCLI for :class:`~add_lightning.models.AudioClassifier` and any LightningDataModule.
 
@@ -148,8 +188,14 @@ class AddLightningCLI(LightningCLI):
             self.config = parser.parse_args(args)
         # LightningCLI reads the hyperparameters of `--ckpt_path` next: check the file first.
         subcommand = self.config.get("subcommand")
+        section = self.config[subcommand] if subcommand else self.config
         if subcommand:
-            check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
+            check_checkpoint_file(section.get("ckpt_path"))
+        if subcommand and subcommand != "fit":
+            _warn_about_replaced_model_arguments(section)
+        # The link from data.num_classes replaces any value given for the model; keep the
+        # given one to refuse a contradiction instead of replacing it silently.
+        self._given_num_classes = section.get("model.init_args.num_classes")
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
@@ -163,6 +209,17 @@ class AddLightningCLI(LightningCLI):
         parser.set_defaults(_CHECKPOINT_DEFAULTS)
 
     def instantiate_classes(self) -> None:
+        self._instantiate_classes()
+        given = getattr(self, "_given_num_classes", None)
+        if given is not None and given != self.model.num_classes:
+            raise ValueError(
+                f"Expected `model.init_args.num_classes` to be left out or to equal the data's "
+                f"{self.model.num_classes} classes but got {given}: the number of classes comes "
+                "from the data module (`data.num_classes`); to train on fewer classes, give the "
+                "dataset fewer classes."
+            )
+
+    def _instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
         except ValueError as error:

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import types
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -370,3 +371,24 @@ def test_no_placeholder_metric_and_no_checkpoint_under_fast_dev_run(tiny_config,
     quick = tmp_path / "quick"
     main(["fit", *_base(tiny_config, quick), "--trainer.fast_dev_run", "true"])
     assert not (quick / "checkpoints").exists() or not any((quick / "checkpoints").iterdir())
+
+
+def test_num_classes_contradicting_the_data_is_refused(tiny_config, tmp_path):
+    arguments = ["fit", *_base(tiny_config, tmp_path / "run"), "--trainer.max_epochs", "1"]
+    with pytest.raises(ValueError, match=r"data's 3 classes but got 5"):
+        main([*arguments, "--model.init_args.num_classes", "5"])
+    main([*arguments, "--model.init_args.num_classes", "3"])  # agreeing is fine
+
+
+def test_model_arguments_replaced_by_the_checkpoint_are_named(tiny_config, tmp_path):
+    run = tmp_path / "run"
+    main(["fit", *_base(tiny_config, run), "--trainer.max_epochs", "1"])
+    last = str(run / "checkpoints" / "last.ckpt")
+    test = ["test", "--config", str(run / "config.yaml"), "--ckpt_path", last]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(test)  # the run's own config: nothing is replaced
+    assert not [w for w in caught if "replaced by the checkpoint" in str(w.message)]
+    wider = "--model.init_args.backbone.init_args.intermediate_size"
+    with pytest.warns(UserWarning, match=r"backbone\.init_args\.intermediate_size 37 \(given 64\)"):
+        main([*test, wider, "64"])
