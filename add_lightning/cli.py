@@ -129,7 +129,9 @@ def _warn_about_replaced_model_arguments(section: Namespace) -> None:
         return
     import torch  # the checkpoint was checked by check_checkpoint_file
 
-    stored = torch.load(path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+    # mmap: only the hyperparameters are read here; LightningCLI loads the checkpoint itself next.
+    checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    stored = checkpoint.get("hyper_parameters", {})
     given = model.as_dict() if isinstance(model, Namespace) else dict(model)
     stored_flat = _flat({key: v for key, v in stored.items() if not key.startswith("_")})
     given_flat = _flat(given.get("init_args") or {})
