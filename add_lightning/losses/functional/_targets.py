@@ -27,7 +27,8 @@ def checked_targets(targets: Tensor) -> Tensor:
         lowest = targets.min()
         row_sums = targets.sum(dim=-1)
         worst = (row_sums - 1.0).abs().max()
-        if not (lowest >= 0 and worst <= PROBABILITY_SUM_TOLERANCE):
+        # One boolean tensor, so one device synchronisation per call on a GPU.
+        if not bool((lowest >= 0) & (worst <= PROBABILITY_SUM_TOLERANCE)):
             raise ValueError(
                 "Expected soft `targets` to be class probabilities (entries >= 0, rows summing "
                 f"to 1) but got a smallest entry of {lowest.item():.4g} and a row sum of "
