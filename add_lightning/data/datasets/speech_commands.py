@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from add_lightning.data.datasets.base import AudioDatasetIndex, IndexEntry, read_metadata_text
@@ -45,14 +46,22 @@ def _is_class_folder(entry: os.DirEntry[str]) -> bool:
     return entry.is_dir() and not entry.name.startswith(("_", "."))
 
 
-def _wav_names(folder: Path) -> list[str]:
-    """The sorted ``.wav`` (any case) file names of ``folder``, without hidden files (``._x``)."""
+def _iter_wav_names(folder: Path) -> Iterator[str]:
+    """The ``.wav`` (any case) file names of ``folder``, without hidden files (``._x``)."""
     with os.scandir(folder) as files:
-        return sorted(
-            f.name
-            for f in files
-            if f.name.lower().endswith(".wav") and not f.name.startswith(".") and f.is_file()
-        )
+        for f in files:
+            if f.name.lower().endswith(".wav") and not f.name.startswith(".") and f.is_file():
+                yield f.name
+
+
+def _wav_names(folder: Path) -> list[str]:
+    """The sorted ``.wav`` file names of ``folder`` (see ``_iter_wav_names``)."""
+    return sorted(_iter_wav_names(folder))
+
+
+def _holds_wav(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``.wav`` file; stops at the first (class names stay cheap)."""
+    return next(_iter_wav_names(folder), None) is not None
 
 
 class SpeechCommands(AudioDatasetIndex):
@@ -121,7 +130,7 @@ class SpeechCommands(AudioDatasetIndex):
         data_root = self._require_data_root()
         with os.scandir(data_root) as entries:
             folders = sorted(entry.name for entry in entries if _is_class_folder(entry))
-        words = [word for word in folders if _wav_names(data_root / word)]
+        words = [word for word in folders if _holds_wav(data_root / word)]
         if len(words) < len(folders):
             log.warning(
                 "Speech Commands: the folders %s of %s hold no .wav file and are not classes.",
