@@ -1,7 +1,7 @@
 """Pairwise cosine-distance geometry of an embedding set, computed in row chunks.
 
 The pure core of :class:`add_lightning.metrics.EmbeddingGeometry`. With L2-normalised
-embeddings ``z`` (``F.normalize`` semantics: zero vectors stay zero) and the cosine distance
+embeddings ``z`` (every non-zero row at unit length, zero rows zero) and the cosine distance
 ``d(a, b) = 1 - a·b``, it reports over all ordered pairs ``(i, j), i != j``:
 
 - the four statistics of the ADD loss (docs/method.md): ``mu_p``/``sigma_p`` over
@@ -197,8 +197,8 @@ def pairwise_geometry(
 ) -> dict[str, Tensor]:
     """Computes the cosine-distance geometry of a set of labelled embeddings.
 
-    Embeddings are L2-normalised with ``F.normalize`` semantics (zero vectors stay zero, so their
-    distance to anything is 1) and ``d(a, b) = 1 - a·b``. All statistics run over the ordered
+    Embeddings are L2-normalised at any scale (zero vectors stay zero, so their distance to
+    anything is 1) and ``d(a, b) = 1 - a·b``. All statistics run over the ordered
     pairs ``(i, j), i != j``; standard deviations are unbiased (divide by count - 1). An empty
     set, or fewer than 2 values for a standard deviation, gives 0, never NaN; a coefficient of
     variation ``std / mean`` is 0 where the mean is 0. When embeddings nearly coincide, ``d`` is
