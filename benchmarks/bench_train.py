@@ -126,7 +126,7 @@ class BatchTimer(Callback):
 
 def pipeline_throughput(config: str, batches: int, extra: list[str]) -> dict:
     """Clips/s and data-wait fraction of a real `fit` on the data of ``config``."""
-    from add_lightning.cli import AddLightningCLI
+    from add_lightning.lightning_cli import AddLightningCLI
 
     with tempfile.TemporaryDirectory() as run_dir:
         args = [

@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from add_lightning.cli import AddLightningCLI, main
+from add_lightning.cli import main
+from add_lightning.lightning_cli import AddLightningCLI
 from add_lightning.models import AudioClassifier
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import yaml
 from lightning.pytorch import Trainer
 from transformers import ASTConfig, ASTModel
 
-from add_lightning.cli import AddLightningCLI
+from add_lightning.lightning_cli import AddLightningCLI
 from add_lightning.losses import ClassificationLoss
 from add_lightning.models import AudioClassifier
 

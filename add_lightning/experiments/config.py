@@ -41,12 +41,12 @@ class ExperimentConfigError(ValueError):
 
 
 def experiment_cli_class() -> type:
-    """:class:`~add_lightning.cli.AddLightningCLI` for programmatic use by the runner.
+    """:class:`~add_lightning.lightning_cli.AddLightningCLI` for programmatic use by the runner.
 
     The runner always passes ``args``; LightningCLI would warn that ``sys.argv`` (the runner's
     own command line) holds arguments too.
     """
-    from add_lightning.cli import AddLightningCLI
+    from add_lightning.lightning_cli import AddLightningCLI
 
     class ExperimentCLI(AddLightningCLI):
         def parse_arguments(self, parser: Any, args: Any) -> None:
@@ -61,7 +61,7 @@ def compose_config(
     """Parses config files and command line overrides into one complete config, as ``fit`` would.
 
     Nothing is instantiated (no weights are loaded, no data is read): the parser of
-    :class:`~add_lightning.cli.AddLightningCLI` only composes and validates the values.
+    :class:`~add_lightning.lightning_cli.AddLightningCLI` only composes and validates the values.
 
     Raises:
         ExperimentConfigError: If the configs or overrides do not parse (jsonargparse prints why).

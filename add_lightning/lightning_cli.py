@@ -1,0 +1,279 @@
+"""``add-lightning fit | validate | test | predict``: LightningCLI for one run.
+
+Run layout. With ``--trainer.default_root_dir DIR`` (and no ``--trainer.logger`` of your own)
+every file of the run lands directly in ``DIR``::
+
+    DIR/config.yaml              # full config of `fit` (config_<subcommand>.yaml for the others)
+    DIR/events.out.tfevents.*    # TensorBoard scalars and, after `test`, the class-pair heat maps
+    DIR/hparams.yaml
+    DIR/checkpoints/last.ckpt    # end of the latest epoch (resume with --ckpt_path last)
+    DIR/checkpoints/best.ckpt    # best `val/acc` so far
+    DIR/predictions.npz          # written by `predict` (see EmbeddingWriter)
+
+Without ``default_root_dir`` runs go to ``./lightning_logs/version_N/`` with the same content.
+"""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import Namespace
+from lightning.pytorch import LightningDataModule, Trainer
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_warn
+
+from add_lightning.models.classifier import AudioClassifier
+from add_lightning.models.prediction import EmbeddingWriter
+
+__all__ = ["AddLightningCLI", "check_checkpoint_file", "run_lightning_cli"]
+
+_DESCRIPTION = (
+    "Audio classification with the Angular Distance Distribution (ADD) loss. Subcommands "
+    "fit/validate/test/predict train and evaluate one run (compose YAML files with --config); "
+    "`add-lightning --help` lists every command."
+)
+
+# Two checkpoint callbacks with stable file names: the experiments runner and `--ckpt_path last`
+# rely on DIR/checkpoints/{last,best}.ckpt; no version counter, so a re-run overwrites them.
+# `last.ckpt` has a callback of its own, without a monitor, that writes it at the end of every
+# training epoch: ModelCheckpoint's `save_last` rewrites it only when a top-k checkpoint is
+# saved, i.e. when `val/acc` improves (Lightning 2.6), which left `last.ckpt` epochs behind.
+_CHECKPOINT_DEFAULTS = {
+    "checkpoint.monitor": "val/acc",
+    "checkpoint.mode": "max",
+    "checkpoint.filename": "best",
+    "checkpoint.save_top_k": 1,
+    "checkpoint.save_last": False,
+    "checkpoint.auto_insert_metric_name": False,
+    "checkpoint.enable_version_counter": False,
+    "last_checkpoint.monitor": None,
+    "last_checkpoint.filename": ModelCheckpoint.CHECKPOINT_NAME_LAST,
+    "last_checkpoint.save_top_k": 1,
+    "last_checkpoint.save_last": False,
+    "last_checkpoint.every_n_epochs": 1,
+    "last_checkpoint.save_on_train_epoch_end": True,
+    "last_checkpoint.auto_insert_metric_name": False,
+    "last_checkpoint.enable_version_counter": False,
+}
+
+
+def _raised_by_jsonargparse(error: BaseException) -> bool:
+    frame = error.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next
+    return (
+        frame is not None and f"{os.sep}jsonargparse{os.sep}" in frame.tb_frame.f_code.co_filename
+    )
+
+
+# `--ckpt_path` values that Lightning resolves itself rather than naming a file.
+_SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
+
+
+def check_checkpoint_file(path: str | os.PathLike[str] | None) -> None:
+    """Raises a clear error unless ``path`` is None, a special name, or a torch checkpoint file.
+
+    ``torch.load`` of an empty file raises a bare ``EOFError`` and of a damaged one an
+    ``UnpicklingError`` advising ``weights_only=False``; neither names the file.
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        ValueError: If it is empty or not the zip archive that ``torch.save`` writes.
+    """
+    if path is None or str(path) in _SPECIAL_CKPT_PATHS or "://" in str(path):
+        return
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"Checkpoint {path} (`--ckpt_path`) does not exist.")
+    if path.stat().st_size == 0:
+        raise ValueError(
+            f"Checkpoint {path} (`--ckpt_path`) is empty (0 bytes), e.g. left by an interrupted "
+            "save; use another checkpoint."
+        )
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"Checkpoint {path} (`--ckpt_path`) is not a PyTorch checkpoint (torch.save writes a "
+            "zip archive): the file is damaged or of another format."
+        )
+
+
+def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested dicts as ``{"a.b.c": leaf}``; lists and tuples compare as lists."""
+    if isinstance(value, dict):
+        flat: dict[str, Any] = {}
+        for key, item in value.items():
+            flat.update(_flat(item, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: list(value) if isinstance(value, tuple) else value}
+
+
+def _warn_about_replaced_model_arguments(section: Namespace) -> None:
+    """Warns when ``--ckpt_path``'s stored hyperparameters will replace given model arguments.
+
+    LightningCLI rebuilds the model from the checkpoint's hyperparameters (the weights fit only
+    that architecture), so a ``--model.*`` value that differs is ignored: say which.
+    """
+    path, model = section.get("ckpt_path"), section.get("model")
+    if path is None or model is None or not Path(str(path)).is_file():
+        return
+    import torch  # the checkpoint was checked by check_checkpoint_file
+
+    # mmap: only the hyperparameters are read here; LightningCLI loads the checkpoint itself next.
+    checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    stored = checkpoint.get("hyper_parameters", {})
+    given = model.as_dict() if isinstance(model, Namespace) else dict(model)
+    stored_flat = _flat({key: v for key, v in stored.items() if not key.startswith("_")})
+    given_flat = _flat(given.get("init_args") or {})
+    replaced = {
+        key: (given_flat[key], stored_flat[key])
+        for key in sorted(set(given_flat) & set(stored_flat))
+        if given_flat[key] is not None and given_flat[key] != stored_flat[key]
+    }
+    if replaced:
+        rank_zero_warn(
+            f"The model is rebuilt from the hyperparameters stored in {path}, so these given "
+            "model arguments are replaced by the checkpoint's: "
+            + ", ".join(f"{key} {new!r} (given {old!r})" for key, (old, new) in replaced.items())
+            + ". To change the architecture, train a new model."
+        )
+
+
+class AddLightningCLI(LightningCLI):
+    """LightningCLI for :class:`~add_lightning.models.AudioClassifier` and any LightningDataModule.
+
+    Adds to LightningCLI: ``data.num_classes``/``data.class_names`` linked into the model, two
+    configurable ModelCheckpoints: ``checkpoint`` (``best.ckpt`` by ``val/acc``) and
+    ``last_checkpoint`` (``last.ckpt``, the end of every training epoch),
+    a TensorBoard logger whose directory is ``trainer.default_root_dir`` when given, and
+    ``seed_everything: 0``. The optimizer and scheduler are the model's own arguments
+    (``model.init_args.optimizer``/``scheduler``), not LightningCLI's top-level ones.
+
+    Programmatic use: ``cli = AddLightningCLI(args=[...], run=False)`` builds ``cli.model``,
+    ``cli.datamodule`` and ``cli.trainer`` without running anything.
+    """
+
+    def __init__(
+        self, args: Sequence[str] | dict[str, Any] | None = None, run: bool = True
+    ) -> None:
+        super().__init__(
+            model_class=AudioClassifier,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+            parser_kwargs={"description": _DESCRIPTION},
+            args=list(args) if isinstance(args, Sequence) and not isinstance(args, str) else args,
+            run=run,
+        )
+
+    def parse_arguments(
+        self, parser: LightningArgumentParser, args: list[str] | dict[str, Any] | None
+    ) -> None:
+        # Same as LightningCLI minus its warning about `args` given while sys.argv is not empty:
+        # programmatic callers (the experiments runner, tests) legitimately have both.
+        if isinstance(args, dict | Namespace):
+            self.config = parser.parse_object(args)
+        else:
+            self.config = parser.parse_args(args)
+        # LightningCLI reads the hyperparameters of `--ckpt_path` next: check the file first.
+        subcommand = self.config.get("subcommand")
+        section = self.config[subcommand] if subcommand else self.config
+        if subcommand:
+            check_checkpoint_file(section.get("ckpt_path"))
+        if subcommand and subcommand != "fit":
+            _warn_about_replaced_model_arguments(section)
+        # The link from data.num_classes replaces any value given for the model; keep the
+        # given one to refuse a contradiction instead of replacing it silently.
+        self._given_num_classes = section.get("model.init_args.num_classes")
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments(
+            "data.num_classes", "model.init_args.num_classes", apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data.class_names", "model.init_args.class_names", apply_on="instantiate"
+        )
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        parser.set_defaults(_CHECKPOINT_DEFAULTS)
+
+    def instantiate_classes(self) -> None:
+        self._instantiate_classes()
+        given = getattr(self, "_given_num_classes", None)
+        if given is not None and given != self.model.num_classes:
+            raise ValueError(
+                f"Expected `model.init_args.num_classes` to be left out or to equal the data's "
+                f"{self.model.num_classes} classes but got {given}: the number of classes comes "
+                "from the data module (`data.num_classes`); to train on fewer classes, give the "
+                "dataset fewer classes."
+            )
+
+    def _instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except ValueError as error:
+            # jsonargparse wraps errors of the constructors (missing data set, offline hub id,
+            # bad argument) in a long "Does not validate against any of the Union subtypes"
+            # message; raise the constructor's own error, which says what to do.
+            root: BaseException = error
+            while root.__cause__ is not None and _raised_by_jsonargparse(root):
+                root = root.__cause__
+            if root is error:
+                raise
+            raise root from None
+
+    def before_instantiate_classes(self) -> None:
+        # `fit` writes config.yaml (what the experiments runner reads); the other subcommands
+        # write config_<subcommand>.yaml beside it instead of overwriting it.
+        stage = self.subcommand or "fit"
+        name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
+        self.save_config_kwargs["config_filename"] = name
+
+    def predict(self, **kwargs: Any) -> Any:
+        """``Trainer.predict`` that writes ``<run dir>/predictions.npz`` by default.
+
+        Without a prediction writer among the callbacks an :class:`EmbeddingWriter` is added;
+        predictions are not also kept in memory unless ``--return_predictions true``.
+        """
+        if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
+            self.trainer.callbacks.append(EmbeddingWriter())
+        if kwargs.get("return_predictions") is None:
+            kwargs["return_predictions"] = False
+        return self.trainer.predict(**kwargs)
+
+    def instantiate_trainer(self, **kwargs: Any) -> Trainer:
+        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        if trainer_config.get("logger") in (None, True):
+            root = trainer_config.get("default_root_dir")
+            # default_hp_metric=False: no `hp_metric = -1` placeholder as the first card
+            if root is not None:
+                # name="" and version="": log_dir == root, checkpoints in root/checkpoints
+                trainer_config["logger"] = TensorBoardLogger(
+                    save_dir=root, name="", version="", default_hp_metric=False
+                )
+            else:
+                trainer_config["logger"] = TensorBoardLogger(
+                    os.getcwd(), name="lightning_logs", default_hp_metric=False
+                )
+        callback_keys = self._parser(self.subcommand).callback_keys
+        if trainer_config.get("enable_checkpointing") is False:
+            # `--trainer.enable_checkpointing false` means no checkpoint callback at all
+            callback_keys = [
+                key for key in callback_keys if key not in ("checkpoint", "last_checkpoint")
+            ]
+        callbacks = [self._get(self.config_init, key) for key in callback_keys]
+        return self._instantiate_trainer(trainer_config, callbacks)
+
+
+def run_lightning_cli(argv: Sequence[str]) -> int:
+    """Runs ``add-lightning fit|validate|test|predict ARGS`` (``argv`` includes the subcommand)."""
+    AddLightningCLI(args=list(argv))
+    return 0
