@@ -237,6 +237,26 @@ class AddLightningCLI(LightningCLI):
         name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
         self.save_config_kwargs["config_filename"] = name
 
+    def _restore_data_pipeline(self) -> None:
+        """Gives the data module the state stored in ``--ckpt_path`` before the run starts.
+
+        Lightning restores a data module's ``load_state_dict`` only after ``prepare_data`` and
+        ``setup``, which would first compute normalisation statistics from the files on disk
+        (or fail if the training files are gone); the feature pipeline the model was trained
+        with (see ``AudioDataModule.state_dict``) is applied here instead, before either.
+        """
+        path = self.config[self.subcommand].get("ckpt_path")
+        if path is None or not Path(str(path)).is_file():
+            return  # none, or a special name ("last") that Lightning resolves and restores
+        import torch  # the checkpoint was checked by check_checkpoint_file
+
+        checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+        state = checkpoint.get(type(self.datamodule).__qualname__)
+        if state is not None:
+            self.datamodule.load_state_dict(state)
+
+    before_fit = before_validate = before_test = before_predict = _restore_data_pipeline
+
     def predict(self, **kwargs: Any) -> Any:
         """``Trainer.predict`` that writes ``<run dir>/predictions.npz`` by default.
 

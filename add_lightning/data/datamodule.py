@@ -3,7 +3,9 @@
 ``prepare_data`` downloads, generates or verifies the data (and builds the optional feature
 cache); ``setup`` is idempotent and builds only the splits of its stage. Normalisation
 statistics, unless given, come from the training clips of the current fold alone (never from
-validation or test clips) and are cached per fold in ``cache_dir``.
+validation or test clips) and are cached per fold in ``cache_dir``. Every checkpoint holds the
+feature settings, the statistics used and the class names (``state_dict``), and a run that
+restores a checkpoint uses them (``load_state_dict``), not statistics of the files on disk.
 """
 
 from __future__ import annotations
@@ -35,6 +37,35 @@ from add_lightning.data.features import (
 from add_lightning.data.sampler import ClassBalancedBatchSampler, SeededShuffleSampler
 
 log = logging.getLogger(__name__)
+
+#: Key of the feature pipeline in :meth:`AudioDataModule.state_dict` (and so in checkpoints).
+PIPELINE_KEY = "add_lightning_pipeline"
+
+
+def parse_pipeline(pipeline: Any, source: str) -> tuple[FbankOptions, Normalization, list[str]]:
+    """Feature settings, normalisation and class names from a stored pipeline dict.
+
+    Args:
+        pipeline: The value stored under :data:`PIPELINE_KEY`.
+        source: What holds it, for error messages (e.g. the checkpoint's path).
+
+    Raises:
+        ValueError: If an entry is missing or invalid.
+    """
+    try:
+        features = FbankOptions(**pipeline["features"])
+        normalization = Normalization(
+            mean=float(pipeline["normalization"]["mean"]),
+            std=float(pipeline["normalization"]["std"]),
+        )
+        class_names = [str(name) for name in pipeline["class_names"]]
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"The feature pipeline stored in {source} is damaged ({type(error).__name__}: "
+            f"{error}); expected the features, normalization and class_names that "
+            "`add-lightning fit` stores."
+        ) from None
+    return features, normalization, class_names
 
 
 def split_off_validation(
@@ -332,6 +363,76 @@ class AudioDataModule(LightningDataModule):
         self._fold_normalization = statistics
         return statistics
 
+    # checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """The feature pipeline of this run, which Lightning stores in every checkpoint.
+
+        Lightning saves it under the key ``type(self).__qualname__`` (``"AudioDataModule"``)
+        and hands it back to :meth:`load_state_dict` when a run restores a checkpoint.
+
+        Returns:
+            ``{PIPELINE_KEY: {"features": FbankOptions fields, "normalization": {"mean",
+            "std"}, "class_names": [...]}}``; the normalisation is the one the model is trained
+            with (the training clips' statistics, computed now if not yet, or the preset).
+        """
+        normalization = self._training_normalization()
+        return {
+            PIPELINE_KEY: {
+                "features": dataclasses.asdict(self.features),
+                "normalization": {"mean": normalization.mean, "std": normalization.std},
+                "class_names": list(self.class_names),
+            }
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Uses the feature pipeline stored in a checkpoint instead of this config's.
+
+        The stored normalisation replaces statistics computed from the files on disk (which
+        may have changed since training) or a given preset; stored feature settings that
+        differ from ``features`` replace them, with a warning naming each difference. A
+        checkpoint without a stored pipeline (older versions) changes nothing.
+
+        Raises:
+            ValueError: If the stored class names differ from this dataset's: the class ids
+                would not mean the same classes.
+        """
+        pipeline = state_dict.get(PIPELINE_KEY)
+        if pipeline is None:
+            return
+        features, normalization, class_names = parse_pipeline(pipeline, "the checkpoint")
+        if class_names != list(self.class_names):
+            raise ValueError(
+                f"The checkpoint was trained on the classes {class_names[:5]}... but "
+                f"{self.dataset!r} has {list(self.class_names)[:5]}...: class ids would not mean "
+                "the same classes; use the dataset the checkpoint was trained on."
+            )
+        if features != self.features:
+            given, stored = dataclasses.asdict(self.features), dataclasses.asdict(features)
+            differences = ", ".join(
+                f"{key} {stored[key]!r} (config {given[key]!r})"
+                for key in given
+                if given[key] != stored[key]
+            )
+            log.warning(
+                "The data config's feature settings contradict the checkpoint's; using the "
+                "checkpoint's, which the model was trained with: %s.",
+                differences,
+            )
+            self.features = features
+            self._cache = None
+            self._datasets.clear()
+        if self.normalization is not None and self.normalization != normalization:
+            log.warning(
+                "The data config's normalization %s is replaced by the checkpoint's %s, which "
+                "the model was trained with.",
+                self.normalization,
+                normalization,
+            )
+        if self._fold_normalization != normalization:
+            self._fold_normalization = normalization
+            self._datasets.clear()
+
     # datasets and loaders
 
     def setup(self, stage: str | None = None) -> None:
@@ -445,4 +546,4 @@ class AudioDataModule(LightningDataModule):
         return self._evaluation_loader("predict")
 
 
-__all__ = ["AudioDataModule", "split_off_validation"]
+__all__ = ["PIPELINE_KEY", "AudioDataModule", "parse_pipeline", "split_off_validation"]
