@@ -1,0 +1,238 @@
+"""Using a trained model: the pipeline stored in checkpoints, load_trained_model, classify."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import torchaudio.functional
+
+from add_lightning.cli import main
+from add_lightning.data import (
+    FbankOptions,
+    Normalization,
+    compute_fbank,
+    compute_fbank_frames,
+    load_audio,
+    synthetic_class_names,
+)
+from add_lightning.inference import TrainedModel, load_trained_model
+from add_lightning.lightning_cli import AddLightningCLI
+
+# Synthetic data (3 classes x 4 clips of 0.5 s, 2 folds; fold 2 trains, fold 1 tests), a
+# one-layer random AST, one epoch.
+CONFIG = """\
+data:
+  class_path: add_lightning.data.AudioDataModule
+  init_args:
+    dataset:
+      class_path: add_lightning.data.SyntheticDataset
+      init_args: {{root: {root}, num_classes: 3, clips_per_class: 4, num_folds: 2, duration_s: 0.5}}
+    fold: 1
+    features: {{num_mel_bins: 32, target_frames: 48}}
+    batch_size: 4
+    cache_dir: {cache}
+model:
+  class_path: add_lightning.models.AudioClassifier
+  init_args:
+    backbone:
+      class_path: add_lightning.models.ASTBackbone
+      init_args:
+        pretrained: null
+        max_length: 48
+        num_mel_bins: 32
+        hidden_size: 32
+        num_hidden_layers: 1
+        num_attention_heads: 2
+        intermediate_size: 37
+    optimizer: {{class_path: torch.optim.Adam, init_args: {{lr: 1.0e-3}}}}
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_epochs: 1
+  enable_progress_bar: false
+  enable_model_summary: false
+  log_every_n_steps: 1
+"""
+FEATURES = FbankOptions(num_mel_bins=32, target_frames=48)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    """One `add-lightning fit` run: its config, data root and last checkpoint."""
+    folder = tmp_path_factory.mktemp("trained")
+    config = folder / "config.yaml"
+    config.write_text(CONFIG.format(root=folder / "synthetic", cache=folder / "cache"))
+    run = folder / "run"
+    assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(run)]) == 0
+    return {
+        "config": config,
+        "root": folder / "synthetic",
+        "checkpoint": run / "checkpoints" / "last.ckpt",
+    }
+
+
+def _training_files(root: Path) -> list[Path]:
+    # ESC-50 layout under a folder named after the settings; fold 2 is the training fold
+    paths = sorted(root.glob("*/audio/2-*.wav"))
+    assert len(paths) == 6
+    return paths
+
+
+def _statistics(paths: list[Path]) -> tuple[float, float]:
+    """Reference: float64 mean and population std of every padded fbank value of the files."""
+    values = np.concatenate(
+        [compute_fbank(load_audio(path), FEATURES).double().numpy().ravel() for path in paths]
+    )
+    return float(values.mean()), float(values.std())
+
+
+def test_checkpoint_stores_the_feature_pipeline_of_training(trained):
+    checkpoint = torch.load(trained["checkpoint"], weights_only=True)
+    pipeline = checkpoint["AudioDataModule"]["add_lightning_pipeline"]
+    assert FbankOptions(**pipeline["features"]) == FEATURES
+    assert pipeline["class_names"] == synthetic_class_names(3)
+    mean, std = _statistics(_training_files(trained["root"]))
+    # training read the fbanks from the float16 cache: equal to about 1e-3
+    assert pipeline["normalization"]["mean"] == pytest.approx(mean, rel=1e-3)
+    assert pipeline["normalization"]["std"] == pytest.approx(std, rel=1e-3)
+
+
+def _test_metrics(config: Path, checkpoint: Path, run: Path, *extra: str) -> dict[str, float]:
+    args = ["test", "--config", str(config), "--trainer.default_root_dir", str(run)]
+    cli = AddLightningCLI(args=[*args, "--ckpt_path", str(checkpoint), *extra])
+    return {key: float(value) for key, value in cli.trainer.callback_metrics.items()}
+
+
+def test_test_with_a_checkpoint_ignores_training_files_changed_after_fit(trained, tmp_path, caplog):
+    # a copy of the data, so that the other tests keep the original files
+    root = tmp_path / "synthetic"
+    config = tmp_path / "config.yaml"
+    config.write_text(CONFIG.format(root=root, cache=tmp_path / "cache"))
+    import shutil
+
+    shutil.copytree(trained["root"], root)
+    before = _test_metrics(config, trained["checkpoint"], tmp_path / "before")
+    assert math.isfinite(before["test/loss"])
+
+    rng = np.random.default_rng(0)
+    for path in _training_files(root):  # louder, with more noise: other statistics
+        samples, rate = soundfile.read(path, dtype="float32")
+        noisy = 3 * samples + 0.05 * rng.standard_normal(samples.shape).astype(np.float32)
+        soundfile.write(path, np.clip(noisy, -1, 1), rate, subtype="PCM_16")
+    stored = torch.load(trained["checkpoint"], weights_only=True)["AudioDataModule"]
+    stored_mean = stored["add_lightning_pipeline"]["normalization"]["mean"]
+    changed_mean, _ = _statistics(_training_files(root))
+    assert abs(changed_mean - stored_mean) > 0.5  # recomputed statistics would differ
+
+    after = _test_metrics(config, trained["checkpoint"], tmp_path / "after")
+    assert after["test/loss"] == before["test/loss"]
+    assert after["test/acc"] == before["test/acc"]
+
+    # feature settings contradicting the checkpoint's: the checkpoint's are used, and said so
+    with caplog.at_level(logging.WARNING):
+        other = _test_metrics(
+            config,
+            trained["checkpoint"],
+            tmp_path / "other",
+            "--data.init_args.features.target_frames",
+            "64",
+        )
+    assert "target_frames 48 (config 64)" in caplog.text
+    assert other["test/loss"] == before["test/loss"]
+
+
+def test_load_trained_model(trained):
+    loaded = load_trained_model(trained["checkpoint"])
+    assert isinstance(loaded, TrainedModel)
+    assert not loaded.model.training
+    assert loaded.features == FEATURES
+    assert loaded.class_names == synthetic_class_names(3)
+    stored = torch.load(trained["checkpoint"], weights_only=True)
+    pipeline = stored["AudioDataModule"]["add_lightning_pipeline"]
+    assert loaded.normalization == Normalization(**pipeline["normalization"])
+    weights = loaded.model.state_dict()
+    assert weights.keys() == stored["state_dict"].keys()
+    for name, value in stored["state_dict"].items():
+        assert torch.equal(weights[name], value), name
+
+
+def test_load_trained_model_errors(trained, tmp_path):
+    old = torch.load(trained["checkpoint"], weights_only=True)
+    del old["AudioDataModule"]  # as written before the pipeline was stored
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match=r"old\.ckpt holds no feature pipeline"):
+        load_trained_model(tmp_path / "old.ckpt")
+    with pytest.raises(FileNotFoundError, match=r"missing\.ckpt does not exist"):
+        load_trained_model(tmp_path / "missing.ckpt")
+    (tmp_path / "text.ckpt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"text\.ckpt is not a PyTorch checkpoint"):
+        load_trained_model(tmp_path / "text.ckpt")
+
+
+def _reference_probabilities(
+    model: TrainedModel, fbank: torch.Tensor, starts: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean softmax and mean embedding of the windows ``fbank[s : s + 48]`` (padded to 48)."""
+    probabilities, embeddings = [], []
+    for start in starts:
+        window = fbank[start : start + 48]
+        window = torch.nn.functional.pad(window, (0, 0, 0, 48 - window.shape[0]))
+        features = model.normalization.apply(window).unsqueeze(0)
+        with torch.no_grad():
+            embedding = model.model.embed(features)
+            probabilities.append(model.model(features).softmax(-1)[0])
+        embeddings.append(embedding[0])
+    return torch.stack(probabilities).mean(0), torch.stack(embeddings).mean(0)
+
+
+def _tone(seconds: float, rate: int, channels: int = 1) -> np.ndarray:
+    t = np.arange(round(seconds * rate)) / rate
+    rng = np.random.default_rng(1)
+    mono = 0.3 * np.sin(2 * np.pi * 440 * t) + 0.02 * rng.standard_normal(t.size)
+    return np.stack([mono * (c + 1) / channels for c in range(channels)]).astype(np.float32)
+
+
+def test_classify_a_short_clip_equals_the_model_on_its_padded_features(trained):
+    model = load_trained_model(trained["checkpoint"])
+    waveform = torch.from_numpy(_tone(0.3, 16000)[0])  # 28 frames: padded to 48 as in training
+    scores = model.classify(waveform, 16000)
+    expected, embedding = _reference_probabilities(model, compute_fbank(waveform, FEATURES), [0])
+    assert scores.num_windows == 1
+    torch.testing.assert_close(scores.probabilities, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(scores.embedding, embedding, rtol=1e-5, atol=1e-5)
+    assert float(scores.probabilities.sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_classify_a_long_clip_averages_its_windows(trained):
+    model = load_trained_model(trained["checkpoint"])
+    waveform = torch.from_numpy(_tone(1.5, 16000)[0])  # 148 frames
+    fbank = compute_fbank_frames(waveform, FEATURES)
+    assert fbank.shape[0] == 148
+    # windows of 48 frames every 24 frames, and one more ending at the last frame
+    starts = [0, 24, 48, 72, 96, 100]
+    expected, embedding = _reference_probabilities(model, fbank, starts)
+    scores = model.classify(waveform, 16000)
+    assert scores.num_windows == len(starts)
+    torch.testing.assert_close(scores.probabilities, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(scores.embedding, embedding, rtol=1e-5, atol=1e-5)
+    # another hop: windows 0, 50, 100
+    expected, _ = _reference_probabilities(model, fbank, [0, 50, 100])
+    torch.testing.assert_close(
+        model.classify(waveform, 16000, hop_frames=50).probabilities, expected
+    )
+
+
+def test_classify_a_stereo_clip_at_another_rate(trained):
+    model = load_trained_model(trained["checkpoint"])
+    stereo = torch.from_numpy(_tone(0.4, 44100, channels=2))
+    mono = torchaudio.functional.resample(stereo.mean(0), 44100, 16000)
+    expected, _ = _reference_probabilities(model, compute_fbank(mono, FEATURES), [0])
+    torch.testing.assert_close(model.classify(stereo, 44100).probabilities, expected)
+    with pytest.raises(ValueError, match=r"waveform.*\[channels, num_samples\]"):
+        model.classify(torch.zeros(1, 2, 100), 16000)
