@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cv": (_EXPERIMENTS, "fit + test every (fold, seed) of an experiment; resumable"),
     "compare": (_EXPERIMENTS, "a Table-2-like comparison of several experiments"),
     "figures": (_EXPERIMENTS, "the embedding-geometry figures of experiments"),
+    "export": ("add_lightning.export:main", "a checkpoint as a transformers folder or ONNX file"),
 }
 
 _USAGE = """\

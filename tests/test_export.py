@@ -1,0 +1,342 @@
+"""Export to transformers (ASTForAudioClassification + pipeline) and to ONNX (onnxruntime)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+
+from add_lightning.data.audio import load_audio
+from add_lightning.data.features import (
+    BEATS_NORMALIZATION,
+    FbankOptions,
+    Normalization,
+    compute_fbank,
+)
+from add_lightning.export import (
+    ONNX_METADATA_KEY,
+    export_huggingface,
+    export_onnx,
+)
+from add_lightning.inference import TrainedModel
+from add_lightning.models import ASTBackbone, AudioClassifier
+from add_lightning.models.backbones.beats import BEATsBackbone
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+CLASSES = ["bark", "chirp", "rain"]
+FEATURES = FbankOptions(num_mel_bins=32, target_frames=48)
+NORMALIZATION = Normalization(-5.0, 3.0)
+TINY_AST = {
+    "pretrained": None,
+    "max_length": 48,
+    "num_mel_bins": 32,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 37,
+    "patch_size": 8,
+    "frequency_stride": 6,
+    "time_stride": 8,
+}
+TINY_BEATS = {
+    "encoder_layers": 2,
+    "encoder_embed_dim": 32,
+    "encoder_ffn_embed_dim": 48,
+    "encoder_attention_heads": 4,
+    "embed_dim": 24,
+    "conv_pos": 16,
+    "conv_pos_groups": 4,
+    "relative_position_embedding": True,
+    "num_buckets": 16,
+    "max_distance": 32,
+    "gru_rel_pos": True,
+    "deep_norm": True,
+}
+
+
+def _trained(backbone, features=FEATURES, normalization=NORMALIZATION, seed=0):
+    """A classifier whose every weight (layer norms included) is perturbed from its init."""
+    torch.manual_seed(seed)
+    model = AudioClassifier(backbone, num_classes=len(CLASSES), class_names=CLASSES)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    return TrainedModel(model.eval(), features, normalization, list(CLASSES))
+
+
+def _ast(**overrides) -> ASTBackbone:
+    return ASTBackbone(**{**TINY_AST, **overrides})
+
+
+def _beats() -> BEATsBackbone:
+    return BEATsBackbone(**TINY_BEATS)
+
+
+def _write_clips(folder: Path) -> list[Path]:
+    """Noise bursts and tones at several rates and channel counts, at most 48 frames long."""
+    generator = np.random.default_rng(0)
+    folder.mkdir()
+    clips = []
+    for index, (rate, channels, seconds) in enumerate(
+        [(16000, 1, 0.49), (22050, 2, 0.3), (44100, 1, 0.45), (8000, 1, 0.2)]
+    ):
+        time = np.arange(int(rate * seconds)) / rate
+        tone = 0.3 * np.sin(2 * np.pi * (300 + 400 * index) * time)
+        noise = 0.05 * generator.standard_normal((time.size, channels))
+        path = folder / f"clip{index}.wav"
+        soundfile.write(path, (tone[:, None] + noise).astype(np.float32), rate, subtype="FLOAT")
+        clips.append(path)
+    return clips
+
+
+@torch.no_grad()
+def _our_probabilities(trained: TrainedModel, path: Path) -> np.ndarray:
+    """Reference: our own file -> fbank -> normalisation -> model pipeline."""
+    waveform = load_audio(path, trained.features.sample_rate)
+    features = trained.normalization.apply(compute_fbank(waveform, trained.features))
+    return trained.model(features[None]).softmax(-1)[0].double().numpy()
+
+
+def _pipeline_probabilities(directory: Path, path: Path) -> np.ndarray:
+    """The transformers pipeline on the file's samples (mono as it requires; it resamples)."""
+    from transformers import pipeline
+
+    classifier = pipeline("audio-classification", model=str(directory), device="cpu")
+    samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    scores = classifier({"raw": samples.mean(axis=1), "sampling_rate": rate}, top_k=None)
+    by_label = {score["label"]: score["score"] for score in scores}
+    return np.array([by_label[name] for name in CLASSES])
+
+
+def test_huggingface_pipeline_gives_our_probabilities(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    trained = _trained(_ast())
+    directory = export_huggingface(trained, tmp_path / "hf")
+    config = json.loads((directory / "config.json").read_text())
+    assert config["id2label"] == {"0": "bark", "1": "chirp", "2": "rain"}
+    assert config["label2id"] == {"bark": 0, "chirp": 1, "rain": 2}
+    preprocessor = json.loads((directory / "preprocessor_config.json").read_text())
+    assert preprocessor["feature_extractor_type"] == "ASTFeatureExtractor"
+    assert (preprocessor["mean"], preprocessor["std"]) == (-5.0, 3.0)
+    assert (preprocessor["max_length"], preprocessor["num_mel_bins"]) == (48, 32)
+    assert preprocessor["sampling_rate"] == 16000
+    for path in _write_clips(tmp_path / "clips"):
+        expected = _our_probabilities(trained, path)
+        assert expected.max() < 0.99  # not saturated: the comparison is informative
+        actual = _pipeline_probabilities(directory, path)
+        np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4, err_msg=str(path))
+    assert not list(tmp_path.glob(".hf.*"))  # no temporary directory left
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_huggingface_logits_equal_ours_in_float64(seed):
+    # The head mapping on the same input features, in float64 where float32 rounding does not
+    # hide a mapping error: the layer-norm trick's relative error bound is 5e-9.
+    from add_lightning.export import _huggingface_model
+
+    trained = _trained(_ast(), seed=seed)
+    trained.model.double()
+    exported = _huggingface_model(trained, trained.model.backbone).double()
+    features = torch.randn(5, 48, 32, dtype=torch.float64)
+    with torch.no_grad():
+        expected = trained.model(features)
+        actual = exported(input_values=features).logits
+    assert expected.std() > 0.1
+    torch.testing.assert_close(actual, expected, rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "features", "normalization", "message"),
+    [
+        (_beats, FEATURES, NORMALIZATION, "BEATsBackbone"),
+        (lambda: _ast(pooling="patch_mean"), FEATURES, NORMALIZATION, "patch_mean"),
+        (_ast, replace(FEATURES, window_type="povey"), None, "window_type='povey'"),
+        (_ast, replace(FEATURES, waveform_scale=32768.0), None, "waveform_scale=32768.0"),
+        (_ast, replace(FEATURES, frame_shift_ms=12.0), None, "frame_shift_ms=12.0"),
+        (_ast, replace(FEATURES, high_freq=-400.0), None, "high_freq=-400.0"),
+        (_ast, FEATURES, BEATS_NORMALIZATION, "BEATs preset"),
+    ],
+    ids=["beats", "patch_mean", "povey", "scale", "shift", "high_freq", "beats_normalization"],
+)
+def test_huggingface_export_refuses_what_it_cannot_express(
+    tmp_path, backbone, features, normalization, message
+):
+    trained = _trained(backbone(), features, normalization or NORMALIZATION)
+    with pytest.raises(ValueError, match=message):
+        export_huggingface(trained, tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_huggingface_export_refuses_a_non_empty_directory(tmp_path):
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="not an empty directory"):
+        export_huggingface(_trained(_ast()), tmp_path / "hf")
+    assert (tmp_path / "hf" / "notes.txt").read_text() == "mine"
+
+
+BEATS_FEATURES = FbankOptions(
+    num_mel_bins=128, target_frames=64, window_type="povey", waveform_scale=32768.0
+)
+
+
+@pytest.mark.parametrize(
+    ("backbone", "features", "normalization"),
+    [
+        (_ast, FEATURES, NORMALIZATION),
+        (_beats, BEATS_FEATURES, BEATS_NORMALIZATION),
+    ],
+    ids=["ast", "beats"],
+)
+def test_onnxruntime_equals_pytorch(tmp_path, backbone, features, normalization):
+    import onnxruntime
+
+    trained = _trained(backbone(), features, normalization)
+    path = export_onnx(trained, tmp_path / "model.onnx")
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["fbank"]
+    assert [o.name for o in session.get_outputs()] == ["logits", "embeddings"]
+    metadata = json.loads(session.get_modelmeta().custom_metadata_map[ONNX_METADATA_KEY])
+    assert metadata["class_names"] == CLASSES
+    assert metadata["normalization"]["mean"] == normalization.mean
+    assert FbankOptions(**metadata["features"]) == features
+    generator = torch.Generator().manual_seed(0)
+    for batch in (1, 3):
+        # un-normalised fbank values around the normalisation's mean
+        fbank = normalization.mean + normalization.std * torch.randn(
+            batch, features.target_frames, features.num_mel_bins, generator=generator
+        )
+        logits, embeddings = session.run(None, {"fbank": fbank.numpy()})
+        with torch.no_grad():
+            expected_embeddings = trained.model.embed(normalization.apply(fbank))
+            expected_logits = trained.model.head(expected_embeddings)
+        assert logits.shape == (batch, len(CLASSES))
+        np.testing.assert_allclose(logits, expected_logits.numpy(), rtol=0, atol=1e-4)
+        np.testing.assert_allclose(embeddings, expected_embeddings.numpy(), rtol=0, atol=1e-4)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+def test_onnx_metadata_describes_the_input_of_a_real_file(tmp_path):
+    # The metadata alone (no add_lightning) is enough to compute the graph's input: Kaldi fbank
+    # with the stored settings, padded to target_frames.
+    import onnxruntime
+    import torchaudio
+
+    trained = _trained(_ast())
+    session = onnxruntime.InferenceSession(str(export_onnx(trained, tmp_path / "m.onnx")))
+    metadata = json.loads(session.get_modelmeta().custom_metadata_map[ONNX_METADATA_KEY])
+    settings = metadata["features"]
+    clip = _write_clips(tmp_path / "clips")[0]
+    samples, rate = soundfile.read(clip, dtype="float32")
+    assert rate == settings["sample_rate"]
+    fbank = torchaudio.compliance.kaldi.fbank(
+        torch.from_numpy(samples)[None] * settings["waveform_scale"],
+        sample_frequency=rate,
+        num_mel_bins=settings["num_mel_bins"],
+        frame_length=settings["frame_length_ms"],
+        frame_shift=settings["frame_shift_ms"],
+        window_type=settings["window_type"],
+        low_freq=settings["low_freq"],
+        high_freq=settings["high_freq"],
+        dither=0.0,
+        htk_compat=True,
+        use_energy=False,
+    )
+    padded = torch.nn.functional.pad(fbank, (0, 0, 0, settings["target_frames"] - len(fbank)))
+    logits, _ = session.run(None, {"fbank": padded[None].numpy()})
+    expected = _our_probabilities(trained, clip)
+    np.testing.assert_allclose(torch.from_numpy(logits).softmax(-1)[0], expected, atol=1e-4)
+
+
+FIT_CONFIG = """\
+data:
+  class_path: add_lightning.data.AudioDataModule
+  init_args:
+    dataset:
+      class_path: add_lightning.data.SyntheticDataset
+      init_args: {{root: {root}, num_classes: 3, clips_per_class: 4, num_folds: 2, duration_s: 0.5}}
+    fold: 1
+    features: {{num_mel_bins: 32, target_frames: 48}}
+    batch_size: 4
+    cache_dir: {cache}
+model:
+  class_path: add_lightning.models.AudioClassifier
+  init_args:
+    backbone:
+      class_path: add_lightning.models.ASTBackbone
+      init_args: {{pretrained: null, max_length: 48, num_mel_bins: 32, hidden_size: 32,
+        num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 37}}
+    optimizer: {{class_path: torch.optim.Adam, init_args: {{lr: 1.0e-2}}}}
+trainer:
+  accelerator: cpu
+  devices: 1
+  max_epochs: 2
+  enable_progress_bar: false
+  enable_model_summary: false
+  log_every_n_steps: 1
+"""
+
+
+def _console(*arguments: str) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "add-lightning"
+    environment = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS}", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(
+        [str(script), *arguments], capture_output=True, text=True, env=environment, check=False
+    )
+
+
+def test_console_script_exports_a_fitted_checkpoint(tmp_path):
+    import onnxruntime
+
+    from add_lightning.inference import load_trained_model
+
+    config = tmp_path / "fit.yaml"
+    config.write_text(FIT_CONFIG.format(root=tmp_path / "synthetic", cache=tmp_path / "cache"))
+    fit = _console("fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path))
+    assert fit.returncode == 0, fit.stderr
+    checkpoint = tmp_path / "checkpoints" / "last.ckpt"
+    trained = load_trained_model(checkpoint)
+    clips = sorted((tmp_path / "synthetic").rglob("*.wav"))[:2]
+
+    hf = _console("export", "--ckpt_path", str(checkpoint), "--format", "hf", "--output",
+                  str(tmp_path / "hf"))  # fmt: skip
+    assert hf.returncode == 0, hf.stderr
+    assert str(tmp_path / "hf") in hf.stdout
+    for clip in clips:
+        np.testing.assert_allclose(
+            _pipeline_probabilities(tmp_path / "hf", clip),
+            _our_probabilities(trained, clip),
+            atol=1e-4,
+        )
+
+    onnx_path = tmp_path / "model.onnx"
+    exported = _console("export", "--ckpt_path", str(checkpoint), "--format", "onnx",
+                        "--output", str(onnx_path))  # fmt: skip
+    assert exported.returncode == 0, exported.stderr
+    session = onnxruntime.InferenceSession(str(onnx_path))
+    for clip in clips:
+        fbank = compute_fbank(load_audio(clip), trained.features)
+        logits, _ = session.run(None, {"fbank": fbank[None].numpy()})
+        probabilities = torch.from_numpy(logits).softmax(-1)[0].numpy()
+        np.testing.assert_allclose(probabilities, _our_probabilities(trained, clip), atol=1e-4)
+
+    again = _console("export", "--ckpt_path", str(checkpoint), "--format", "hf", "--output",
+                     str(tmp_path / "hf"))  # fmt: skip
+    assert again.returncode == 1
+    assert "not an empty directory" in again.stderr
+    assert again.stderr.count("\n") <= 2  # one line, not a traceback
+
+    wrong = _console("export", "--ckpt_path", str(checkpoint), "--format", "tflite",
+                     "--output", str(tmp_path / "x"))  # fmt: skip
+    assert wrong.returncode != 0
+    assert "format" in wrong.stderr
