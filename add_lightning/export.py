@@ -39,11 +39,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -51,7 +51,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from add_lightning.data.features import BEATS_NORMALIZATION, FbankOptions, Normalization
+from add_lightning.data.features import BEATS_NORMALIZATION
 from add_lightning.inference import TrainedModel
 from add_lightning.models.backbones.ast import ASTBackbone
 from add_lightning.models.backbones.beats import BEATsBackbone
@@ -80,11 +80,6 @@ _EXTRACTOR_FIXED = {
     "high_freq": 0.0,
     "waveform_scale": 1.0,
 }
-
-
-def _inference_features(trained: TrainedModel) -> FbankOptions:
-    """The training settings with dither off: inference features are deterministic."""
-    return dataclasses.replace(trained.features, dither=0.0)
 
 
 def _check_huggingface_exportable(trained: TrainedModel) -> ASTBackbone:
@@ -156,7 +151,7 @@ def _huggingface_model(trained: TrainedModel, backbone: ASTBackbone) -> nn.Modul
 def _feature_extractor(trained: TrainedModel) -> Any:
     from transformers import ASTFeatureExtractor
 
-    features = _inference_features(trained)
+    features = trained.inference_features
     return ASTFeatureExtractor(
         sampling_rate=features.sample_rate,
         num_mel_bins=features.num_mel_bins,
@@ -168,14 +163,10 @@ def _feature_extractor(trained: TrainedModel) -> Any:
     )
 
 
-def _temporary_sibling(path: Path, directory: bool) -> Path:
+def _temporary_sibling(path: Path) -> Path:
+    """A hidden name next to ``path`` for writing it before the rename (parents created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    make = tempfile.mkdtemp if directory else tempfile.mkstemp
-    made = make(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    if not directory:
-        os.close(made[0])
-        made = made[1]
-    return Path(made)
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def export_huggingface(trained: TrainedModel, directory: str | os.PathLike[str]) -> Path:
@@ -209,7 +200,8 @@ def export_huggingface(trained: TrainedModel, directory: str | os.PathLike[str])
         )
     backbone = _check_huggingface_exportable(trained)
     exported = _huggingface_model(trained, backbone)
-    temporary = _temporary_sibling(directory, directory=True)
+    temporary = _temporary_sibling(directory)
+    shutil.rmtree(temporary, ignore_errors=True)  # left by a killed export of this process id
     try:
         exported.save_pretrained(temporary)
         _feature_extractor(trained).save_pretrained(temporary)
@@ -227,17 +219,16 @@ class _OnnxGraph(nn.Module):
     def __init__(self, trained: TrainedModel) -> None:
         super().__init__()
         self.model = trained.model
-        self.mean = trained.normalization.mean
-        self.std = trained.normalization.std
+        self.normalization = trained.normalization
 
     def forward(self, fbank: Tensor) -> tuple[Tensor, Tensor]:
-        embeddings = self.model.embed(Normalization(self.mean, self.std).apply(fbank))
+        embeddings = self.model.embed(self.normalization.apply(fbank))
         return self.model.head(embeddings), embeddings
 
 
 def onnx_metadata(trained: TrainedModel) -> dict[str, Any]:
     """The pipeline's settings that :func:`export_onnx` stores in the ONNX metadata."""
-    features = _inference_features(trained)
+    features = trained.inference_features
     return {
         "format_version": 1,
         "input": {
@@ -299,6 +290,8 @@ def export_onnx(trained: TrainedModel, path: str | os.PathLike[str]) -> Path:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"Expected `--output` {path} to be a file name but it is a directory.")
     features = trained.features
     graph = _OnnxGraph(trained).eval()
     example = torch.zeros(2, features.target_frames, features.num_mel_bins)
@@ -306,20 +299,28 @@ def export_onnx(trained: TrainedModel, path: str | os.PathLike[str]) -> Path:
     # The math attention kernel: with the fused ones, torch.export records output strides that
     # its ONNX decomposition of attention does not produce (BEATs fails with "Cannot view a
     # tensor ..."); the exported graph is the same computation.
-    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
-        program = torch.onnx.export(
-            graph,
-            (example.to(device),),
-            input_names=["fbank"],
-            output_names=["logits", "embeddings"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-            dynamo=True,
-            verbose=False,
-        )
+    # The exporter warns for every torchvision operator it cannot register when torchvision is
+    # not installed; none of them is in these models.
+    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry_log.level
+    registry_log.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), sdpa_kernel(SDPBackend.MATH):
+            program = torch.onnx.export(
+                graph,
+                (example.to(device),),
+                input_names=["fbank"],
+                output_names=["logits", "embeddings"],
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                dynamo=True,
+                verbose=False,
+            )
+    finally:
+        registry_log.setLevel(level)
     proto = program.model_proto
     entry = proto.metadata_props.add()
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(onnx_metadata(trained))
-    temporary = _temporary_sibling(path, directory=False)
+    temporary = _temporary_sibling(path)
     try:
         onnx.save_model(proto, temporary)
         os.replace(temporary, path)
