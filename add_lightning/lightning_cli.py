@@ -7,7 +7,7 @@ every file of the run lands directly in ``DIR``::
     DIR/events.out.tfevents.*    # TensorBoard scalars and, after `test`, the class-pair heat maps
     DIR/hparams.yaml
     DIR/checkpoints/last.ckpt    # end of the latest epoch (resume with --ckpt_path last)
-    DIR/checkpoints/best.ckpt    # best `val/acc` so far
+    DIR/checkpoints/best.ckpt    # best `val/acc` so far, when validation is not the test data
     DIR/predictions.npz          # written by `predict` (see EmbeddingWriter)
 
 Without ``default_root_dir`` runs go to ``./lightning_logs/version_N/`` with the same content.
@@ -16,6 +16,7 @@ Without ``default_root_dir`` runs go to ``./lightning_logs/version_N/`` with the
 from __future__ import annotations
 
 import os
+import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,10 +27,11 @@ from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from add_lightning.models.classifier import AudioClassifier
 from add_lightning.models.prediction import EmbeddingWriter
+from add_lightning.run_log import EpochSummary, is_terminal, quiet_lightning
 
 __all__ = ["AddLightningCLI", "check_checkpoint_file", "run_lightning_cli"]
 
@@ -113,6 +115,16 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: list(value) if isinstance(value, tuple) else value}
 
 
+def _unbounded(trainer_config: dict[str, Any]) -> bool:
+    """Whether nothing but Lightning's default of 1000 epochs would stop ``fit``."""
+    return (
+        trainer_config.get("max_epochs") is None
+        and trainer_config.get("max_steps", -1) in (None, -1)
+        and trainer_config.get("max_time") is None
+        and not trainer_config.get("fast_dev_run")
+    )
+
+
 def _warn_about_replaced_model_arguments(section: Namespace) -> None:
     """Warns when ``--ckpt_path``'s stored hyperparameters will replace given model arguments.
 
@@ -161,6 +173,7 @@ class AddLightningCLI(LightningCLI):
     def __init__(
         self, args: Sequence[str] | dict[str, Any] | None = None, run: bool = True
     ) -> None:
+        quiet_lightning()
         super().__init__(
             model_class=AudioClassifier,
             datamodule_class=LightningDataModule,
@@ -289,7 +302,28 @@ class AddLightningCLI(LightningCLI):
             callback_keys = [
                 key for key in callback_keys if key not in ("checkpoint", "last_checkpoint")
             ]
+        if getattr(self.datamodule, "validation_is_test", False) and "checkpoint" in callback_keys:
+            # best.ckpt chosen by val/acc on the test clips would be model selection on test data
+            callback_keys = [key for key in callback_keys if key != "checkpoint"]
+            if self.subcommand == "fit":
+                rank_zero_info(
+                    "No best.ckpt: validation uses the test fold, so a checkpoint chosen by "
+                    "val/acc would be chosen on the test data (last.ckpt is the final model). "
+                    "Set --data.init_args.val_fraction 0.1 to validate on part of the training "
+                    "folds and get best.ckpt."
+                )
         callbacks = [self._get(self.config_init, key) for key in callback_keys]
+        if not is_terminal(sys.stderr) and not trainer_config.get("enable_progress_bar"):
+            # Written to a file, a progress bar keeps only its last state: print one line per
+            # epoch (with its time) instead. An explicit `enable_progress_bar true` keeps it.
+            trainer_config["enable_progress_bar"] = False
+            callbacks.append(EpochSummary())
+        if self.subcommand == "fit" and _unbounded(trainer_config):
+            rank_zero_warn(
+                "No `trainer.max_epochs` (nor max_steps or max_time) is set, so Lightning trains "
+                "for 1000 epochs. Set `--trainer.max_epochs N`, or compose a file of "
+                "configs/experiments/ that sets it."
+            )
         return self._instantiate_trainer(trainer_config, callbacks)
 
 

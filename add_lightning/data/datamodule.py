@@ -257,6 +257,15 @@ class AudioDataModule(LightningDataModule):
         """Sorted class names; class id = position (works right after ``__init__``)."""
         return self.dataset.class_names
 
+    @property
+    def validation_is_test(self) -> bool:
+        """Whether the validation clips are the test clips (the held-out fold, ``val_fraction`` 0).
+
+        Then choosing a checkpoint by a validation metric chooses it on the test data; the CLI
+        writes no ``best.ckpt`` for such runs.
+        """
+        return self.fold is not None and self.val_fraction == 0
+
     # preparation
 
     def prepare_data(self) -> None:

@@ -221,11 +221,27 @@ class AudioClassifier(LightningModule):
                 self.log(f"{stage}/geometry/{key}", value.float(), on_epoch=True)
         return statistics
 
+    def _evaluation_step_number(self) -> int:
+        """The training step this evaluation belongs to (TensorBoard's x-axis).
+
+        `validate`/`test` of a checkpoint restore no training loop, so Lightning's step is 0 and
+        their metrics would sit left of every training point, beside a one-point `epoch` chart.
+        There the checkpoint's own step is logged as ``step``, Lightning's documented custom
+        x-axis (it is not logged as a metric, and no `epoch` point is added).
+        """
+        trained = getattr(self, "_checkpoint_global_step", 0)
+        if self.trainer.state.fn != "fit" and self.trainer.global_step == 0 and trained > 0:
+            self.log("step", float(trained), on_epoch=True)
+            return trained
+        return self.global_step
+
     def on_validation_epoch_end(self) -> None:
         self._log_geometry("val")
+        self._evaluation_step_number()
 
     def on_test_epoch_end(self) -> None:
         statistics = self._log_geometry("test")
+        step = self._evaluation_step_number()
         if not isinstance(self.logger, TensorBoardLogger) or not self.trainer.is_global_zero:
             return
         for key, title, label in (
@@ -233,7 +249,7 @@ class AudioClassifier(LightningModule):
             ("class_cv", "coefficient of variation of the cosine distance", "std(d) / mean(d)"),
         ):
             figure = class_pair_heatmap(statistics[key], self.class_names, title, label)
-            self.logger.experiment.add_figure(f"test/geometry/{key}", figure, self.global_step)
+            self.logger.experiment.add_figure(f"test/geometry/{key}", figure, step)
 
     # ------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> Any:
@@ -254,6 +270,7 @@ class AudioClassifier(LightningModule):
     # ------------------------------------------------------------ checkpoints
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose head has another number of classes than this model."""
+        self._checkpoint_global_step = int(checkpoint.get("global_step", 0) or 0)
         head = checkpoint.get("state_dict", {}).get("head.weight")
         if head is not None and head.shape[0] != self.num_classes:
             raise ValueError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -10,11 +9,10 @@ from typing import Any
 import numpy as np
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 __all__ = ["EmbeddingWriter", "save_npz_atomic"]
-
-log = logging.getLogger(__name__)
 
 
 def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
@@ -118,7 +116,8 @@ class EmbeddingWriter(BasePredictionWriter):
         self._rows = {}
         if trainer.world_size == 1:
             save_npz_atomic(self.output_path, **arrays)
-            log.info("Wrote %d predictions to %s", len(arrays["targets"]), self.output_path)
+            # Lightning's own channel, so that the console shows where the file went
+            rank_zero_info(f"Wrote {len(arrays['targets'])} predictions to {self.output_path}")
             return
         part = f"{self.output_path[: -len('.npz')]}.rank{trainer.global_rank}.npz"
         save_npz_atomic(part, **arrays)
@@ -145,6 +144,6 @@ class EmbeddingWriter(BasePredictionWriter):
         save_npz_atomic(self.output_path, **merged)
         for path in paths:
             os.remove(path)
-        log.info(
-            "Merged %d predictions of %d processes into %s", len(keep), world_size, self.output_path
+        rank_zero_info(
+            f"Merged {len(keep)} predictions of {world_size} processes into {self.output_path}"
         )

@@ -54,7 +54,7 @@ class FolderDataset(AudioDatasetIndex):
             is not among them is an error. Default: the labels found.
         num_folds: For data without fold/split information: assign each class's clips to folds
             ``1..num_folds`` (seeded shuffle, round robin). ``None`` makes every clip a
-            training clip.
+            training clip. Not used for a manifest with a fold or split column.
         seed: Seed of the fold assignment.
         extensions: File name endings counted as audio in the folder form.
     """
@@ -231,9 +231,13 @@ class FolderDataset(AudioDatasetIndex):
         self._require_root()
         if self._has_own_groups():
             if self.num_folds is not None:
-                raise ValueError(
-                    f"Expected argument `num_folds` to be None for manifest {self.root}, which "
-                    f"has its own `{self._manifest_column()}` column, but got {self.num_folds}."
+                # The manifest's own column wins: configs/data/folder.yaml sets num_folds for
+                # folders, and a command-line `num_folds null` this deep is not parsed.
+                log.info(
+                    "Manifest %s has its own `%s` column: num_folds=%s is not used.",
+                    self.root,
+                    self._manifest_column(),
+                    self.num_folds,
                 )
             if self._manifest_column() == "fold":
                 return tuple(
