@@ -125,6 +125,29 @@ def _unbounded(trainer_config: dict[str, Any]) -> bool:
     )
 
 
+def _check_input_shape(datamodule: Any, model: Any) -> None:
+    """Refuses features whose frames or mel bins differ from the backbone's ``input_shape``.
+
+    Caught here, a mismatch of ``data...features.target_frames`` and the backbone's
+    ``max_length`` costs nothing; at the first forward pass it costs the statistics and cache
+    build first.
+    """
+    features = getattr(datamodule, "features", None)
+    shape = getattr(getattr(model, "backbone", None), "input_shape", None)
+    if features is None or shape is None:
+        return
+    frames, bins = shape
+    given = (getattr(features, "target_frames", None), getattr(features, "num_mel_bins", None))
+    if (frames is not None and given[0] != frames) or (bins is not None and given[1] != bins):
+        raise ValueError(
+            f"Expected the data's features to have the backbone's input shape: "
+            f"`data.init_args.features.target_frames` {given[0]} and `num_mel_bins` {given[1]} "
+            f"against the backbone's max_length {frames} and num_mel_bins {bins}. Make them "
+            "agree (e.g. --data.init_args.features.target_frames "
+            f"{frames} or --model.init_args.backbone.init_args.max_length {given[0]})."
+        )
+
+
 def _warn_about_replaced_model_arguments(section: Namespace) -> None:
     """Warns when ``--ckpt_path``'s stored hyperparameters will replace given model arguments.
 
@@ -228,6 +251,7 @@ class AddLightningCLI(LightningCLI):
                 "from the data module (`data.num_classes`); to train on fewer classes, give the "
                 "dataset fewer classes."
             )
+        _check_input_shape(self.datamodule, self.model)
 
     def _instantiate_classes(self) -> None:
         try:

@@ -89,6 +89,10 @@ def _no_downloads(config: dict, local_ast: str) -> dict:
         init_args = None
     if init_args is not None:
         overrides["model"] = {"init_args": {"backbone": {"init_args": init_args}}}
+    # the synthetic data's frames follow the backbone, as a user's data config must
+    max_length = backbone.get("init_args", {}).get("max_length")
+    if max_length is not None and class_path.endswith("ASTBackbone"):
+        overrides["data"] = {"init_args": {"features": {"target_frames": max_length}}}
     if config.get("trainer", {}).get("accelerator") == "gpu":
         overrides["trainer"] = {"accelerator": "cpu", "devices": 1, "strategy": "auto"}
     return overrides

@@ -193,3 +193,10 @@ def test_fit_without_an_end_warns(tmp_path, monkeypatch):
     args += ["--trainer.max_epochs", "null"]
     with pytest.warns(UserWarning, match="Lightning trains for 1000 epochs"):
         main(["fit", *args])
+
+
+def test_frames_that_differ_from_the_backbone_are_refused_before_any_work(tmp_path):
+    args = _synthetic_args(tmp_path, tmp_path / "run", "--data.init_args.features.target_frames")
+    with pytest.raises(ValueError, match=r"target_frames` 256 .* max_length 128"):
+        main(["fit", *args, "256"])
+    assert not (tmp_path / "synthetic").exists()  # refused before the data set was written

@@ -193,6 +193,11 @@ class ASTBackbone(nn.Module):
             max_length,
         )
 
+    @property
+    def input_shape(self) -> tuple[int, int]:
+        """``(T, F)`` of the features the model takes: ``(max_length, num_mel_bins)``."""
+        return self.ast.config.max_length, self.ast.config.num_mel_bins
+
     def forward(self, features: Tensor) -> Tensor:
         """Embed a batch of log-mel feature matrices.
 
@@ -200,7 +205,7 @@ class ASTBackbone(nn.Module):
             - features: ``[B, T, F]``
             - output: ``[B, D]``
         """
-        expected = (self.ast.config.max_length, self.ast.config.num_mel_bins)
+        expected = self.input_shape
         if features.ndim != 3 or tuple(features.shape[1:]) != expected:
             raise ValueError(
                 f"Expected `features` of shape [B, {expected[0]}, {expected[1]}] (max_length, "
