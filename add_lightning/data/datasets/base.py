@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
@@ -75,12 +76,33 @@ class AudioDatasetIndex(ABC):
     Subclasses implement ``_read_class_names`` and ``_read_entries`` (and ``_read_folds`` when
     fold-based); this class caches them, checks ``fold`` arguments and assigns class ids.
 
+    A class subset (``classes``) keeps the named classes only: ``class_names`` is the sorted
+    subset (so ids are positions in the subset, e.g. 10 words of Speech Commands get ids 0-9),
+    clips of the other classes are dropped from every split and the kept and dropped counts are
+    logged (INFO). Every name must be a class of the dataset.
+
     Args:
         root: The folder holding (or receiving) the dataset.
+        classes: The class subset to keep (any order); ``None`` keeps every class.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, classes: Sequence[str] | None = None) -> None:
         self.root = Path(root).expanduser()
+        if classes is not None:
+            if isinstance(classes, str) or not all(isinstance(name, str) for name in classes):
+                raise ValueError(
+                    "Expected argument `classes` to be None or a list of class names but got "
+                    f"{classes!r}."
+                )
+            classes = [name.strip() for name in classes]
+            duplicates = sorted(name for name, count in Counter(classes).items() if count > 1)
+            if not classes or duplicates:
+                raise ValueError(
+                    "Expected argument `classes` to be None or a non-empty list of distinct class "
+                    f"names but got {classes!r}."
+                )
+        self.classes: list[str] | None = None if classes is None else sorted(classes)
+        self._all_class_names: list[str] | None = None
         self._class_names: list[str] | None = None
         self._folds: tuple[int, ...] | None = None
         self._entries: list[IndexEntry] | None = None
@@ -106,8 +128,29 @@ class AudioDatasetIndex(ABC):
 
     @property
     def class_names(self) -> list[str]:
-        """The sorted class names; class id = position in this list."""
+        """The sorted class names (of the ``classes`` subset, if any); id = position in this list.
+
+        Raises:
+            ValueError: If a name of ``classes`` is not a class of the dataset.
+        """
         if self._class_names is None:
+            names = self.all_class_names
+            if self.classes is not None:
+                unknown = [name for name in self.classes if name not in names]
+                if unknown:
+                    raise ValueError(
+                        f"Expected argument `classes` to name classes of {type(self).__name__} at "
+                        f"{self.root} but {unknown} are not among its {len(names)} classes "
+                        f"{names}."
+                    )
+                names = list(self.classes)
+            self._class_names = names
+        return list(self._class_names)
+
+    @property
+    def all_class_names(self) -> list[str]:
+        """The sorted class names of the whole dataset, before a ``classes`` subset."""
+        if self._all_class_names is None:
             names = sorted(self._read_class_names())
             if not names:
                 raise ValueError(f"{type(self).__name__} at {self.root} has no classes.")
@@ -121,8 +164,8 @@ class AudioDatasetIndex(ABC):
                 raise ValueError(
                     f"{type(self).__name__} at {self.root}: duplicate class names {duplicates}."
                 )
-            self._class_names = names
-        return list(self._class_names)
+            self._all_class_names = names
+        return list(self._all_class_names)
 
     @property
     def num_classes(self) -> int:
@@ -152,13 +195,14 @@ class AudioDatasetIndex(ABC):
         """Every clip of the dataset (read once, then cached), with labels checked."""
         if self._entries is None:
             entries = self._read_entries()
-            known = set(self.class_names)
+            known = set(self.all_class_names)
             seen: dict[Path, IndexEntry] = {}
             for entry in entries:
                 if entry.label not in known:
                     raise ValueError(
                         f"{type(self).__name__}: clip {entry.path} has label {entry.label!r}, "
-                        f"which is not one of the {len(known)} class names {self.class_names}."
+                        f"which is not one of the {len(known)} class names "
+                        f"{self.all_class_names}."
                     )
                 first = seen.setdefault(Path(entry.path).resolve(), entry)
                 if first is not entry:  # a clip counted twice, or one clip in two classes
@@ -171,10 +215,36 @@ class AudioDatasetIndex(ABC):
                         f"{type(self).__name__} at {self.root}: the clip {entry.path} is listed "
                         f"{labels}; each clip must appear once."
                     )
+            if self.classes is not None:
+                entries = self._keep_subset(entries)
             counts = Counter(entry.group for entry in entries)
             log.debug("%s at %s: clips per fold/split %s", type(self).__name__, self.root, counts)
             self._entries = entries
         return self._entries
+
+    def _keep_subset(self, entries: list[IndexEntry]) -> list[IndexEntry]:
+        """The entries of the ``classes`` subset; logs the clips kept per class and dropped."""
+        subset = set(self.class_names)
+        kept = [entry for entry in entries if entry.label in subset]
+        per_class = Counter(entry.label for entry in kept)
+        log.info(
+            "%s at %s: class subset of %d of %d classes keeps %d of %d clips %s; %d clips of "
+            "other classes dropped",
+            type(self).__name__,
+            self.root,
+            len(subset),
+            len(self.all_class_names),
+            len(kept),
+            len(entries),
+            {name: per_class[name] for name in self.class_names},
+            len(entries) - len(kept),
+        )
+        empty = [name for name in self.class_names if per_class[name] == 0]
+        if empty:
+            log.warning(
+                "%s at %s: the classes %s have no clips.", type(self).__name__, self.root, empty
+            )
+        return kept
 
     def check_fold(self, fold: int | None) -> None:
         """Raises ``ValueError`` unless ``fold`` suits the dataset (a fold number, or ``None``)."""

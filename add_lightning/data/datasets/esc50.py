@@ -8,6 +8,10 @@ Layout (the GitHub archive karolpiczak/ESC-50, master.zip)::
 Class ids are positions in the sorted ``category`` names (the project rule), not the CSV's
 ``target`` column, which numbers the classes in the dataset's own order (``dog`` = 0,
 ``rooster`` = 1, ...): e.g. ``airplane`` is id 0 here and target 47 in the CSV.
+
+ESC-10 (``classes="esc10"``) is the 10-class subset the CSV marks in its ``esc10`` column
+(``True`` for the 400 clips of chainsaw, clock_tick, crackling_fire, crying_baby, dog,
+helicopter, rain, rooster, sea_waves and sneezing), with the same five folds.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ import csv
 import io
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from add_lightning.data.datasets.base import AudioDatasetIndex, IndexEntry, read_metadata_text
 from add_lightning.data.download import download_and_extract
@@ -45,6 +51,12 @@ ESC50_CLASS_NAMES: tuple[str, ...] = (
 
 ESC50_FOLDS = (1, 2, 3, 4, 5)
 
+ESC10_CLASS_NAMES: tuple[str, ...] = (
+    "chainsaw", "clock_tick", "crackling_fire", "crying_baby", "dog", "helicopter", "rain",
+    "rooster", "sea_waves", "sneezing",
+)  # fmt: skip
+"""The 10 ESC-10 categories (``esc10`` column ``True``), sorted: used before the download."""
+
 
 class ESC50(AudioDatasetIndex):
     """Index of ESC-50 in its official layout.
@@ -55,6 +67,8 @@ class ESC50(AudioDatasetIndex):
         url: Archive address (http, https or file URL).
         sha256: Expected SHA-256 of the archive; ``None`` downloads unverified (see ``ESC50_URL``).
         md5: Expected MD5 of the archive, as an alternative to ``sha256``.
+        classes: A class subset (category names), ``"esc10"`` for the ESC-10 clips of the
+            ``esc10`` column, or ``None`` for all 50 classes.
     """
 
     def __init__(
@@ -64,8 +78,15 @@ class ESC50(AudioDatasetIndex):
         url: str = ESC50_URL,
         sha256: str | None = None,
         md5: str | None = None,
+        classes: Sequence[str] | Literal["esc10"] | None = None,
     ) -> None:
-        super().__init__(root)
+        if isinstance(classes, str) and classes != "esc10":
+            raise ValueError(
+                'Expected argument `classes` to be None, "esc10" or a list of category names but '
+                f"got {classes!r}."
+            )
+        self.esc10 = classes == "esc10"
+        super().__init__(root, classes=None if self.esc10 else classes)
         self.download = download
         self.url = url
         self.sha256 = sha256
@@ -132,6 +153,26 @@ class ESC50(AudioDatasetIndex):
                 )
         return csv_path, rows
 
+    @property
+    def class_names(self) -> list[str]:
+        """The sorted class names (of the subset, if any); class id = position in this list."""
+        if self.esc10 and self.classes is None:
+            self.classes = self._esc10_class_names()
+        return super().class_names
+
+    def _esc10_class_names(self) -> list[str]:
+        """The categories of the clips whose ``esc10`` column is true."""
+        if self.data_root() is None and self.download:
+            return list(ESC10_CLASS_NAMES)
+        csv_path, rows = self._read_rows()
+        names = sorted({row["category"].strip() for _, row in rows if _is_esc10(row, csv_path)})
+        if not names:
+            raise ValueError(
+                f"ESC-50 metadata {csv_path} marks no clip as ESC-10 (column `esc10` is never "
+                '"True"), so `classes="esc10"` selects nothing.'
+            )
+        return names
+
     def _read_class_names(self) -> list[str]:
         if self.data_root() is None and (names := self._fallback_class_names()) is not None:
             return names
@@ -146,6 +187,9 @@ class ESC50(AudioDatasetIndex):
 
     def _read_entries(self) -> list[IndexEntry]:
         csv_path, rows = self._read_rows()
+        if self.esc10:
+            self.class_names  # noqa: B018 (sets the subset)
+            rows = [(line, row) for line, row in rows if _is_esc10(row, csv_path)]
         data_root = csv_path.parent.parent
         audio = data_root / "audio"
         present = set(os.listdir(audio)) if audio.is_dir() else set()
@@ -171,6 +215,15 @@ class ESC50(AudioDatasetIndex):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(root={str(self.root)!r}, download={self.download})"
+
+
+def _is_esc10(row: dict[str, str], csv_path: Path) -> bool:
+    value = row.get("esc10")
+    if value is None:
+        raise ValueError(
+            f'ESC-50 metadata {csv_path} has no `esc10` column, which `classes="esc10"` reads.'
+        )
+    return value.strip().lower() in ("true", "1")
 
 
 def _parse_fold(value: str, csv_path: Path, line: int) -> int:

@@ -57,6 +57,8 @@ class FolderDataset(AudioDatasetIndex):
             training clip. Not used for a manifest with a fold or split column.
         seed: Seed of the fold assignment.
         extensions: File name endings counted as audio in the folder form.
+        classes: A class subset to keep (clips of other classes are dropped, unlike
+            ``class_names``, which makes them an error); ``None`` keeps every class.
     """
 
     def __init__(
@@ -66,8 +68,9 @@ class FolderDataset(AudioDatasetIndex):
         num_folds: int | None = None,
         seed: int = 0,
         extensions: tuple[str, ...] = AUDIO_EXTENSIONS,
+        classes: list[str] | None = None,
     ) -> None:
-        super().__init__(root)
+        super().__init__(root, classes=classes)
         if num_folds is not None and (isinstance(num_folds, bool) or num_folds < 2):
             raise ValueError(
                 "Expected argument `num_folds` to be None or an integer >= 2 but got "

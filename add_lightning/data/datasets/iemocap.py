@@ -1,4 +1,4 @@
-"""IEMOCAP emotion recognition (ER) with the SUPERB protocol: 4 classes, leave-one-session-out.
+"""IEMOCAP emotion recognition (ER): 4 classes, leave-one-session-out, two label sets.
 
 Layout of the release (``IEMOCAP_full_release/``)::
 
@@ -13,10 +13,19 @@ Only the category lines of an EmoEvaluation file are read::
 ``Self-evaluation/`` sub-folders are ignored). Tabs or spaces separate the fields, labels are
 compared in lower case and files may be UTF-8 or UTF-16 (with a byte-order mark); a line that
 names an utterance but cannot be read as a category line is logged (a WARNING with the count
-and the first such line), never dropped silently. SUPERB keeps ``neu``, ``hap``, ``ang``, ``sad``
-and ``exc``, maps ``exc`` to ``hap`` and drops every other label (``fru``, ``sur``, ``xxx``,
-...): such utterances are left out of the index, not reported as errors. Fold k tests on
-Session k and trains on the other sessions (5,531 utterances in the full release).
+and the first such line), never dropped silently. Fold k tests on Session k and trains on the
+other sessions.
+
+Label sets (``label_set``), both with the classes ``ang``, ``hap``, ``neu``, ``sad``:
+
+- ``"superb"`` (the default, the paper's protocol): keeps ``neu``, ``hap``, ``ang``, ``sad`` and
+  ``exc``, maps ``exc`` to ``hap``; 5,531 utterances in the full release (neu 1,708,
+  hap+exc 1,636, ang 1,103, sad 1,084).
+- ``"authors"`` (the authors' public code): keeps ``neu``, ``hap``, ``ang``, ``sad`` and drops
+  ``exc``; 4,490 utterances in the full release (hap 595, the others as above).
+
+Every other label (``fru``, ``sur``, ``xxx``, ...) is dropped: such utterances are left out
+of the index, not reported as errors, and the dropped counts are logged.
 """
 
 from __future__ import annotations
@@ -25,7 +34,9 @@ import codecs
 import logging
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from add_lightning.data.datasets.base import AudioDatasetIndex, IndexEntry
 
@@ -34,6 +45,9 @@ log = logging.getLogger(__name__)
 IEMOCAP_FOLDER = "IEMOCAP_full_release"
 SUPERB_LABELS = {"neu": "neu", "hap": "hap", "exc": "hap", "ang": "ang", "sad": "sad"}
 """The SUPERB protocol: kept labels and the class each maps to (``exc`` merged into ``hap``)."""
+AUTHORS_LABELS = {"neu": "neu", "hap": "hap", "ang": "ang", "sad": "sad"}
+"""The authors' public code: the four labels kept as they are, ``exc`` dropped."""
+IEMOCAP_LABEL_SETS = {"superb": SUPERB_LABELS, "authors": AUTHORS_LABELS}
 
 _SESSION = re.compile(r"^Session(\d+)$")
 # "[6.2901 - 8.2357]<TAB>Ses01F_impro01_F000<TAB>neu<TAB>[2.5000, 2.5000, 2.5000]", with tabs
@@ -58,14 +72,32 @@ def _read_label_file(path: Path) -> str:
 
 
 class IEMOCAP(AudioDatasetIndex):
-    """Index of IEMOCAP under the SUPERB 4-class, leave-one-session-out protocol.
+    """Index of IEMOCAP with 4 classes, leave-one-session-out (see the module for the label sets).
 
     The data is licensed per user by USC and cannot be downloaded automatically.
 
     Args:
         root: The release folder holding ``Session1`` ... ``Session5``, or its parent holding
             ``IEMOCAP_full_release/``.
+        label_set: ``"superb"`` (``exc`` merged into ``hap``, the paper's protocol) or
+            ``"authors"`` (``exc`` dropped, as the authors' public code does).
+        classes: A subset of ``ang``, ``hap``, ``neu``, ``sad``; ``None`` keeps all four.
     """
+
+    def __init__(
+        self,
+        root: str,
+        label_set: Literal["superb", "authors"] = "superb",
+        classes: Sequence[str] | None = None,
+    ) -> None:
+        if label_set not in IEMOCAP_LABEL_SETS:
+            raise ValueError(
+                f"Expected argument `label_set` to be one of {sorted(IEMOCAP_LABEL_SETS)} but got "
+                f"{label_set!r}."
+            )
+        super().__init__(root, classes=classes)
+        self.label_set = label_set
+        self.labels = IEMOCAP_LABEL_SETS[label_set]
 
     def data_root(self) -> Path | None:
         """The folder holding ``SessionN/``: ``root`` or ``root/IEMOCAP_full_release``, if any."""
@@ -95,7 +127,7 @@ class IEMOCAP(AudioDatasetIndex):
         return self._sessions(data_root)
 
     def _read_class_names(self) -> list[str]:
-        return sorted(set(SUPERB_LABELS.values()))
+        return sorted(set(self.labels.values()))
 
     def _read_folds(self) -> tuple[int, ...]:
         return tuple(sorted(self._require_sessions()))
@@ -123,7 +155,7 @@ class IEMOCAP(AudioDatasetIndex):
                             unreadable.append((label_file, number, line.strip()))
                         continue
                     utterance, label = match.group("utterance"), match.group("label").lower()
-                    if label not in SUPERB_LABELS:
+                    if label not in self.labels:
                         dropped[label] += 1
                         continue
                     path = wav_folder / f"{utterance}.wav"
@@ -135,7 +167,7 @@ class IEMOCAP(AudioDatasetIndex):
                     entries.append(
                         IndexEntry(
                             path=path,
-                            label=SUPERB_LABELS[label],
+                            label=self.labels[label],
                             group=session_number,
                             clip_id=utterance,
                         )
@@ -153,9 +185,13 @@ class IEMOCAP(AudioDatasetIndex):
             )
         counts = Counter(entry.label for entry in entries)
         log.info(
-            "IEMOCAP: %d utterances kept %s; dropped (not in the SUPERB protocol) %s",
+            "IEMOCAP: %d utterances kept %s; dropped (not in the %r label set) %s",
             len(entries),
             dict(sorted(counts.items())),
+            self.label_set,
             dict(sorted(dropped.items())),
         )
         return entries
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(root={str(self.root)!r}, label_set={self.label_set!r})"

@@ -9,16 +9,59 @@ Layout (``speech_commands_v0.02.tar.gz`` extracts without a top folder)::
 Clips listed in ``validation_list.txt`` / ``testing_list.txt`` form the validation / test
 splits, every other clip the training split (84,843 / 9,981 / 11,005 clips). Only paths and
 labels are held in memory.
+
+Two protocols (``protocol``):
+
+- ``"v2-35"`` (the default, the paper's KS2): the 35 words are the classes.
+- ``"v2-12"``: the 12-class protocol of the keyword-spotting literature, as defined by
+  TensorFlow's ``tensorflow/examples/speech_commands/input_data.py``
+  (``prepare_data_index``, ``silence_percentage=10``, ``unknown_percentage=10``) and used by
+  Google's companion test set ``speech_commands_test_set_v0.02`` and Hugging Face's
+  ``speech_commands`` v0.02 (``is_unknown``): the 10 words yes, no, up, down, left, right, on,
+  off, stop, go, plus ``_unknown_`` and ``_silence_``. The rules followed here, per split of the
+  official lists, where K is the split's number of clips of the 10 words:
+
+  * ``_unknown_``: ``ceil(unknown_fraction * K)`` clips (TF: ``ceil(set_size * 10 / 100)``)
+    drawn without replacement from the split's clips of the other words (25 in V2), sorted by
+    path and shuffled with ``numpy.random.default_rng([seed, s])`` (s = 0, 1, 2 for train,
+    validation, test); the first ones are kept, the rest of those words is not used.
+  * ``_silence_``: ``ceil(silence_fraction * K)`` one-second clips cut from the
+    ``_background_noise_`` recordings. TF feeds all-zero clips plus random background noise
+    instead; here, as in Google's test set, the clips are real noise at its recorded level.
+    Each recording (sorted by name) is divided in time into its first 80 %, next 10 % and last
+    10 %, which only the train, validation and test clips cut from it respectively, so no split
+    shares noise audio with another. Clip k of a split comes from recording ``k mod R`` (of the
+    R recordings whose part for that split lasts at least one second); the m clips a recording
+    gives a split start at evenly spaced positions of its part (first at its start, last ending
+    at its end; they overlap when m seconds exceed the part). No randomness is involved.
+    The clips are written once as WAV files (same rate and sample format as the recording)
+    under ``silence_dir`` (default ``<data folder>/_silence_cut_``), each under a temporary
+    name then renamed, and rewritten when the recording is newer.
+
+  On the full V2 this gives 30,769 + 3,077 + 3,077 training, 3,643 + 365 + 365 validation and
+  4,074 + 408 + 408 test clips: 4,890 test clips, the size of Google's v0.02 test set.
+
+A ``classes`` subset then keeps some of the classes (of either protocol).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
-from add_lightning.data.datasets.base import AudioDatasetIndex, IndexEntry, read_metadata_text
+import numpy as np
+import soundfile
+
+from add_lightning.data.datasets.base import (
+    SPLITS,
+    AudioDatasetIndex,
+    IndexEntry,
+    read_metadata_text,
+)
 from add_lightning.data.download import download_and_extract
 
 log = logging.getLogger(__name__)
@@ -39,6 +82,18 @@ SPEECH_COMMANDS_CLASS_NAMES: tuple[str, ...] = (
     "yes", "zero",
 )  # fmt: skip
 """The 35 words of V2, sorted: used before the archive is downloaded."""
+
+V2_12_KEYWORDS: tuple[str, ...] = (
+    "yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go",
+)  # fmt: skip
+"""The 10 command words of the 12-class protocol (in the order of TF's ``wanted_words``)."""
+UNKNOWN_LABEL = "_unknown_"
+SILENCE_LABEL = "_silence_"
+BACKGROUND_NOISE_FOLDER = "_background_noise_"
+SILENCE_FOLDER = "_silence_cut_"
+SILENCE_SPLIT_PARTS = {"train": (0.0, 0.8), "validation": (0.8, 0.9), "test": (0.9, 1.0)}
+"""The part (start, end as fractions of its length) of each noise recording a split cuts from."""
+PROTOCOLS = ("v2-35", "v2-12")
 
 
 def _is_class_folder(entry: os.DirEntry[str]) -> bool:
@@ -76,6 +131,16 @@ class SpeechCommands(AudioDatasetIndex):
         sha256: Expected SHA-256 of the archive (default: torchaudio's record for V2); ``None``
             skips the check.
         md5: Expected MD5 of the archive, as an alternative to ``sha256``.
+        protocol: ``"v2-35"`` (35 words) or ``"v2-12"`` (10 words, ``_unknown_``,
+            ``_silence_``; rules in the module docstring).
+        classes: A class subset of the protocol's classes; ``None`` keeps all.
+        unknown_fraction: ``v2-12``: ``_unknown_`` clips per split, as a fraction of its
+            keyword clips (TF's ``unknown_percentage`` / 100).
+        silence_fraction: ``v2-12``: ``_silence_`` clips per split, as a fraction of its
+            keyword clips (TF's ``silence_percentage`` / 100).
+        silence_dir: ``v2-12``: folder receiving the cut silence clips; default
+            ``<data folder>/_silence_cut_`` (set it when the dataset folder is read-only).
+        seed: ``v2-12``: seed of the ``_unknown_`` draw.
     """
 
     def __init__(
@@ -85,8 +150,31 @@ class SpeechCommands(AudioDatasetIndex):
         url: str = SPEECH_COMMANDS_URL,
         sha256: str | None = SPEECH_COMMANDS_SHA256,
         md5: str | None = None,
+        protocol: Literal["v2-35", "v2-12"] = "v2-35",
+        classes: Sequence[str] | None = None,
+        unknown_fraction: float = 0.1,
+        silence_fraction: float = 0.1,
+        silence_dir: str | None = None,
+        seed: int = 0,
     ) -> None:
-        super().__init__(root)
+        if protocol not in PROTOCOLS:
+            raise ValueError(
+                f"Expected argument `protocol` to be one of {list(PROTOCOLS)} but got {protocol!r}."
+            )
+        for name, value in (
+            ("unknown_fraction", unknown_fraction),
+            ("silence_fraction", silence_fraction),
+        ):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value:
+                raise ValueError(
+                    f"Expected argument `{name}` to be a number >= 0 but got {value!r}."
+                )
+        super().__init__(root, classes=classes)
+        self.protocol = protocol
+        self.unknown_fraction = float(unknown_fraction)
+        self.silence_fraction = float(silence_fraction)
+        self.silence_dir = None if silence_dir is None else Path(silence_dir).expanduser()
+        self.seed = seed
         self.download = download
         self.url = url
         self.sha256 = None if md5 and sha256 == SPEECH_COMMANDS_SHA256 else sha256
@@ -124,9 +212,15 @@ class SpeechCommands(AudioDatasetIndex):
         super().prepare()
 
     def _read_class_names(self) -> list[str]:
+        if self.protocol == "v2-12":
+            return sorted((*V2_12_KEYWORDS, UNKNOWN_LABEL, SILENCE_LABEL))
         data_root = self.data_root()
         if data_root is None and self.download:
             return list(SPEECH_COMMANDS_CLASS_NAMES)
+        return self._words()
+
+    def _words(self) -> list[str]:
+        """The word folders of the data that hold a ``.wav`` file, sorted."""
         data_root = self._require_data_root()
         with os.scandir(data_root) as entries:
             folders = sorted(entry.name for entry in entries if _is_class_folder(entry))
@@ -157,7 +251,7 @@ class SpeechCommands(AudioDatasetIndex):
                     )
                 splits[relative] = split
         entries = []
-        for word in self.class_names:
+        for word in self._words() if self.protocol == "v2-12" else self.all_class_names:
             folder = data_root / word
             for filename in _wav_names(folder):
                 relative = f"{word}/{filename}"
@@ -177,7 +271,111 @@ class SpeechCommands(AudioDatasetIndex):
                 f"{data_root / relative} does not exist ({len(splits)} listed clips missing)."
             )
         log.debug("Read %d Speech Commands clips from %s", len(entries), data_root)
+        if self.protocol == "v2-12":
+            entries = self._v2_12_entries(data_root, entries)
+        return entries
+
+    def _v2_12_entries(self, data_root: Path, words: list[IndexEntry]) -> list[IndexEntry]:
+        """The 10 keywords, the drawn ``_unknown_`` clips and the cut ``_silence_`` clips."""
+        found = {entry.label for entry in words}
+        missing = [word for word in V2_12_KEYWORDS if word not in found]
+        if missing:
+            raise FileNotFoundError(
+                f"Speech Commands at {data_root}: the 12-class protocol needs the word folders "
+                f"{list(V2_12_KEYWORDS)} but {missing} are missing."
+            )
+        entries: list[IndexEntry] = []
+        counts = {}
+        for split_index, split in enumerate(SPLITS):
+            keywords = [e for e in words if e.group == split and e.label in V2_12_KEYWORDS]
+            others = sorted(
+                (e for e in words if e.group == split and e.label not in V2_12_KEYWORDS),
+                key=lambda e: e.clip_id,
+            )
+            num_unknown = math.ceil(self.unknown_fraction * len(keywords))
+            if num_unknown > len(others):
+                raise ValueError(
+                    f"Speech Commands at {data_root}: the {split} split needs {num_unknown} "
+                    f"_unknown_ clips (unknown_fraction={self.unknown_fraction} of "
+                    f"{len(keywords)} keyword clips) but has {len(others)} clips of other words."
+                )
+            rng = np.random.default_rng([self.seed, split_index])
+            drawn = sorted(rng.permutation(len(others))[:num_unknown].tolist())
+            unknown = [others[i]._replace(label=UNKNOWN_LABEL) for i in drawn]
+            num_silence = math.ceil(self.silence_fraction * len(keywords))
+            silence = self._silence_entries(data_root, split, num_silence)
+            entries += keywords + unknown + silence
+            counts[split] = (len(keywords), len(unknown), len(silence))
+        log.info(
+            "Speech Commands V2-12 at %s: (keyword, _unknown_, _silence_) clips per split %s",
+            data_root,
+            counts,
+        )
+        return entries
+
+    def _silence_entries(self, data_root: Path, split: str, count: int) -> list[IndexEntry]:
+        """``count`` one-second clips of background noise for ``split`` (rules: module doc)."""
+        if count == 0:
+            return []
+        noise_folder = data_root / BACKGROUND_NOISE_FOLDER
+        names = _wav_names(noise_folder) if noise_folder.is_dir() else []
+        first, last = SILENCE_SPLIT_PARTS[split]
+        parts = []  # (recording, info, start sample, end sample) of the split's part
+        for name in names:
+            info = soundfile.info(str(noise_folder / name))
+            start, end = round(first * info.frames), round(last * info.frames)
+            if end - start >= info.samplerate:
+                parts.append((noise_folder / name, info, start, end))
+        if not parts:
+            raise FileNotFoundError(
+                f"Speech Commands at {data_root}: the 12-class protocol cuts its _silence_ "
+                f"clips from {noise_folder}/*.wav, but no recording there has at least one "
+                f"second in the {split} part ({first:.0%}-{last:.0%} of its length)."
+            )
+        folder = self.silence_dir or data_root / SILENCE_FOLDER
+        entries = []
+        for p, (recording, info, start, end) in enumerate(parts):
+            num = len(range(p, count, len(parts)))  # clips k = p, p + R, ... of this recording
+            width = info.samplerate
+            span = end - start - width
+            if num > span + 1:  # fewer distinct start samples than clips
+                raise ValueError(
+                    f"Speech Commands: {num} distinct one-second _silence_ clips cannot be cut "
+                    f"from the {split} part of {recording} ({end - start} samples); lower "
+                    "`silence_fraction`."
+                )
+            for j in range(num):
+                offset = start + (round(j * span / (num - 1)) if num > 1 else 0)
+                path = folder / recording.stem / f"{offset:09d}.wav"
+                _write_segment(recording, info, offset, width, path)
+                entries.append(
+                    IndexEntry(
+                        path=path,
+                        label=SILENCE_LABEL,
+                        group=split,
+                        clip_id=f"{SILENCE_LABEL}/{recording.stem}_{offset:09d}",
+                    )
+                )
         return entries
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(root={str(self.root)!r}, download={self.download})"
+        return (
+            f"{type(self).__name__}(root={str(self.root)!r}, download={self.download}, "
+            f"protocol={self.protocol!r})"
+        )
+
+
+def _write_segment(
+    recording: Path, info: soundfile._SoundFileInfo, start: int, frames: int, path: Path
+) -> None:
+    """Writes ``frames`` samples of ``recording`` from ``start`` to ``path`` (unless current)."""
+    if path.is_file() and path.stat().st_mtime_ns >= recording.stat().st_mtime_ns:
+        return
+    samples, rate = soundfile.read(str(recording), start=start, frames=frames, always_2d=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        soundfile.write(str(temporary), samples, rate, subtype=info.subtype, format="WAV")
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

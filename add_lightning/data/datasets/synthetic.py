@@ -98,6 +98,7 @@ class SyntheticDataset(ESC50):
         duration_s: Clip length in seconds.
         sample_rate: Sample rate of the written files in Hz.
         seed: Seed of every random choice.
+        classes: A class subset (names as in ``synthetic_class_names``); ``None`` keeps all.
     """
 
     def __init__(
@@ -109,6 +110,7 @@ class SyntheticDataset(ESC50):
         duration_s: float = 1.0,
         sample_rate: int = 16000,
         seed: int = 0,
+        classes: list[str] | None = None,
     ) -> None:
         for name, value, lowest in (
             ("num_classes", num_classes, 2),
@@ -129,7 +131,7 @@ class SyntheticDataset(ESC50):
             f"synthetic-c{num_classes}-n{clips_per_class}-f{num_folds}-d{duration_s:g}"
             f"-sr{sample_rate}-s{seed}"
         )
-        super().__init__(str(self.dataset_root))
+        super().__init__(str(self.dataset_root), classes=classes)
         self.num_classes_requested = num_classes
         self.clips_per_class = clips_per_class
         self.num_folds = num_folds
