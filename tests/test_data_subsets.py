@@ -7,6 +7,7 @@ import csv
 import logging
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -284,3 +285,63 @@ def test_iemocap_label_set_with_subset_and_errors(tmp_path: Path) -> None:
     assert len(index.clips("train", fold=1)) == 4 * 2
     with pytest.raises(ValueError, match="`label_set`"):
         IEMOCAP(str(tmp_path), label_set="four")
+
+
+# ------------------------------------------------------------------ the configs, end to end
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = """\
+model:
+  class_path: add_lightning.models.AudioClassifier
+  init_args:
+    backbone:
+      class_path: add_lightning.models.ASTBackbone
+      init_args: {pretrained: null, max_length: 128, num_mel_bins: 128, hidden_size: 32,
+                  num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 37}
+    loss:
+      class_path: add_lightning.losses.ClassificationLoss
+      init_args:
+        embedding: {class_path: add_lightning.losses.ADDLoss}
+trainer: {accelerator: cpu, devices: 1, enable_progress_bar: false, enable_model_summary: false}
+"""
+
+
+def test_esc10_config_gives_the_esc10_classes(tmp_path: Path) -> None:
+    from add_lightning.lightning_cli import AddLightningCLI
+
+    model = tmp_path / "model.yaml"
+    model.write_text(TINY_MODEL)
+    args = [
+        *("--config", str(REPO / "configs/data/esc10.yaml"), "--config", str(model)),
+        *("--data.init_args.dataset.init_args.root", str(make_esc50(tmp_path))),
+        *("--data.init_args.dataset.init_args.download", "false"),
+        *("--data.init_args.cache_dir", "null", "--data.init_args.num_workers", "0"),
+        *("--model.init_args.backbone.init_args.max_length", "512"),
+        *("--trainer.default_root_dir", str(tmp_path / "run")),
+    ]
+    cli = AddLightningCLI(args=args, run=False)
+    assert cli.datamodule.class_names == ["dog", "rooster"]
+    assert cli.model.num_classes == 2
+
+
+def test_v2_12_config_fits_through_the_console_script(tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    root = make_speech_commands(tmp_path / "speech_commands_v0.02")
+    model = tmp_path / "model.yaml"
+    model.write_text(TINY_MODEL)
+    command = [
+        str(Path(sys.executable).with_name("add-lightning")),
+        *("fit", "--config", str(REPO / "configs/data/speech_commands_v2_12.yaml")),
+        *("--config", str(model), "--data.init_args.dataset.init_args.root", str(tmp_path)),
+        *("--data.init_args.dataset.init_args.download", "false"),
+        *("--data.init_args.cache_dir", str(tmp_path / "cache")),
+        *("--data.init_args.num_workers", "0", "--data.init_args.batch_size", "8"),
+        *("--trainer.fast_dev_run", "true", "--trainer.default_root_dir", str(tmp_path / "run")),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max_steps=1` reached" in result.stderr  # one training batch of the 12 classes
+    assert len(list((root / "_silence_cut_").rglob("*.wav"))) == 4 + 1 + 1

@@ -27,7 +27,7 @@ Two protocols (``protocol``):
     validation, test); the first ones are kept, the rest of those words is not used.
   * ``_silence_``: ``ceil(silence_fraction * K)`` one-second clips cut from the
     ``_background_noise_`` recordings. TF feeds all-zero clips plus random background noise
-    instead; here, as in Google's test set, the clips are real noise at its recorded level.
+    instead; here the clips are the recordings as they are (no volume scaling, no mixing).
     Each recording (sorted by name) is divided in time into its first 80 %, next 10 % and last
     10 %, which only the train, validation and test clips cut from it respectively, so no split
     shares noise audio with another. Clip k of a split comes from recording ``k mod R`` (of the
@@ -38,8 +38,9 @@ Two protocols (``protocol``):
     under ``silence_dir`` (default ``<data folder>/_silence_cut_``), each under a temporary
     name then renamed, and rewritten when the recording is newer.
 
-  On the full V2 this gives 30,769 + 3,077 + 3,077 training, 3,643 + 365 + 365 validation and
-  4,074 + 408 + 408 test clips: 4,890 test clips, the size of Google's v0.02 test set.
+  On the full V2 this gives 30,769 + 3,077 + 3,077 = 36,923 training clips and
+  4,074 + 408 + 408 = 4,890 test clips, the counts reported in the literature (the test split
+  has the size of Google's v0.02 test set); they were not re-counted on the real archive here.
 
 A ``classes`` subset then keeps some of the classes (of either protocol).
 """
