@@ -324,6 +324,27 @@ def test_esc10_config_gives_the_esc10_classes(tmp_path: Path) -> None:
     assert cli.model.num_classes == 2
 
 
+def test_readme_subset_of_ten_words_parses_to_the_keywords(tmp_path: Path) -> None:
+    from add_lightning.lightning_cli import AddLightningCLI
+
+    make_speech_commands(tmp_path / "speech_commands_v0.02")
+    model = tmp_path / "model.yaml"
+    model.write_text(TINY_MODEL)
+    words = '["yes","no","up","down","left","right","on","off","stop","go"]'  # as in README.md
+    args = [
+        *("--config", str(REPO / "configs/data/speech_commands.yaml"), "--config", str(model)),
+        *("--data.init_args.dataset.init_args.root", str(tmp_path)),
+        *("--data.init_args.dataset.init_args.download", "false"),
+        *("--data.init_args.dataset.init_args.classes", words),
+        *("--data.init_args.cache_dir", "null", "--data.init_args.num_workers", "0"),
+        *("--trainer.default_root_dir", str(tmp_path / "run")),
+    ]
+    cli = AddLightningCLI(args=args, run=False)
+    assert cli.datamodule.class_names == sorted(KEYWORDS)
+    assert cli.model.num_classes == 10
+    assert words in (REPO / "README.md").read_text()
+
+
 def test_v2_12_config_fits_through_the_console_script(tmp_path: Path) -> None:
     import os
     import subprocess

@@ -345,10 +345,10 @@ class SpeechCommands(AudioDatasetIndex):
                     f"from the {split} part of {recording} ({end - start} samples); lower "
                     "`silence_fraction`."
                 )
-            for j in range(num):
-                offset = start + (round(j * span / (num - 1)) if num > 1 else 0)
-                path = folder / recording.stem / f"{offset:09d}.wav"
-                _write_segment(recording, info, offset, width, path)
+            offsets = [start + (round(j * span / (num - 1)) if num > 1 else 0) for j in range(num)]
+            paths = [folder / recording.stem / f"{offset:09d}.wav" for offset in offsets]
+            _write_segments(recording, info, start, end, offsets, width, paths)
+            for offset, path in zip(offsets, paths):
                 entries.append(
                     IndexEntry(
                         path=path,
@@ -366,17 +366,35 @@ class SpeechCommands(AudioDatasetIndex):
         )
 
 
-def _write_segment(
-    recording: Path, info: soundfile._SoundFileInfo, start: int, frames: int, path: Path
+def _write_segments(
+    recording: Path,
+    info: soundfile._SoundFileInfo,
+    start: int,
+    end: int,
+    offsets: list[int],
+    frames: int,
+    paths: list[Path],
 ) -> None:
-    """Writes ``frames`` samples of ``recording`` from ``start`` to ``path`` (unless current)."""
-    if path.is_file() and path.stat().st_mtime_ns >= recording.stat().st_mtime_ns:
+    """Writes ``frames`` samples of ``recording`` from each offset to its path (unless current).
+
+    The part ``[start, end)`` of the recording is read once; each clip is written under a
+    temporary name, then renamed, in the recording's sample format.
+    """
+    newer = recording.stat().st_mtime_ns
+    missing = [
+        (offset, path)
+        for offset, path in zip(offsets, paths)
+        if not (path.is_file() and path.stat().st_mtime_ns >= newer)
+    ]
+    if not missing:
         return
-    samples, rate = soundfile.read(str(recording), start=start, frames=frames, always_2d=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        soundfile.write(str(temporary), samples, rate, subtype=info.subtype, format="WAV")
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    samples, rate = soundfile.read(str(recording), start=start, stop=end, always_2d=True)
+    for offset, path in missing:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            segment = samples[offset - start : offset - start + frames]
+            soundfile.write(str(temporary), segment, rate, subtype=info.subtype, format="WAV")
+            os.replace(temporary, path)
+        finally:
+            temporary.unlink(missing_ok=True)
