@@ -28,6 +28,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": (_LIGHTNING, "evaluate a checkpoint on the validation split"),
     "test": (_LIGHTNING, "evaluate a checkpoint on the test split"),
     "predict": (_LIGHTNING, "write embeddings and logits of a split to predictions.npz"),
+    "classify": (
+        "add_lightning.classify:main",
+        "top-k labels of audio files, folders or CSV lists from a checkpoint",
+    ),
     "cv": (_EXPERIMENTS, "fit + test every (fold, seed) of an experiment; resumable"),
     "compare": (_EXPERIMENTS, "a Table-2-like comparison of several experiments"),
     "figures": (_EXPERIMENTS, "the embedding-geometry figures of experiments"),

@@ -51,6 +51,7 @@ __all__ = [
     "TrainedModel",
     "load_trained_model",
     "to_mono",
+    "waveform_windows",
     "window_starts",
 ]
 
@@ -123,6 +124,42 @@ def window_starts(num_frames: int, target_frames: int, hop_frames: int) -> list[
     return starts
 
 
+def waveform_windows(
+    waveform: Tensor | np.ndarray,
+    sample_rate: int,
+    features: FbankOptions,
+    normalization: Normalization,
+    hop_frames: int | None = None,
+) -> Tensor:
+    """Normalised input windows of a waveform (steps 1-4 of the module doc).
+
+    Args:
+        waveform: ``[num_samples]`` or ``[channels, num_samples]`` at ``sample_rate``.
+        sample_rate: Rate of ``waveform`` in Hz (any; resampled to ``features.sample_rate``).
+        features: Filterbank settings (``target_frames`` is the window length).
+        normalization: Statistics applied to every window.
+        hop_frames: Frames between window starts of a long clip; None means
+            ``target_frames // 2``.
+
+    Shape:
+        - Output: ``[num_windows, target_frames, num_mel_bins]``, float32.
+
+    Raises:
+        ValueError: If the waveform is invalid or shorter than one filterbank frame, or
+            ``hop_frames`` is not a positive integer.
+    """
+    target = features.target_frames
+    hop = max(1, target // 2) if hop_frames is None else hop_frames
+    if isinstance(hop, bool) or not isinstance(hop, int) or hop < 1:
+        raise ValueError(
+            f"Expected argument `hop_frames` to be a positive integer but got {hop_frames!r}."
+        )
+    frames = compute_fbank_frames(to_mono(waveform, sample_rate, features.sample_rate), features)
+    starts = window_starts(frames.shape[0], target, hop)
+    windows = torch.stack([pad_or_crop(frames[start : start + target], target) for start in starts])
+    return normalization.apply(windows)
+
+
 @dataclass
 class TrainedModel:
     """A classifier and the feature pipeline it was trained with.
@@ -168,19 +205,9 @@ class TrainedModel:
         Raises:
             ValueError: If the waveform is invalid or shorter than one filterbank frame.
         """
-        options = self.inference_features
-        target = options.target_frames
-        hop = max(1, target // 2) if hop_frames is None else hop_frames
-        if isinstance(hop, bool) or not isinstance(hop, int) or hop < 1:
-            raise ValueError(
-                f"Expected argument `hop_frames` to be a positive integer but got {hop_frames!r}."
-            )
-        frames = compute_fbank_frames(to_mono(waveform, sample_rate, options.sample_rate), options)
-        starts = window_starts(frames.shape[0], target, hop)
-        windows = torch.stack(
-            [pad_or_crop(frames[start : start + target], target) for start in starts]
+        return waveform_windows(
+            waveform, sample_rate, self.inference_features, self.normalization, hop_frames
         )
-        return self.normalization.apply(windows)
 
     @torch.no_grad()
     def score_windows(self, windows: Tensor, batch_size: int = 32) -> tuple[Tensor, Tensor]:

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +66,7 @@ trainer:
   log_every_n_steps: 1
 """
 FEATURES = FbankOptions(num_mel_bins=32, target_frames=48)
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +121,6 @@ def test_test_with_a_checkpoint_ignores_training_files_changed_after_fit(trained
     root = tmp_path / "synthetic"
     config = tmp_path / "config.yaml"
     config.write_text(CONFIG.format(root=root, cache=tmp_path / "cache"))
-    import shutil
-
     shutil.copytree(trained["root"], root)
     before = _test_metrics(config, trained["checkpoint"], tmp_path / "before")
     assert math.isfinite(before["test/loss"])
@@ -236,3 +241,146 @@ def test_classify_a_stereo_clip_at_another_rate(trained):
     torch.testing.assert_close(model.classify(stereo, 44100).probabilities, expected)
     with pytest.raises(ValueError, match=r"waveform.*\[channels, num_samples\]"):
         model.classify(torch.zeros(1, 2, 100), 16000)
+
+
+# ----------------------------------------------------------------- add-lightning classify
+
+
+def _reference_file(model: TrainedModel, path: Path, starts: list[int]) -> tuple:
+    """Mean probabilities and embedding of a file, read with soundfile and torchaudio here."""
+    samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    mono = torch.from_numpy(samples.mean(axis=1))
+    if rate != 16000:
+        mono = torchaudio.functional.resample(mono, rate, 16000)
+    return _reference_probabilities(model, compute_fbank_frames(mono, FEATURES), starts)
+
+
+@pytest.fixture(scope="module")
+def audio_files(tmp_path_factory) -> dict[str, Path]:
+    """A short clip, a long one (148 frames: windows 0, 24, 48, 72, 96, 100), a 44.1 kHz
+    stereo one in a folder, a broken file, and a CSV listing the first two by relative path."""
+    folder = tmp_path_factory.mktemp("audio")
+    (folder / "stereo").mkdir()
+    files = {
+        "short": folder / "short.wav",
+        "long": folder / "long.flac",
+        "stereo": folder / "stereo" / "stereo.wav",
+        "broken": folder / "broken.wav",
+        "csv": folder / "list.csv",
+    }
+    soundfile.write(files["short"], _tone(0.3, 16000)[0], 16000)
+    soundfile.write(files["long"], _tone(1.5, 16000)[0], 16000)
+    soundfile.write(files["stereo"], _tone(0.4, 44100, channels=2).T, 44100)
+    files["broken"].write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunk")
+    files["csv"].write_text("path,note\nshort.wav,a\nlong.flac,b\n")
+    return files
+
+
+REFERENCE_STARTS = {"short": [0], "long": [0, 24, 48, 72, 96, 100], "stereo": [0]}
+
+
+def test_classify_files_folders_and_csv_with_a_broken_file(trained, audio_files, tmp_path, capsys):
+    model = load_trained_model(trained["checkpoint"])
+    inputs = [audio_files["csv"], audio_files["broken"], audio_files["stereo"].parent]
+    status = main(
+        [
+            "classify",
+            "--ckpt_path",
+            str(trained["checkpoint"]),
+            *map(str, inputs),
+            "--top_k",
+            "2",
+            "--batch_size",
+            "4",  # the long clip's 6 windows span two forward passes, shared with other files
+            "--output",
+            str(tmp_path / "results.csv"),
+            "--embeddings",
+            str(tmp_path / "embeddings.npz"),
+        ]
+    )
+    captured = capsys.readouterr()
+    assert status == 1  # one file failed, the others are classified
+    assert f"skipped: Could not decode audio file {audio_files['broken']}" in captured.err
+    order = ["short", "long", "stereo"]
+    lines = captured.out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(audio_files[k]) for k in order]
+
+    with (tmp_path / "results.csv").open() as handle:
+        rows = {row["path"]: row for row in csv.DictReader(handle)}
+    assert list(rows) == [str(audio_files[k]) for k in ("short", "long", "broken", "stereo")]
+    assert "Could not decode" in rows[str(audio_files["broken"])]["error"]
+    arrays = np.load(tmp_path / "embeddings.npz")
+    assert list(arrays["paths"]) == [str(audio_files[k]) for k in order]
+    assert list(arrays["class_names"]) == model.class_names
+    for row_index, key in enumerate(order):
+        expected, embedding = _reference_file(model, audio_files[key], REFERENCE_STARTS[key])
+        ranked = expected.argsort(descending=True)[:2]
+        row = rows[str(audio_files[key])]
+        assert int(row["num_windows"]) == len(REFERENCE_STARTS[key])
+        assert [row["label_1"], row["label_2"]] == [model.class_names[int(i)] for i in ranked]
+        got = [float(row["probability_1"]), float(row["probability_2"])]
+        np.testing.assert_allclose(got, expected[ranked].numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(arrays["probabilities"][row_index], expected, atol=1e-6)
+        np.testing.assert_allclose(arrays["embeddings"][row_index], embedding, atol=1e-5)
+        fields = lines[row_index].split("\t")[1:]
+        assert fields[0] == f"{row['label_1']} {float(row['probability_1']):.4f}"
+
+
+def test_classify_through_the_console_script(trained, audio_files, tmp_path):
+    script = Path(sys.executable).with_name("add-lightning")
+    if not script.is_file():
+        pytest.skip("the add-lightning console script is not installed beside this Python")
+    output = tmp_path / "results.json"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    arguments = [str(audio_files["short"]), str(audio_files["stereo"]), "--output", str(output)]
+    done = subprocess.run(
+        [str(script), "classify", "--ckpt_path", str(trained["checkpoint"]), *arguments],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "classified 2 of 2 files" in done.stderr
+    assert len(done.stdout.strip().splitlines()) == 2
+    results = json.loads(output.read_text())
+    model = load_trained_model(trained["checkpoint"])
+    assert results["class_names"] == model.class_names
+    for clip, key in zip(results["clips"], ("short", "stereo")):
+        expected, _ = _reference_file(model, audio_files[key], REFERENCE_STARTS[key])
+        assert clip["path"] == str(audio_files[key]) and clip["error"] is None
+        got = [clip["probabilities"][name] for name in model.class_names]
+        np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
+        assert len(clip["top_k"]) == 3  # --top_k 5 capped at the 3 classes
+        assert clip["top_k"][0]["label"] == model.class_names[int(expected.argmax())]
+
+    # bad arguments: one line naming the argument, exit status 1, nothing written
+    wrong_output = ["--output", str(tmp_path / "results.txt")]
+    bad = subprocess.run(
+        [
+            str(script),
+            "classify",
+            "--ckpt_path",
+            str(trained["checkpoint"]),
+            "x.wav",
+            *wrong_output,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert bad.returncode == 1
+    assert "Expected `--output` to end with .csv or .json" in bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert not (tmp_path / "results.txt").exists()
+
+
+def test_classify_refuses_a_checkpoint_without_the_pipeline(trained, audio_files, tmp_path):
+    old = torch.load(trained["checkpoint"], weights_only=True)
+    del old["AudioDataModule"]
+    torch.save(old, tmp_path / "old.ckpt")
+    with pytest.raises(ValueError, match=r"old\.ckpt holds no feature pipeline"):
+        main(["classify", "--ckpt_path", str(tmp_path / "old.ckpt"), str(audio_files["short"])])
+    with pytest.raises(ValueError, match=r"holds no audio file"):
+        main(["classify", "--ckpt_path", str(trained["checkpoint"]), str(tmp_path)])
