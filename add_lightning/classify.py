@@ -322,6 +322,7 @@ def main(argv: Sequence[str]) -> int:
                 "probabilities": None,
                 "error": error,
             }
+            sys.stdout.flush()  # the results so far before the message, in a shared log
             bar.write(f"add-lightning classify: skipped: {error}", file=sys.stderr)
             continue
         pending.append((index, windows))
@@ -349,5 +350,6 @@ def main(argv: Sequence[str]) -> int:
         summary += f"; {failures} could not be read (named above)"
     if written:
         summary += f"; wrote {', '.join(written)}"
+    sys.stdout.flush()
     sys.stderr.write(f"add-lightning classify: {summary}.\n")
     return 1 if failures else 0

@@ -296,11 +296,14 @@ def test_classify_files_folders_and_csv_with_a_broken_file(trained, audio_files,
             str(tmp_path / "results.csv"),
             "--embeddings",
             str(tmp_path / "embeddings.npz"),
+            "--progress",
+            "true",
         ]
     )
     captured = capsys.readouterr()
     assert status == 1  # one file failed, the others are classified
     assert f"skipped: Could not decode audio file {audio_files['broken']}" in captured.err
+    assert "classify: 100%" in captured.err and "4/4" in captured.err  # the progress bar
     order = ["short", "long", "stereo"]
     lines = captured.out.strip().splitlines()
     assert [line.split("\t")[0] for line in lines] == [str(audio_files[k]) for k in order]
