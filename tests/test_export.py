@@ -137,6 +137,11 @@ def test_huggingface_pipeline_gives_our_probabilities(tmp_path, monkeypatch):
         assert expected.max() < 0.99  # not saturated: the comparison is informative
         actual = _pipeline_probabilities(directory, path)
         np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-4, err_msg=str(path))
+        # and what `classify` reports for the file (all channels, its own rate)
+        samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+        classified = trained.classify(torch.from_numpy(samples.T.copy()), rate)
+        assert classified.num_windows == 1
+        np.testing.assert_allclose(actual, classified.probabilities, rtol=0, atol=1e-4)
     assert not list(tmp_path.glob(".hf.*"))  # no temporary directory left
 
 
@@ -186,6 +191,21 @@ def test_huggingface_export_refuses_a_non_empty_directory(tmp_path):
     with pytest.raises(ValueError, match="not an empty directory"):
         export_huggingface(_trained(_ast()), tmp_path / "hf")
     assert (tmp_path / "hf" / "notes.txt").read_text() == "mine"
+
+
+class _MeanBackbone(torch.nn.Module):
+    embedding_dim = 32
+
+    def forward(self, features):
+        return features.mean(dim=1)
+
+
+def test_onnx_export_refuses_other_backbones_and_a_directory(tmp_path):
+    with pytest.raises(ValueError, match=r"ASTBackbone or BEATsBackbone .* _MeanBackbone"):
+        export_onnx(_trained(_MeanBackbone()), tmp_path / "m.onnx")
+    with pytest.raises(ValueError, match="is a directory"):
+        export_onnx(_trained(_ast()), tmp_path)
+    assert not list(tmp_path.iterdir())
 
 
 BEATS_FEATURES = FbankOptions(
