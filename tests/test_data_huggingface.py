@@ -123,6 +123,23 @@ def test_errors_name_the_argument(tmp_path: Path) -> None:
         HuggingFaceDataset(str(tmp_path / "dict"), root=str(tmp_path / "e")).prepare()
 
 
+def test_local_audiofolder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A class-folder layout read by datasets' audiofolder builder, or a clear error without
+    torchcodec (which datasets' audio encoding needs)."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf_cache"))
+    for c, name in enumerate(("dog", "cat")):
+        for k in range(2):
+            write_wav(tmp_path / "folder" / name / f"{k}.wav", seed=10 * c + k)
+    index = HuggingFaceDataset(str(tmp_path / "folder"), root=str(tmp_path / "export"))
+    try:
+        import torchcodec  # noqa: F401
+    except ImportError:
+        with pytest.raises(ValueError, match=r"folder.*needs torchcodec.*FolderDataset"):
+            _ = index.class_names
+    else:
+        assert index.class_names == ["cat", "dog"]
+
+
 def test_undecodable_audio_names_the_row(tmp_path: Path) -> None:
     (tmp_path / "bad.wav").write_bytes(b"not audio at all")
     table = {"audio": [str(write_wav(tmp_path / "ok.wav", 0)), str(tmp_path / "bad.wav")]}

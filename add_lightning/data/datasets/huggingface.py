@@ -1,9 +1,11 @@
 """Hugging Face ``datasets`` as a source: a ``Dataset`` or ``DatasetDict`` with an ``Audio`` column.
 
 The dataset comes from a ``save_to_disk`` folder (``datasets.load_from_disk``), another local
-folder ``datasets.load_dataset`` reads (e.g. an ``audiofolder`` layout), or a hub id
-(``datasets.load_dataset``; offline, an error says how to save it to disk elsewhere). It needs the
-optional dependency ``datasets`` (``pip install 'add-lightning[hf]'``).
+folder ``datasets.load_dataset`` reads (e.g. a copy of a hub dataset's files; its
+``audiofolder`` builder needs ``torchcodec``, so a folder of class sub-folders is better read by
+``FolderDataset``), or a hub id (``datasets.load_dataset``; offline, an error says how to save
+it to disk elsewhere). It needs the optional dependency ``datasets``
+(``pip install 'add-lightning[hf]'``).
 
 Audio: the rest of the pipeline (``Clip``, ``ClipDataset``, ``FeatureCache``, the
 normalisation statistics) reads clips by file path, so on ``prepare`` each clip's encoded audio
@@ -134,7 +136,23 @@ class HuggingFaceDataset(AudioDatasetIndex):
             markers = ("state.json", "dataset_dict.json")  # written by save_to_disk
             if any(os.path.isfile(os.path.join(path, marker)) for marker in markers):
                 return datasets.load_from_disk(path)
-            return datasets.load_dataset(path, name=self.name, revision=self.revision)
+            try:
+                return datasets.load_dataset(path, name=self.name, revision=self.revision)
+            except Exception as error:  # datasets raises many types; name the folder
+                cause: BaseException | None = error
+                while cause is not None and "torchcodec" not in str(cause):
+                    cause = cause.__cause__
+                hint = (
+                    " datasets needs torchcodec to encode the audio of such a folder; "
+                    if cause is not None
+                    else " "
+                )
+                raise ValueError(
+                    f"Could not load the local folder `path={self.path!r}` with "
+                    f"datasets.load_dataset ({type(error).__name__}: {error}).{hint}a folder of "
+                    "class sub-folders is read by FolderDataset, and a dataset written by "
+                    "`save_to_disk` by HuggingFaceDataset."
+                ) from error
         if path.startswith(("/", ".", "~")) or path.count("/") > 1 or os.path.exists(path):
             raise FileNotFoundError(
                 f"Expected argument `path` to be a Hugging Face hub id or a folder written by "
