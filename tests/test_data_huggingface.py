@@ -283,3 +283,22 @@ def test_cv_trains_on_a_saved_dataset_and_the_cache_follows_it(tmp_path: Path, c
     cached = module._feature_cache().features(clip.path)
     expected = reference_fbank(replacement, module.features)
     assert torch.allclose(cached, expected, atol=2e-2, rtol=2e-3)  # float16 cache
+
+
+def test_a_new_version_replaces_only_the_export_read_with_the_same_columns(tmp_path: Path) -> None:
+    make_folded(tmp_path / "v1")
+    saved, export = str(tmp_path / "saved"), str(tmp_path / "export")
+    shutil.move(tmp_path / "v1" / "saved", saved)
+    folded = HuggingFaceDataset(saved, root=export, fold_column="fold")
+    plain = HuggingFaceDataset(saved, root=export)  # every clip a training clip
+    folded.prepare()
+    plain.prepare()
+    old_folded, old_plain = folded.export_dir, plain.export_dir
+    assert old_folded != old_plain and len(plain.clips("train")) == 12
+    make_folded(tmp_path / "v2", seed=100)  # new audio: a new fingerprint
+    shutil.rmtree(saved)
+    shutil.move(tmp_path / "v2" / "saved", saved)
+    new_folded = HuggingFaceDataset(saved, root=export, fold_column="fold")
+    new_folded.prepare()
+    assert new_folded.export_dir != old_folded
+    assert not old_folded.exists() and (old_plain / "index.json").is_file()

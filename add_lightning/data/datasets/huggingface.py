@@ -306,7 +306,7 @@ class HuggingFaceDataset(AudioDatasetIndex):
         temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=self.root))
         try:
             rows = self._write_clips(temporary)
-            index = {"source": self.path, "name": self.name, "key": self._key_of(), "rows": rows}
+            index = {**self._settings(), "key": self._key_of(), "rows": rows}
             (temporary / _INDEX).write_text(json.dumps(index), encoding="utf-8")
             try:
                 os.replace(temporary, folder)
@@ -381,8 +381,17 @@ class HuggingFaceDataset(AudioDatasetIndex):
             ) from error
         return file
 
+    def _settings(self) -> dict[str, Any]:
+        """What identifies the source and the columns read, apart from the dataset's version."""
+        return {
+            "source": self.path,
+            "name": self.name,
+            "revision": self.revision,
+            "columns": [self.audio_column, self.label_column, self.fold_column, self.split_column],
+        }
+
     def _remove_stale_exports(self, current: Path) -> None:
-        """Removes the exports of older versions of the same source (same path and name)."""
+        """Removes the exports of older versions of the same source read with the same columns."""
         for other in self.root.glob("hf-*"):
             if other == current or not (other / _INDEX).is_file():
                 continue
@@ -390,7 +399,8 @@ class HuggingFaceDataset(AudioDatasetIndex):
                 stored = json.loads((other / _INDEX).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            if stored.get("source") == self.path and stored.get("name") == self.name:
+            settings = self._settings()
+            if all(stored.get(field) == value for field, value in settings.items()):
                 shutil.rmtree(other, ignore_errors=True)
                 log.info("Removed the export %s of an older version of %r", other, self.path)
 
