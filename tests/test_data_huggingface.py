@@ -302,3 +302,12 @@ def test_a_new_version_replaces_only_the_export_read_with_the_same_columns(tmp_p
     new_folded.prepare()
     assert new_folded.export_dir != old_folded
     assert not old_folded.exists() and (old_plain / "index.json").is_file()
+
+
+def make_hf_esc50(folder: Path) -> Path:
+    """A saved dataset with the columns of configs/data/huggingface.yaml: audio, category, fold."""
+    paths = [write_wav(folder / f"src/{k}.wav", seed=k) for k in range(4)]
+    table = {"audio": [str(p) for p in paths], "category": ["dog", "cat"] * 2, "fold": [1, 1, 2, 2]}
+    dataset = datasets.Dataset.from_dict(table).cast_column("audio", datasets.Audio())
+    dataset.save_to_disk(str(folder / "saved"))
+    return folder / "saved"

@@ -16,6 +16,8 @@ import yaml
 from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from test_data_datasets import make_iemocap
+from test_data_huggingface import make_hf_esc50
+from test_data_subsets import make_esc50 as make_esc10
 
 from add_lightning.data import (
     ESC50,
@@ -442,6 +444,10 @@ def _fixture_roots(tmp_path: Path) -> dict[str, dict[str, object]]:
         "folder.yaml": {"root": str(own)},
         "speech_commands.yaml": {"root": str(tmp_path / "sc")},  # download: true, not prepared
         "iemocap.yaml": {"root": str(tmp_path / "iemocap")},
+        "esc10.yaml": {"root": str(make_esc10(tmp_path / "esc10")), "download": False},
+        "speech_commands_v2_12.yaml": {"root": str(tmp_path / "sc")},  # download: true
+        "huggingface.yaml": {"path": str(make_hf_esc50(tmp_path / "hf")),
+                             "root": str(tmp_path / "hf_export")},
     }  # fmt: skip
 
 
