@@ -251,6 +251,7 @@ class AddLightningCLI(LightningCLI):
                 "from the data module (`data.num_classes`); to train on fewer classes, give the "
                 "dataset fewer classes."
             )
+        self._restore_data_pipeline()  # before the shape check: the checkpoint's features
         _check_input_shape(self.datamodule, self.model)
 
     def _instantiate_classes(self) -> None:
@@ -282,6 +283,8 @@ class AddLightningCLI(LightningCLI):
         (or fail if the training files are gone); the feature pipeline the model was trained
         with (see ``AudioDataModule.state_dict``) is applied here instead, before either.
         """
+        if self.subcommand is None:  # run=False: no subcommand, no --ckpt_path
+            return
         path = self.config[self.subcommand].get("ckpt_path")
         if path is None or not Path(str(path)).is_file():
             return  # none, or a special name ("last") that Lightning resolves and restores
@@ -291,8 +294,6 @@ class AddLightningCLI(LightningCLI):
         state = checkpoint.get(type(self.datamodule).__qualname__)
         if state is not None:
             self.datamodule.load_state_dict(state)
-
-    before_fit = before_validate = before_test = before_predict = _restore_data_pipeline
 
     def predict(self, **kwargs: Any) -> Any:
         """``Trainer.predict`` that writes ``<run dir>/predictions.npz`` by default.
