@@ -31,7 +31,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from add_lightning.models.classifier import AudioClassifier
 from add_lightning.models.prediction import EmbeddingWriter
-from add_lightning.run_log import EpochSummary, is_terminal, quiet_lightning
+from add_lightning.run_log import EpochSummary, is_terminal, log_to_console, quiet_lightning
 
 __all__ = ["AddLightningCLI", "check_checkpoint_file", "run_lightning_cli"]
 
@@ -354,5 +354,6 @@ class AddLightningCLI(LightningCLI):
 
 def run_lightning_cli(argv: Sequence[str]) -> int:
     """Runs ``add-lightning fit|validate|test|predict ARGS`` (``argv`` includes the subcommand)."""
+    log_to_console()
     AddLightningCLI(args=list(argv))
     return 0

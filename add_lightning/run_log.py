@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 
-__all__ = ["EpochSummary", "quiet_lightning"]
+__all__ = ["EpochSummary", "log_to_console", "quiet_lightning"]
 
 
 class EpochSummary(Callback):
@@ -92,3 +92,26 @@ def is_terminal(stream: Any) -> bool:
     """Whether ``stream`` is an interactive terminal."""
     isatty = getattr(stream, "isatty", None)
     return bool(isatty and isatty())
+
+
+class _RankZero(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+        return getattr(rank_zero_only, "rank", 0) == 0
+
+
+def log_to_console(level: int = logging.INFO) -> None:
+    """Shows this package's log records (clip counts, caches, subsets) on stderr, rank 0 only.
+
+    For the console script: a library leaves logging to the application. Nothing is added
+    when the ``add_lightning`` logger or the root logger already has a handler.
+    """
+    logger = logging.getLogger("add_lightning")
+    if logger.handlers or logging.getLogger().handlers:
+        return
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(_RankZero())
+    logger.addHandler(handler)
+    logger.setLevel(level)

@@ -96,6 +96,8 @@ def test_a_run_logged_to_a_file_is_readable(tmp_path):
     assert epochs == ["1", "2"]
     assert "💡 Tip" not in output and "litlogger" not in output
     assert "LeafSpec" not in output
+    # the package's own INFO records reach the console: what was split and computed
+    assert "fold 1: 24 training, 6 validation, 6 test clips, 3 classes" in output
     # validation is the test fold here: no checkpoint is chosen by val/acc
     assert "No best.ckpt: validation uses the test fold" in output
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["last.ckpt"]
