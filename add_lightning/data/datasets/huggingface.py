@@ -45,6 +45,7 @@ import soundfile
 
 from add_lightning.data.datasets.base import AudioDatasetIndex, IndexEntry
 from add_lightning.data.datasets.folder import _SPLIT_NAMES, AUDIO_EXTENSIONS
+from add_lightning.hub import offline_hint
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +162,7 @@ class HuggingFaceDataset(AudioDatasetIndex):
         try:
             return datasets.load_dataset(path, name=self.name, revision=self.revision)
         except (OSError, ValueError) as error:  # ConnectionError is an OSError
-            import huggingface_hub
-
-            offline = huggingface_hub.constants.is_offline_mode()
-            hint = (
-                "HF_HUB_OFFLINE is set, so the hub cannot be reached: unset it, or "
-                if offline
-                else "If this machine has no internet access, "
-            )
+            hint = offline_hint()
             raise OSError(
                 f"Could not load the dataset `path={self.path!r}` ({error}). {hint}save it once "
                 f"elsewhere with `datasets.load_dataset({self.path!r}).save_to_disk(DIR)` and "

@@ -6,10 +6,11 @@ import logging
 import os
 from typing import Literal
 
-import huggingface_hub.constants
 import torch
 from torch import Tensor, nn
 from transformers import ASTConfig, ASTModel
+
+from add_lightning.hub import offline_hint
 
 __all__ = ["DEFAULT_AST_CHECKPOINT", "ASTBackbone", "adapt_position_embeddings", "patch_grid"]
 
@@ -80,12 +81,7 @@ def _load_pretrained(pretrained: str) -> ASTModel:
     try:
         return ASTModel.from_pretrained(pretrained)
     except OSError as error:
-        offline = huggingface_hub.constants.is_offline_mode()
-        hint = (
-            "HF_HUB_OFFLINE is set, so the hub cannot be reached: unset it, or "
-            if offline
-            else "If this machine has no internet access, "
-        )
+        hint = offline_hint()
         raise OSError(
             f"Could not load the AST checkpoint `pretrained={pretrained!r}` ({error}). {hint}"
             "download it once elsewhere with `ASTModel.from_pretrained(...).save_pretrained(DIR)` "
