@@ -208,6 +208,12 @@ class AudioClassifier(LightningModule):
             "clip_id": batch.get("clip_id"),
         }
 
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Lets the backbone clear gradients it added only for DDP (BEATs layer drop)."""
+        release = getattr(self.backbone, "release_dropped_gradients", None)
+        if callable(release):
+            release()
+
     def on_train_epoch_start(self) -> None:
         if self.trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_epoch=True)

@@ -225,6 +225,10 @@ class BEATsBackbone(nn.Module):
             raise ValueError(f"{source}: tensor shapes differ: {_summarise(wrong_shape)}")
         self.load_state_dict(state, strict=True)
 
+    def release_dropped_gradients(self) -> None:
+        """See :meth:`BEATsEncoder.release_dropped_gradients` (layer drop under DDP)."""
+        self.encoder.release_dropped_gradients()
+
     def forward(self, features: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Embeds a batch of normalised fbank frames.
 

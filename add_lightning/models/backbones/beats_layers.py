@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -226,6 +227,17 @@ class BEATsEncoderLayer(nn.Module):
 class BEATsEncoder(nn.Module):
     """Convolutional positional embedding followed by the stack of Transformer layers.
 
+    Layer drop (``encoder_layerdrop`` > 0, training only): each layer is skipped with that
+    probability, drawn from the global torch RNG as one draw per layer and forward pass (so
+    seeding and checkpointed RNG states reproduce it). Under DDP (an initialised process group
+    of more than one process) rank 0's draws are broadcast, so every rank skips the same layers,
+    and a skipped layer's parameters enter the output times zero: every parameter gets a
+    (zero) gradient, which DDP with ``find_unused_parameters=False`` requires. Call
+    :meth:`release_dropped_gradients` after the backward pass and before the optimizer step
+    (``AudioClassifier`` does, in ``on_before_optimizer_step``) to turn those zero gradients
+    back into no gradient, so the optimizer leaves skipped layers untouched, exactly as on one
+    device (Adam with a zero gradient would still move them by its momentum).
+
     Shape:
         forward: x [B, N, D], padding_mask [B, N] bool (True = padding) -> [B, N, D].
     """
@@ -249,6 +261,37 @@ class BEATsEncoder(nn.Module):
         self.layer_norm = nn.LayerNorm(width)
         self.config = config
         self._reset_parameters()
+        # Layers run / skipped with a zero contribution since `release_dropped_gradients`.
+        self._ran_layers: set[int] = set()
+        self._zeroed_layers: set[int] = set()
+        #: The layers skipped in the latest training forward pass (for inspection).
+        self.dropped_layers: list[int] = []
+
+    def _draw_dropped_layers(self, device: torch.device) -> list[int]:
+        """The layers to skip in this training pass: the same on every rank under DDP."""
+        draws = torch.rand(len(self.layers))
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            draws = draws.to(device)
+            dist.broadcast(draws, src=0)
+        return (draws < self.config.encoder_layerdrop).nonzero().flatten().tolist()
+
+    def release_dropped_gradients(self) -> None:
+        """Sets to None the zero gradients that layer drop under DDP gave to skipped layers.
+
+        Only parameters of layers that were skipped (with a zero contribution) in every forward
+        pass since the previous call are cleared, so gradient accumulation over several passes
+        keeps the gradients of layers that ran in any of them.
+        """
+        keep = {id(p) for index in self._ran_layers for p in self.layers[index].parameters()}
+        if self.config.relative_position_embedding:  # the shared table feeds every pass
+            table = self.layers[0].self_attn.relative_attention_bias
+            keep.update(id(p) for p in table.parameters())
+        for index in self._zeroed_layers - self._ran_layers:
+            for parameter in self.layers[index].parameters():
+                if id(parameter) not in keep:
+                    parameter.grad = None
+        self._ran_layers.clear()
+        self._zeroed_layers.clear()
 
     def _reset_parameters(self) -> None:
         # BERT initialisation of the official code, then DeepNorm's scaled Xavier init.
@@ -296,11 +339,21 @@ class BEATsEncoder(nn.Module):
         x = F.dropout(x, p=self.config.dropout, training=self.training)
         position_bias = self.position_bias(x.shape[1], x.device)
         decay = self.config.layer_wise_gradient_decay_ratio
-        for layer in self.layers:
+        dropped: list[int] = []
+        if self.training and self.config.encoder_layerdrop > 0:
+            dropped = self.dropped_layers = self._draw_dropped_layers(x.device)
+        distributed = bool(dropped) and dist.is_available() and dist.is_initialized()
+        for index, layer in enumerate(self.layers):
             if decay != 1.0:
                 x = _ScaleGradient.apply(x, decay)
-            if self.training and torch.rand(()).item() < self.config.encoder_layerdrop:
+            if index in dropped:
+                trainable = [p.view(-1)[:1] for p in layer.parameters() if p.requires_grad]
+                if distributed and trainable:  # DDP needs a gradient for every parameter
+                    x = x + 0.0 * torch.cat(trainable).sum()
+                    self._zeroed_layers.add(index)
                 continue
+            if self.training:
+                self._ran_layers.add(index)
             x = layer(x, padding_mask, position_bias)
         if self.config.layer_norm_first:
             x = self.layer_norm(x)
