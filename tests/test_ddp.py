@@ -203,6 +203,7 @@ def test_beats_with_layer_drop_trains_under_ddp(tmp_path) -> None:
             "enable_model_summary": False,
             "enable_checkpointing": False,
             "logger": False,
+            "default_root_dir": str(tmp_path / "run"),  # config.yaml goes there, not to cwd
         },
     }
     path = tmp_path / "beats.yaml"
@@ -321,7 +322,7 @@ def test_ddp_test_metrics_equal_the_single_process_ones(audio_runs) -> None:
     assert any(key.startswith("test/geometry/") for key in single)
     assert ddp[0].keys() == single.keys()
     for key, value in single.items():
-        assert ddp[0][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+        assert ddp[0][key] == pytest.approx(value, rel=1e-5, abs=1e-12), key
 
 
 def test_ddp_normalisation_is_computed_once_with_the_same_values(audio_runs) -> None:

@@ -63,7 +63,11 @@ from add_lightning.data.features import (
     load_fbank_frames,
     pad_or_crop,
 )
-from add_lightning.data.sampler import ClassBalancedBatchSampler, SeededShuffleSampler
+from add_lightning.data.sampler import (
+    ClassBalancedBatchSampler,
+    EvaluationSampler,
+    SeededShuffleSampler,
+)
 
 __all__ = [
     "AUDIOSET_NORMALIZATION",
@@ -96,6 +100,7 @@ __all__ = [
     "ClassBalancedBatchSampler",
     "Clip",
     "ClipDataset",
+    "EvaluationSampler",
     "FbankOptions",
     "FeatureCache",
     "FolderDataset",

@@ -3,7 +3,8 @@
 ``prepare_data`` downloads, generates or verifies the data (and builds the optional feature
 cache); ``setup`` is idempotent and builds only the splits of its stage. Normalisation
 statistics, unless given, come from the training clips of the current fold alone (never from
-validation or test clips) and are cached per fold in ``cache_dir``. Every checkpoint holds the
+validation or test clips) and are cached per fold in ``cache_dir``; under DDP rank 0 alone
+computes (or loads) them and broadcasts them to the other ranks. Every checkpoint holds the
 feature settings, the statistics used and the class names (``state_dict``), and a run that
 restores a checkpoint uses them (``load_state_dict``), not statistics of the files on disk.
 """
@@ -34,7 +35,11 @@ from add_lightning.data.features import (
     Normalization,
     compute_normalization,
 )
-from add_lightning.data.sampler import ClassBalancedBatchSampler, SeededShuffleSampler
+from add_lightning.data.sampler import (
+    ClassBalancedBatchSampler,
+    EvaluationSampler,
+    SeededShuffleSampler,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +144,11 @@ class AudioDataModule(LightningDataModule):
     protocol); for split-based datasets (Speech Commands) ``fold`` must be ``None`` and the
     official lists are used. ``val_fraction > 0`` instead holds out a seeded, class-stratified
     part of the training clips as the validation set.
+
+    Under DDP the loaders split the clips between ranks themselves: training batches with
+    ``SeededShuffleSampler`` (step ``s`` of all ranks = step ``s`` of one process with
+    ``world_size`` times the batch), validation and test batches with ``EvaluationSampler``
+    (the single-process batches dealt round robin, no clip repeated).
 
     Args:
         dataset: The dataset index (``class_path`` in YAML), e.g. ``ESC50`` or ``SpeechCommands``.
@@ -345,7 +355,25 @@ class AudioDataModule(LightningDataModule):
         return Normalization(mean=mean, std=std)
 
     def _training_normalization(self) -> Normalization:
-        """Statistics of the current fold's training clips only (computed once, then cached)."""
+        """Statistics of the current fold's training clips only (computed once, then cached).
+
+        Under DDP (a trainer with more than one process attached) rank 0 computes or loads
+        them and broadcasts them, so the training split is read once per fold, not per rank.
+        """
+        if self._fold_normalization is not None:
+            return self._fold_normalization
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1:
+            statistics = self._local_normalization() if trainer.is_global_zero else None
+            mean, std = trainer.strategy.broadcast(
+                None if statistics is None else (statistics.mean, statistics.std), src=0
+            )
+            self._fold_normalization = Normalization(mean=mean, std=std)
+            return self._fold_normalization
+        return self._local_normalization()
+
+    def _local_normalization(self) -> Normalization:
+        """The statistics from ``cache_dir`` if stored there, else computed in this process."""
         if self._fold_normalization is not None:
             return self._fold_normalization
         train = self._split_clips()["train"]
@@ -516,7 +544,14 @@ class AudioDataModule(LightningDataModule):
             )
             sampler.set_epoch(self._first_training_epoch())
             return DataLoader(dataset, batch_sampler=sampler, **self._loader_options())
-        sampler = SeededShuffleSampler(len(dataset), seed=self.seed, on_epoch=dataset.set_epoch)
+        trainer = self.trainer  # under DDP the sampler splits the clips between ranks itself
+        sampler = SeededShuffleSampler(
+            len(dataset),
+            seed=self.seed,
+            on_epoch=dataset.set_epoch,
+            num_replicas=None if trainer is None else trainer.world_size,
+            rank=None if trainer is None else trainer.global_rank,
+        )
         sampler.set_epoch(self._first_training_epoch())
         return DataLoader(
             dataset, batch_size=self.batch_size, sampler=sampler, **self._loader_options()
@@ -529,6 +564,15 @@ class AudioDataModule(LightningDataModule):
             raise ValueError(
                 f"{self.dataset!r} has no {split} clips for fold {self.fold}; use a dataset with "
                 f"{split} clips (folds or a split column) or set `val_fraction` > 0."
+            )
+        trainer = self.trainer
+        if role != "predict" and trainer is not None and trainer.world_size > 1:
+            # Lightning's DistributedSampler would pad the set with repeated clips.
+            sampler = EvaluationSampler(
+                len(dataset), self.batch_size, trainer.world_size, trainer.global_rank
+            )
+            return DataLoader(
+                dataset, batch_size=self.batch_size, sampler=sampler, **self._loader_options()
             )
         return DataLoader(
             dataset, batch_size=self.batch_size, shuffle=False, **self._loader_options()

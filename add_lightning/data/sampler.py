@@ -7,12 +7,13 @@ clips each has P * K * (K - 1) ordered same-class pairs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 import numpy as np
 import torch.distributed
-from torch.utils.data import Sampler
+from torch.utils.data import DistributedSampler, Sampler
 
 T = TypeVar("T")
 
@@ -54,22 +55,61 @@ class _EpochCounter:
             self._completed = True
 
 
-class SeededShuffleSampler(Sampler[int]):
-    """A permutation of ``range(num_samples)`` drawn from ``(seed, epoch)``: same on every rank.
+def _distributed_default(value: int | None, getter_name: str, fallback: int) -> int:
+    if value is not None:
+        return value
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return getattr(torch.distributed, getter_name)()
+    return fallback
+
+
+def _check_replicas(num_replicas: int, rank: int) -> None:
+    if num_replicas < 1 or not 0 <= rank < num_replicas:
+        raise ValueError(
+            f"Expected 0 <= `rank` < `num_replicas` but got rank={rank}, "
+            f"num_replicas={num_replicas}."
+        )
+
+
+class SeededShuffleSampler(DistributedSampler):
+    """A permutation of ``range(num_samples)`` drawn from ``(seed, epoch)``, split between ranks.
+
+    Every rank draws the same permutation, pads it (as ``DistributedSampler`` does, by repeating
+    its first indices) to a multiple of ``num_replicas`` and takes every ``num_replicas``-th
+    index from ``rank`` on. So the batches of step ``s`` of all ranks together hold the clips of
+    step ``s`` of one process with ``num_replicas`` times the batch size. It is a
+    ``DistributedSampler``, so Lightning does not wrap it under DDP but calls its ``set_epoch``
+    directly, which keeps the epoch (and with it order and augmentation) right after a resume.
+    With one replica it is a seeded shuffle of the whole dataset.
 
     Args:
         num_samples: Dataset length.
         seed: Seed of the permutations.
         on_epoch: Called with the epoch when an iteration starts (as in
             ``ClassBalancedBatchSampler``).
+        num_replicas: Number of ranks; default the torch.distributed world size (1 if none).
+        rank: This rank; default the torch.distributed rank (0 if none).
     """
 
     def __init__(
-        self, num_samples: int, seed: int = 0, on_epoch: Callable[[int], None] | None = None
+        self,
+        num_samples: int,
+        seed: int = 0,
+        on_epoch: Callable[[int], None] | None = None,
+        num_replicas: int | None = None,
+        rank: int | None = None,
     ) -> None:
+        # DistributedSampler.__init__ is not called: it needs a dataset and an epoch attribute;
+        # its public attributes are set here with the same meaning.
         if num_samples < 1:
             raise ValueError(f"Expected argument `num_samples` to be >= 1 but got {num_samples}.")
-        self.num_samples = num_samples
+        self.num_replicas = _distributed_default(num_replicas, "get_world_size", 1)
+        self.rank = _distributed_default(rank, "get_rank", 0)
+        _check_replicas(self.num_replicas, self.rank)
+        self.dataset_length = num_samples
+        self.num_samples = math.ceil(num_samples / self.num_replicas)  # per rank
+        self.total_size = self.num_samples * self.num_replicas
+        self.shuffle, self.drop_last = True, False
         self.seed = seed
         self._epochs = _EpochCounter(on_epoch)
 
@@ -87,16 +127,72 @@ class SeededShuffleSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         epoch = self._epochs.start()
-        permutation = np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)
-        return self._epochs.iterate(epoch, permutation.tolist())
+        permutation = np.random.default_rng([self.seed, epoch]).permutation(self.dataset_length)
+        indices = permutation.tolist()
+        while len(indices) < self.total_size:  # pad as DistributedSampler does
+            indices += indices[: self.total_size - len(indices)]
+        return self._epochs.iterate(epoch, indices[self.rank :: self.num_replicas])
 
 
-def _distributed_default(value: int | None, getter_name: str, fallback: int) -> int:
-    if value is not None:
-        return value
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return getattr(torch.distributed, getter_name)()
-    return fallback
+class EvaluationSampler(DistributedSampler):
+    """Sequential evaluation indices split between ranks without repeating any clip.
+
+    Lightning's ``DistributedSampler`` pads an evaluation set by repeating clips, which counts
+    them twice in accuracy, F1 and the embedding statistics. Here the batches of one process
+    (consecutive runs of ``batch_size`` indices) are dealt round robin: rank ``r`` gets batches
+    ``r, r + num_replicas, ...``. Every clip is seen once, and every batch is one that a single
+    process would see, so batch-level loss terms (ADD, OPL) average to the single-process value
+    too. Ranks may get one batch more than others; that is fine for evaluation, where no
+    gradients are all-reduced. With fewer batches than ranks, the clips are split into
+    ``num_replicas`` consecutive parts of nearly equal size instead (one batch each; per-clip
+    metrics stay exact, batch-level loss terms then come from smaller batches).
+
+    Args:
+        num_samples: Dataset length (at least ``num_replicas``).
+        batch_size: The DataLoader's batch size.
+        num_replicas: Number of ranks; default the torch.distributed world size (1 if none).
+        rank: This rank; default the torch.distributed rank (0 if none).
+    """
+
+    def __init__(
+        self,
+        num_samples: int,
+        batch_size: int,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        self.num_replicas = _distributed_default(num_replicas, "get_world_size", 1)
+        self.rank = _distributed_default(rank, "get_rank", 0)
+        _check_replicas(self.num_replicas, self.rank)
+        if batch_size < 1:
+            raise ValueError(f"Expected argument `batch_size` to be >= 1 but got {batch_size}.")
+        if num_samples < self.num_replicas:
+            raise ValueError(
+                f"Cannot split {num_samples} evaluation clips between {self.num_replicas} "
+                "processes without repeating clips: use fewer devices or more clips."
+            )
+        starts = range(0, num_samples, batch_size)
+        if len(starts) >= self.num_replicas:
+            mine = [range(s, min(s + batch_size, num_samples)) for s in starts][
+                self.rank :: self.num_replicas
+            ]
+            self.indices = [index for batch in mine for index in batch]
+        else:
+            bounds = np.linspace(0, num_samples, self.num_replicas + 1).round().astype(int)
+            self.indices = list(range(bounds[self.rank], bounds[self.rank + 1]))
+        self.num_samples = len(self.indices)
+        self.total_size = num_samples
+        self.shuffle, self.drop_last, self.seed, self.epoch = False, False, 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Accepted and ignored: the evaluation order does not depend on the epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
 
 
 class ClassBalancedBatchSampler(Sampler[list[int]]):
@@ -157,11 +253,7 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
             )
         self.num_replicas = _distributed_default(num_replicas, "get_world_size", 1)
         self.rank = _distributed_default(rank, "get_rank", 0)
-        if self.num_replicas < 1 or not 0 <= self.rank < self.num_replicas:
-            raise ValueError(
-                f"Expected 0 <= `rank` < `num_replicas` but got rank={self.rank}, "
-                f"num_replicas={self.num_replicas}."
-            )
+        _check_replicas(self.num_replicas, self.rank)
         self.classes_per_batch = classes_per_batch
         self.clips_per_class = clips_per_class
         self.batch_size = classes_per_batch * clips_per_class
@@ -220,4 +312,4 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
                 yield batch
 
 
-__all__ = ["ClassBalancedBatchSampler", "SeededShuffleSampler"]
+__all__ = ["ClassBalancedBatchSampler", "EvaluationSampler", "SeededShuffleSampler"]

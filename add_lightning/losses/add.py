@@ -26,9 +26,12 @@ class ADDLoss(EmbeddingLoss):
         lambda_mu_n: Weight of ``mu_n``.
         lambda_sigma_n: Weight of ``sigma_n``.
         lambda_mu: Weight of ``mu`` (soft targets).
-        gather_distributed: Under DDP, compute the statistics over the global batch (all
-            ranks' embeddings and targets); gradients are scaled so that DDP's averaging
-            gives the single-process gradient. Ignored outside a process group.
+        gather_distributed: Under DDP, compute the training statistics over the global batch
+            (all ranks' embeddings and targets), as the authors' DataParallel runs did;
+            gradients are scaled so that DDP's averaging gives the single-process gradient.
+            Only in training mode: evaluation batches stay per rank (each rank evaluates whole
+            single-process batches, see ``EvaluationSampler``). Ignored outside a process
+            group. False: each rank's statistics over its own batch.
 
     Shape:
         - embeddings: [B, D]
@@ -45,7 +48,7 @@ class ADDLoss(EmbeddingLoss):
         lambda_mu_n: float = 1.0,
         lambda_sigma_n: float = 1.0,
         lambda_mu: float = 1.0,
-        gather_distributed: bool = False,
+        gather_distributed: bool = True,
     ) -> None:
         super().__init__()
         self.weights = {
@@ -63,7 +66,7 @@ class ADDLoss(EmbeddingLoss):
         self.gather_distributed = gather_distributed
 
     def compute(self, embeddings: Tensor, targets: Tensor) -> LossOutput:
-        if self.gather_distributed:
+        if self.gather_distributed and self.training:
             embeddings, targets = gather_with_local_grad(embeddings, targets)
         terms = add_terms(embeddings, targets)
         total = sum(self.weights[name] * value for name, value in terms.items())

@@ -30,7 +30,7 @@ class OrthogonalProjectionLoss(EmbeddingLoss):
     name = "opl"
 
     def __init__(
-        self, gamma: float = 2.0, weight: float = 0.1, gather_distributed: bool = False
+        self, gamma: float = 2.0, weight: float = 0.1, gather_distributed: bool = True
     ) -> None:
         super().__init__()
         for name, value in (("gamma", gamma), ("weight", weight)):
@@ -43,7 +43,7 @@ class OrthogonalProjectionLoss(EmbeddingLoss):
         self.gather_distributed = gather_distributed
 
     def compute(self, embeddings: Tensor, targets: Tensor) -> LossOutput:
-        if self.gather_distributed:
+        if self.gather_distributed and self.training:
             embeddings, targets = gather_with_local_grad(embeddings, targets)
         terms = opl_terms(embeddings, targets)
         total = self.weight * (terms["intra"] + self.gamma * terms["inter"])

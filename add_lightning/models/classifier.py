@@ -143,7 +143,9 @@ class AudioClassifier(LightningModule):
         total, terms = self.loss(embeddings, logits, target)
         if not torch.isfinite(total):
             self._stop_on_non_finite_loss(stage, total, terms, batch)
-        batch_size = features.shape[0]
+        # A float: Lightning sums integer batch sizes in an integer tensor and averages it over
+        # processes with integer division, which biases the mean over uneven evaluation shards.
+        batch_size = float(features.shape[0])
         on_step = stage == "train"
         self.log(
             f"{stage}/loss",
