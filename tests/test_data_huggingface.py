@@ -14,6 +14,7 @@ import pytest
 import soundfile
 import torch
 import torchaudio
+from tiny_runs import tiny_run_config
 
 from add_lightning import cli
 from add_lightning.data import AudioDataModule, FbankOptions, HuggingFaceDataset, load_audio
@@ -154,45 +155,6 @@ def test_undecodable_audio_names_the_row(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------ end to end
 
-CONFIG = """\
-data:
-  class_path: add_lightning.data.AudioDataModule
-  init_args:
-    dataset:
-      class_path: add_lightning.data.HuggingFaceDataset
-      init_args: {{path: {saved}, root: {export}, fold_column: fold}}
-    fold: 1
-    features: {{num_mel_bins: 32, target_frames: 32}}
-    batch_size: 4
-    cache_dir: {cache}
-model:
-  class_path: add_lightning.models.AudioClassifier
-  init_args:
-    backbone:
-      class_path: add_lightning.models.ASTBackbone
-      init_args:
-        pretrained: null
-        max_length: 32
-        num_mel_bins: 32
-        hidden_size: 32
-        num_hidden_layers: 1
-        num_attention_heads: 2
-        intermediate_size: 37
-    loss:
-      class_path: add_lightning.losses.ClassificationLoss
-      init_args:
-        embedding: {{class_path: add_lightning.losses.ADDLoss}}
-    optimizer: {{class_path: torch.optim.Adam, init_args: {{lr: 1.0e-3}}}}
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_epochs: 1
-  deterministic: true
-  enable_progress_bar: false
-  enable_model_summary: false
-  log_every_n_steps: 1
-"""
-
 
 def reference_fbank(path: Path, options: FbankOptions) -> torch.Tensor:
     """Padded Kaldi fbank of ``path`` with torchaudio, without the package's features."""
@@ -219,9 +181,16 @@ def test_cv_trains_on_a_saved_dataset_and_the_cache_follows_it(tmp_path: Path, c
     rows = make_folded(tmp_path)
     cache = tmp_path / "cache"
     config = tmp_path / "hf.yaml"
-    config.write_text(
-        CONFIG.format(saved=tmp_path / "saved", export=tmp_path / "export", cache=cache)
-    )
+    dataset = {
+        "class_path": "add_lightning.data.HuggingFaceDataset",
+        "init_args": {
+            "path": str(tmp_path / "saved"),
+            "root": str(tmp_path / "export"),
+            "fold_column": "fold",
+        },
+    }
+    text = tiny_run_config(dataset, cache, frames=32, add_loss=True, deterministic=True)
+    config.write_text(text)
     output = tmp_path / "cv"
     argv = ["cv", "--config", str(config), "--folds", "1", "2", "--seeds", "0"]
     assert cli.main([*argv, "--output", str(output)]) == 0

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from tiny_runs import synthetic_dataset, tiny_run_config
 
 from add_lightning.cli import console_main, main
 from add_lightning.data.audio import load_audio
@@ -281,35 +282,6 @@ def test_onnx_metadata_describes_the_input_of_a_real_file(tmp_path):
     np.testing.assert_allclose(torch.from_numpy(logits).softmax(-1)[0], expected, atol=1e-4)
 
 
-FIT_CONFIG = """\
-data:
-  class_path: add_lightning.data.AudioDataModule
-  init_args:
-    dataset:
-      class_path: add_lightning.data.SyntheticDataset
-      init_args: {{root: {root}, num_classes: 3, clips_per_class: 4, num_folds: 2, duration_s: 0.5}}
-    fold: 1
-    features: {{num_mel_bins: 32, target_frames: 48}}
-    batch_size: 4
-    cache_dir: {cache}
-model:
-  class_path: add_lightning.models.AudioClassifier
-  init_args:
-    backbone:
-      class_path: add_lightning.models.ASTBackbone
-      init_args: {{pretrained: null, max_length: 48, num_mel_bins: 32, hidden_size: 32,
-        num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 37}}
-    optimizer: {{class_path: torch.optim.Adam, init_args: {{lr: 1.0e-2}}}}
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_epochs: 2
-  enable_progress_bar: false
-  enable_model_summary: false
-  log_every_n_steps: 1
-"""
-
-
 def _console(*arguments: str) -> subprocess.CompletedProcess:
     script = Path(sys.executable).parent / "add-lightning"
     environment = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS}", "HF_HUB_OFFLINE": "1"}
@@ -324,7 +296,8 @@ def test_console_script_exports_a_fitted_checkpoint(tmp_path, capsys):
     from add_lightning.inference import load_trained_model
 
     config = tmp_path / "fit.yaml"
-    config.write_text(FIT_CONFIG.format(root=tmp_path / "synthetic", cache=tmp_path / "cache"))
+    dataset = synthetic_dataset(tmp_path / "synthetic")
+    config.write_text(tiny_run_config(dataset, tmp_path / "cache", lr=1e-2, max_epochs=2))
     assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path)]) == 0
     checkpoint = tmp_path / "checkpoints" / "last.ckpt"
     trained = load_trained_model(checkpoint)

@@ -17,6 +17,7 @@ import pytest
 import soundfile
 import torch
 import torchaudio.functional
+from tiny_runs import synthetic_dataset, tiny_run_config
 
 from add_lightning.cli import main
 from add_lightning.data import (
@@ -32,39 +33,6 @@ from add_lightning.lightning_cli import AddLightningCLI
 
 # Synthetic data (3 classes x 4 clips of 0.5 s, 2 folds; fold 2 trains, fold 1 tests), a
 # one-layer random AST, one epoch.
-CONFIG = """\
-data:
-  class_path: add_lightning.data.AudioDataModule
-  init_args:
-    dataset:
-      class_path: add_lightning.data.SyntheticDataset
-      init_args: {{root: {root}, num_classes: 3, clips_per_class: 4, num_folds: 2, duration_s: 0.5}}
-    fold: 1
-    features: {{num_mel_bins: 32, target_frames: 48}}
-    batch_size: 4
-    cache_dir: {cache}
-model:
-  class_path: add_lightning.models.AudioClassifier
-  init_args:
-    backbone:
-      class_path: add_lightning.models.ASTBackbone
-      init_args:
-        pretrained: null
-        max_length: 48
-        num_mel_bins: 32
-        hidden_size: 32
-        num_hidden_layers: 1
-        num_attention_heads: 2
-        intermediate_size: 37
-    optimizer: {{class_path: torch.optim.Adam, init_args: {{lr: 1.0e-3}}}}
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_epochs: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  log_every_n_steps: 1
-"""
 FEATURES = FbankOptions(num_mel_bins=32, target_frames=48)
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,7 +42,7 @@ def trained(tmp_path_factory) -> dict[str, Path]:
     """One `add-lightning fit` run: its config, data root and last checkpoint."""
     folder = tmp_path_factory.mktemp("trained")
     config = folder / "config.yaml"
-    config.write_text(CONFIG.format(root=folder / "synthetic", cache=folder / "cache"))
+    config.write_text(tiny_run_config(synthetic_dataset(folder / "synthetic"), folder / "cache"))
     run = folder / "run"
     assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(run)]) == 0
     return {
@@ -120,7 +88,7 @@ def test_test_with_a_checkpoint_ignores_training_files_changed_after_fit(trained
     # a copy of the data, so that the other tests keep the original files
     root = tmp_path / "synthetic"
     config = tmp_path / "config.yaml"
-    config.write_text(CONFIG.format(root=root, cache=tmp_path / "cache"))
+    config.write_text(tiny_run_config(synthetic_dataset(root), tmp_path / "cache"))
     shutil.copytree(trained["root"], root)
     before = _test_metrics(config, trained["checkpoint"], tmp_path / "before")
     assert math.isfinite(before["test/loss"])
