@@ -143,6 +143,22 @@ def _merge_row_(moments: _Moments, row: _Moments, index: int) -> None:
         field[index] = value
 
 
+def normalize_rows(embeddings: Tensor, dtype: torch.dtype) -> Tensor:
+    """A copy of ``embeddings`` in ``dtype`` with every non-zero row at unit length.
+
+    Rows are divided by their largest ``|entry|`` first, so that the squared norm neither
+    overflows (entries above ~1.8e19 in float32) nor underflows; zero rows stay zero.
+
+    Shape:
+        - embeddings: ``[N, D]``
+        - output: ``[N, D]``
+    """
+    z = embeddings.to(dtype, copy=True)
+    z.div_(z.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny))
+    z.div_(torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min(_NORMALIZE_EPS))
+    return z
+
+
 def _check_positive_int(name: str, value: object) -> None:
     """Raises ``ValueError`` naming argument ``name`` unless ``value`` is a positive int."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -254,12 +270,8 @@ def pairwise_geometry(
     targets = targets.to(device=device, dtype=torch.long)
     order = torch.argsort(targets, stable=True)
     labels = targets[order]
-    # One sorted copy, normalised in place: divided by its largest |entry| first, so that the
-    # squared norm neither overflows (entries above ~1.8e19 in float32) nor underflows; every
-    # non-zero row gets unit length and zero rows stay zero.
-    z = embeddings.index_select(0, order).to(compute_dtype)
-    z.div_(z.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(compute_dtype).tiny))
-    z.div_(torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min(_NORMALIZE_EPS))
+    # One sorted copy, normalised in place.
+    z = normalize_rows(embeddings.index_select(0, order), compute_dtype)
     class_count = torch.bincount(labels, minlength=num_classes)
     class_starts = [0, *torch.cumsum(class_count, 0).tolist()]
 
