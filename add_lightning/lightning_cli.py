@@ -179,10 +179,16 @@ def _warn_about_replaced_model_arguments(section: Namespace) -> None:
         )
 
 
+def _unseen_class_names(data: LightningDataModule) -> list[str] | None:
+    """The data module's classes held out of training, None for data modules without any."""
+    return getattr(data, "unseen_class_names", None)
+
+
 class AddLightningCLI(LightningCLI):
     """LightningCLI for :class:`~add_lightning.models.AudioClassifier` and any LightningDataModule.
 
-    Adds to LightningCLI: ``data.num_classes``/``data.class_names`` linked into the model, two
+    Adds to LightningCLI: ``data.num_classes``/``data.class_names`` (and
+    ``data.unseen_class_names`` where the data module has them) linked into the model, two
     configurable ModelCheckpoints: ``checkpoint`` (``best.ckpt`` by ``val/acc``) and
     ``last_checkpoint`` (``last.ckpt``, the end of every training epoch),
     a TensorBoard logger whose directory is ``trainer.default_root_dir`` when given, and
@@ -236,6 +242,12 @@ class AddLightningCLI(LightningCLI):
         )
         parser.link_arguments(
             "data.class_names", "model.init_args.class_names", apply_on="instantiate"
+        )
+        parser.link_arguments(
+            "data",
+            "model.init_args.unseen_class_names",
+            compute_fn=_unseen_class_names,
+            apply_on="instantiate",
         )
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
@@ -302,7 +314,11 @@ class AddLightningCLI(LightningCLI):
         predictions are not also kept in memory unless ``--return_predictions true``.
         """
         if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
-            self.trainer.callbacks.append(EmbeddingWriter())
+            # The data's names of the predicted split: held-out classes are not the model's.
+            split_names = getattr(self.datamodule, "split_class_names", None)
+            split = getattr(self.datamodule, "predict_split", None)
+            names = split_names(split) if split_names is not None and split else None
+            self.trainer.callbacks.append(EmbeddingWriter(class_names=names))
         if kwargs.get("return_predictions") is None:
             kwargs["return_predictions"] = False
         return self.trainer.predict(**kwargs)

@@ -100,6 +100,47 @@ def split_off_validation(
     return train, validation
 
 
+def _draw_unseen_classes(
+    class_names: list[str], unseen_classes: int | Sequence[str], seed: int
+) -> list[str] | None:
+    """The sorted names of the held-out classes (see ``AudioDataModule``), None for none.
+
+    Raises:
+        ValueError: If ``unseen_classes`` is not a count or list of known, distinct names that
+            leaves at least 2 classes on each side.
+    """
+    total = len(class_names)
+    if isinstance(unseen_classes, int) and not isinstance(unseen_classes, bool):
+        if unseen_classes == 0:
+            return None
+        count = unseen_classes
+        rng = np.random.default_rng(seed)
+        chosen = rng.choice(total, size=count, replace=False) if 2 <= count <= total else []
+        names = [class_names[i] for i in chosen]
+    elif isinstance(unseen_classes, Sequence) and not isinstance(unseen_classes, str):
+        names = [str(name) for name in unseen_classes]
+        unknown = [name for name in names if name not in class_names]
+        if unknown or len(set(names)) != len(names):
+            raise ValueError(
+                "Expected argument `unseen_classes` to name distinct classes of the dataset "
+                f"(e.g. {class_names[:3]}) but got {list(unseen_classes)!r} "
+                f"({'unknown: ' + ', '.join(unknown) if unknown else 'repeated names'})."
+            )
+        count = len(names)
+    else:
+        raise ValueError(
+            "Expected argument `unseen_classes` to be a number of classes or a list of class "
+            f"names but got {unseen_classes!r}."
+        )
+    if not 2 <= count <= total - 2:
+        raise ValueError(
+            f"Expected argument `unseen_classes` to hold out 0 or between 2 and {total - 2} of the "
+            f"{total} classes (at least 2 unseen to retrieve among, 2 seen to train on) but got "
+            f"{unseen_classes!r}."
+        )
+    return sorted(names)
+
+
 class _RawFeatures(Dataset[Tensor]):
     def __init__(self, dataset: ClipDataset) -> None:
         self.dataset = dataset
@@ -174,6 +215,16 @@ class AudioDataModule(LightningDataModule):
         seed: Seed of shuffling, validation hold-out and augmentation.
         predict_split: The split ``predict_dataloader`` serves.
         pin_memory: Pin batches in page-locked memory (for GPU training).
+        unseen_classes: Classes held out of training entirely, for open-set evaluation: a
+            number ``U`` (``2 <= U <= C - 2``) of classes drawn with ``unseen_seed``, or their
+            names; 0 holds out none. Training and validation then use the other (seen) classes
+            only, with ids from their sorted names (``num_classes``, ``class_names``); the test
+            split (and ``predict``) holds only the unseen classes' clips of the test fold (or
+            official test list), ids from the sorted ``unseen_class_names``. Unseen clips of
+            the training folds are not used at all, so over the folds of a cross-validation
+            every unseen clip is tested exactly once.
+        unseen_seed: Seed of the draw of ``unseen_classes`` (kept apart from ``seed`` so that
+            every seed and fold of an experiment holds out the same classes).
     """
 
     def __init__(
@@ -194,6 +245,8 @@ class AudioDataModule(LightningDataModule):
         seed: int = 0,
         predict_split: Split = "test",
         pin_memory: bool = False,
+        unseen_classes: int | list[str] = 0,
+        unseen_seed: int = 0,
     ) -> None:
         super().__init__()
         if not isinstance(dataset, AudioDatasetIndex):
@@ -218,16 +271,20 @@ class AudioDataModule(LightningDataModule):
             raise ValueError(
                 f"Expected argument `val_fraction` to be in [0, 1) but got {val_fraction!r}."
             )
+        self._unseen_class_names = _draw_unseen_classes(
+            dataset.class_names, unseen_classes, unseen_seed
+        )
+        seen_count = dataset.num_classes - len(self._unseen_class_names or ())
         if balanced_batches is not None:
             valid = (
                 len(balanced_batches) == 2
-                and 1 <= balanced_batches[0] <= dataset.num_classes
+                and 1 <= balanced_batches[0] <= seen_count
                 and balanced_batches[1] >= 2
             )
             if not valid:
                 raise ValueError(
                     "Expected argument `balanced_batches` to be None or (classes_per_batch, "
-                    f"clips_per_class) with 1 <= classes_per_batch <= {dataset.num_classes} "
+                    f"clips_per_class) with 1 <= classes_per_batch <= {seen_count} "
                     f"classes and clips_per_class >= 2 but got {balanced_batches!r}."
                 )
             balanced_batches = (int(balanced_batches[0]), int(balanced_batches[1]))
@@ -252,6 +309,8 @@ class AudioDataModule(LightningDataModule):
         self.seed = seed
         self.predict_split = predict_split
         self.pin_memory = pin_memory
+        self.unseen_classes = unseen_classes
+        self.unseen_seed = unseen_seed
         self._fold_normalization: Normalization | None = normalization
         self._clips: dict[str, list[Clip]] | None = None
         self._datasets: dict[str, ClipDataset] = {}
@@ -259,13 +318,27 @@ class AudioDataModule(LightningDataModule):
 
     @property
     def num_classes(self) -> int:
-        """Number of classes C, from metadata only (works right after ``__init__``)."""
-        return self.dataset.num_classes
+        """Number of (seen) classes C, from metadata only (works right after ``__init__``)."""
+        return len(self.class_names)
 
     @property
     def class_names(self) -> list[str]:
-        """Sorted class names; class id = position (works right after ``__init__``)."""
-        return self.dataset.class_names
+        """Sorted names of the classes trained on (all but ``unseen_class_names``); class id =
+        position (works right after ``__init__``)."""
+        unseen = set(self._unseen_class_names or ())
+        return [name for name in self.dataset.class_names if name not in unseen]
+
+    @property
+    def unseen_class_names(self) -> list[str] | None:
+        """Sorted names of the classes held out of training (the test split's classes and ids),
+        or None when every class is trained on."""
+        return None if self._unseen_class_names is None else list(self._unseen_class_names)
+
+    def split_class_names(self, split: Split) -> list[str]:
+        """The class names that the targets of ``split`` index (the unseen ones for ``test``)."""
+        if split == "test" and self._unseen_class_names is not None:
+            return list(self._unseen_class_names)
+        return self.class_names
 
     @property
     def validation_is_test(self) -> bool:
@@ -292,25 +365,43 @@ class AudioDataModule(LightningDataModule):
             self._cache = FeatureCache(self.cache_dir, paths, self.features)
         return self._cache
 
+    def _relabelled(self, clips: list[Clip], split: Split) -> list[Clip]:
+        """The clips of ``split``'s classes, with ids in :meth:`split_class_names` order."""
+        if self._unseen_class_names is None:
+            return clips
+        all_names = self.dataset.class_names
+        ids = {name: index for index, name in enumerate(self.split_class_names(split))}
+        return [
+            dataclasses.replace(clip, label=ids[all_names[clip.label]])
+            for clip in clips
+            if all_names[clip.label] in ids
+        ]
+
     def _split_clips(self) -> dict[str, list[Clip]]:
         if self._clips is None:
-            train = self.dataset.clips("train", self.fold)
+            train = self._relabelled(self.dataset.clips("train", self.fold), "train")
             if not train:
                 raise ValueError(f"{self.dataset!r} has no training clips for fold {self.fold}.")
             if self.val_fraction > 0:
                 train, validation = split_off_validation(train, self.val_fraction, self.seed)
             else:
-                validation = self.dataset.clips("validation", self.fold)
-            test = self.dataset.clips("test", self.fold)
+                validation = self._relabelled(
+                    self.dataset.clips("validation", self.fold), "validation"
+                )
+            test = self._relabelled(self.dataset.clips("test", self.fold), "test")
             self._clips = {"train": train, "validation": validation, "test": test}
             log.info(
-                "%r fold %s: %d training, %d validation, %d test clips, %d classes",
+                "%r fold %s: %d training, %d validation, %d test clips, %d classes%s",
                 self.dataset,
                 self.fold,
                 len(train),
                 len(validation),
                 len(test),
                 self.num_classes,
+                ""
+                if self._unseen_class_names is None
+                else f"; test: the {len(self._unseen_class_names)} unseen classes "
+                f"{self._unseen_class_names}",
             )
         return self._clips
 
@@ -495,7 +586,7 @@ class AudioDataModule(LightningDataModule):
             train = role == "train"  # augmentation only ever on training batches
             self._datasets[role] = ClipDataset(
                 self._split_clips()[split],
-                self.num_classes,
+                len(self.split_class_names(split)),
                 self.features,
                 self._training_normalization(),
                 train=train,

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -49,6 +50,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     cv.add_argument("--output", required=True, type=Path, help="experiment directory")
     cv.add_argument(
+        "--unseen-classes",
+        nargs="+",
+        default=None,
+        metavar="N_OR_NAME",
+        help="hold N classes (drawn with --unseen-seed), or the named ones, out of training and "
+        "test retrieval and geometry on their clips of the test fold only",
+    )
+    cv.add_argument(
+        "--unseen-seed", type=int, default=None, help="seed of the draw of --unseen-classes"
+    )
+    cv.add_argument(
         "--force",
         action="store_true",
         help="replace the config of an experiment directory made with another",
@@ -64,10 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("directories", nargs="+", type=Path, help="experiment directories of `cv`")
     compare.add_argument(
-        "--metric", default="test/acc", help="metric to compare (default: test/acc)"
+        "--metric",
+        nargs="+",
+        default=["test/acc"],
+        help="metric(s) to compare, side by side (default: test/acc)",
     )
     compare.add_argument(
-        "--lower-is-better", action="store_true", help="bold the lowest instead of the highest"
+        "--lower-is-better",
+        action="store_true",
+        help="bold the lowest of every column (default: lowest for test/geometry/* and losses, "
+        "highest for the others)",
     )
     compare.add_argument(
         "--output", type=Path, default=None, help="also write the table to this file"
@@ -78,8 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="class-pair heat maps and property statistics from exported test embeddings",
         description=(
             "Draws the paper's analysis figure (mean of d and its CV per class pair, one column "
-            "per run) to OUTPUT and the bars of mu_p, sigma_p, mu_n, sigma_n to "
-            "OUTPUT_properties.png."
+            "per run) to OUTPUT, the bars of mu_p, sigma_p, mu_n, sigma_n next to those of "
+            "precision@1, R-precision and MAP@R to OUTPUT_properties.png, and writes (and "
+            "prints) the table of these numbers per run to OUTPUT_numbers.md."
         ),
     )
     figures.add_argument(
@@ -103,15 +122,38 @@ def _cv(args: argparse.Namespace, overrides: list[str]) -> int:
     from add_lightning.experiments.aggregate import results_markdown
     from add_lightning.experiments.runner import run_cv
 
-    summary = run_cv(args.config, args.seeds, args.output, args.folds, overrides, args.force)
+    summary = run_cv(
+        args.config,
+        args.seeds,
+        args.output,
+        args.folds,
+        _unseen_overrides(args) + overrides,
+        args.force,
+    )
     sys.stdout.write(results_markdown(summary, title=f"Results: {args.output}"))
     return 0
+
+
+def _unseen_overrides(args: argparse.Namespace) -> list[str]:
+    """The data-module overrides of ``--unseen-classes`` and ``--unseen-seed``."""
+    overrides = []
+    if args.unseen_classes is not None:
+        values = args.unseen_classes
+        if len(values) == 1 and values[0].isdigit():
+            overrides += ["--data.init_args.unseen_classes", values[0]]
+        else:
+            overrides += ["--data.init_args.unseen_classes", json.dumps(values)]
+    if args.unseen_seed is not None:
+        overrides += ["--data.init_args.unseen_seed", str(args.unseen_seed)]
+    return overrides
 
 
 def _compare(args: argparse.Namespace) -> int:
     from add_lightning.experiments.compare import compare_table
 
-    table = compare_table(args.directories, args.metric, higher_is_better=not args.lower_is_better)
+    table = compare_table(
+        args.directories, args.metric, higher_is_better=False if args.lower_is_better else None
+    )
     if args.output is not None:
         write_text_atomic(args.output, table)
     sys.stdout.write(table)
@@ -124,7 +166,8 @@ def _figures(args: argparse.Namespace) -> int:
     heatmaps, properties = make_figures(
         args.runs, args.output, args.classes, args.class_ids, args.labels, args.properties_output
     )
-    sys.stdout.write(f"{heatmaps}\n{properties}\n")
+    numbers = heatmaps.with_name(f"{heatmaps.stem}_numbers.md")
+    sys.stdout.write(f"{heatmaps}\n{properties}\n{numbers}\n\n{numbers.read_text()}")
     return 0
 
 

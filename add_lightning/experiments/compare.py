@@ -27,7 +27,13 @@ from add_lightning.experiments.aggregate import (
 )
 from add_lightning.experiments.config import EXPERIMENT_FILENAME, config_hash
 
-__all__ = ["ExperimentKey", "compare_table", "describe_experiment", "load_experiment"]
+__all__ = [
+    "ExperimentKey",
+    "compare_table",
+    "describe_experiment",
+    "load_experiment",
+    "lower_is_better",
+]
 
 # Abbreviations of the loss classes, in the words of the paper's tables.
 _LOSS_NAMES = {
@@ -135,58 +141,101 @@ def load_experiment(directory: str | Path) -> tuple[ExperimentKey, Summary]:
     return describe_experiment(config), summary
 
 
-def compare_table(
-    directories: Sequence[str | Path], metric: str = "test/acc", higher_is_better: bool = True
-) -> str:
-    """A Markdown table: one row per loss, one column per dataset × backbone, best in bold.
+def lower_is_better(metric: str) -> bool:
+    """Whether smaller values of ``metric`` are better: losses and the embedding-geometry
+    statistics (the four properties and the distance statistics); accuracy, F1 and retrieval
+    metrics are better when larger."""
+    return metric.rsplit("/", 1)[-1] == "loss" or "/geometry/" in f"/{metric}"
 
-    Rows and columns follow the order in which they first appear in ``directories``; a
-    missing cell is ``-``. The best mean of each column (compared as displayed) is bold.
+
+def compare_table(
+    directories: Sequence[str | Path],
+    metric: str | Sequence[str] = "test/acc",
+    higher_is_better: bool | None = None,
+) -> str:
+    """A Markdown table: one row per loss, one column per dataset × backbone (× metric).
+
+    With several metrics (e.g. ``test/acc``, ``test/retrieval/map_at_r`` and the four
+    properties ``test/geometry/{mu_p,sigma_p,mu_n,sigma_n}``) each dataset × backbone column
+    is repeated per metric, side by side; with a single dataset × backbone (an ablation) the
+    columns are just the metrics. Rows and columns follow the order in which they first appear
+    in ``directories``; a missing cell is ``-``. The best mean of each column (compared as
+    displayed) is bold: the highest, or the lowest where ``higher_is_better`` is False; None
+    decides per metric (:func:`lower_is_better`).
 
     Raises:
-        ValueError: If two directories fall in the same cell, or one lacks ``metric``.
+        ValueError: If two directories fall in the same cell, or one lacks a metric.
     """
-    cells: dict[tuple[str, str], tuple[float, float, Path]] = {}
+    metrics = [metric] if isinstance(metric, str) else list(metric)
+    if not metrics or len(set(metrics)) != len(metrics):
+        raise ValueError(f"Expected argument `metric` to name distinct metrics, got {metrics}")
+    cells: dict[tuple[str, str], tuple[Summary, Path]] = {}
     rows: list[str] = []
     columns: list[str] = []
     for directory in directories:
         key, summary = load_experiment(directory)
-        if metric not in summary.mean:
+        missing = [name for name in metrics if name not in summary.mean]
+        if missing:
             raise ValueError(
-                f"Expected metric `{metric}` in the results of {directory}, got "
+                f"Expected metric `{missing[0]}` in the results of {directory}, got "
                 f"{', '.join(summary.metrics)}"
             )
         cell = (key.loss, key.column)
         if cell in cells:
             raise ValueError(
                 "Expected one experiment per (loss, dataset × backbone) cell, got "
-                f"{cells[cell][2]} and {directory} both for {key.loss!r} on {key.column!r}"
+                f"{cells[cell][1]} and {directory} both for {key.loss!r} on {key.column!r}"
             )
-        cells[cell] = (summary.mean[metric], summary.std[metric], Path(directory))
+        cells[cell] = (summary, Path(directory))
         rows += [key.loss] if key.loss not in rows else []
         columns += [key.column] if key.column not in columns else []
 
+    def higher(name: str) -> bool:
+        return not lower_is_better(name) if higher_is_better is None else higher_is_better
+
     # Compared as displayed: rounding is monotonic, so ties at display precision all get bold.
-    best: dict[str, str] = {}
+    best: dict[tuple[str, str], str] = {}
     for column in columns:
-        means = [cells[(row, column)][0] for row in rows if (row, column) in cells]
-        means = [mean for mean in means if not math.isnan(mean)]
-        if means:
-            best[column] = format_value(metric, max(means) if higher_is_better else min(means))
+        for name in metrics:
+            means = [cells[(row, column)][0].mean[name] for row in rows if (row, column) in cells]
+            means = [mean for mean in means if not math.isnan(mean)]
+            if means:
+                best[(column, name)] = format_value(
+                    name, max(means) if higher(name) else min(means)
+                )
 
     table_rows = []
     for row in rows:
         line = [row]
         for column in columns:
-            if (row, column) not in cells:
-                line.append("-")
-                continue
-            mean, std, _ = cells[(row, column)]
-            text = format_mean_std(metric, mean, std)
-            if format_value(metric, mean) == best.get(column):
-                text = f"**{text}**"
-            line.append(text)
+            for name in metrics:
+                if (row, column) not in cells:
+                    line.append("-")
+                    continue
+                summary = cells[(row, column)][0]
+                mean, std = summary.mean[name], summary.std[name]
+                text = format_mean_std(name, mean, std)
+                if format_value(name, mean) == best.get((column, name)):
+                    text = f"**{text}**"
+                line.append(text)
         table_rows.append(line)
-    unit = " (%)" if is_percentage(metric) else ""
-    caption = f"{metric}{unit}, mean ± std over seeds; best of each column in bold.\n\n"
-    return caption + markdown_table(["loss", *columns], table_rows)
+    if len(metrics) == 1:
+        unit = " (%)" if is_percentage(metrics[0]) else ""
+        caption = f"{metrics[0]}{unit}, mean ± std over seeds; best of each column in bold.\n\n"
+        return caption + markdown_table(["loss", *columns], table_rows)
+    header = [
+        _metric_header(name) if len(columns) == 1 else f"{column} {_metric_header(name)}"
+        for column in columns
+        for name in metrics
+    ]
+    lower = [name for name in metrics if not higher(name)]
+    caption = (
+        f"{', '.join(metrics)}: mean ± std over seeds; accuracy and F1 in %; best of each column "
+        f"in bold ({'lowest for ' + ', '.join(lower) if lower else 'highest'}"
+        f"{', highest for the others' if lower and len(lower) < len(metrics) else ''}).\n\n"
+    )
+    return caption + markdown_table(["loss", *header], table_rows)
+
+
+def _metric_header(metric: str) -> str:
+    return f"{metric} (%)" if is_percentage(metric) else metric

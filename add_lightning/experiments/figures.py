@@ -6,10 +6,12 @@ For each run (a run directory holding ``test_embeddings.npz``, or such a file):
   distance ``d(z_i, z_j)`` (``y_i = a, y_j = b, i != j``), bottom row its coefficient of
   variation, one column per run (docs/method.md, "The analysis figure");
 - the four property statistics ``mu_p, sigma_p, mu_n, sigma_n`` over the whole test set, as a
-  grouped bar chart.
+  grouped bar chart, next to the retrieval metrics ``precision_at_1``, ``r_precision`` and
+  ``map_at_r`` (and a Markdown table of all these numbers per run).
 
-The numbers come from :func:`add_lightning.metrics.pairwise_geometry`; this module only loads
-and draws. Figures use matplotlib's object API (no pyplot, no display needed).
+The numbers come from :func:`add_lightning.metrics.pairwise_geometry` and
+:func:`add_lightning.metrics.pairwise_retrieval`; this module only loads and draws. Figures
+use matplotlib's object API (no pyplot, no display needed).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from add_lightning.experiments.atomic import atomic_path
+from add_lightning.experiments.aggregate import markdown_table
+from add_lightning.experiments.atomic import atomic_path, write_text_atomic
 from add_lightning.experiments.runner import EMBEDDINGS_FILENAME
-from add_lightning.metrics import pairwise_geometry
+from add_lightning.metrics import RETRIEVAL_SCALAR_KEYS, pairwise_geometry, pairwise_retrieval
 
 __all__ = [
     "PROPERTY_KEYS",
@@ -35,8 +38,10 @@ __all__ = [
     "plot_class_pair_heatmaps",
     "plot_property_statistics",
     "run_geometry",
+    "run_retrieval",
     "save_figure",
     "select_classes",
+    "statistics_table",
 ]
 
 PROPERTY_KEYS = ("mu_p", "sigma_p", "mu_n", "sigma_n")
@@ -143,6 +148,36 @@ def run_geometry(run: RunEmbeddings) -> dict[str, np.ndarray]:
     return result
 
 
+def run_retrieval(run: RunEmbeddings, knn_k: Sequence[int] = (5,)) -> dict[str, float]:
+    """:func:`~add_lightning.metrics.pairwise_retrieval` of a run's test embeddings, as floats
+    (computed in float64)."""
+    retrieval = pairwise_retrieval(
+        torch.from_numpy(run.embeddings).double(),
+        torch.from_numpy(run.targets),
+        len(run.class_names),
+        knn_k,
+    )
+    return {key: float(value) for key, value in retrieval.items()}
+
+
+def statistics_table(
+    labels: Sequence[str],
+    geometries: Sequence[dict[str, np.ndarray]],
+    retrievals: Sequence[dict[str, float]],
+) -> str:
+    """A Markdown table, one row per run: the four properties, then the retrieval metrics."""
+    keys = list(retrievals[0]) if retrievals else []
+    rows = [
+        [
+            label,
+            *(f"{float(geometry[key]):.4f}" for key in PROPERTY_KEYS),
+            *(f"{retrieval[key]:.4f}" for key in keys),
+        ]
+        for label, geometry, retrieval in zip(labels, geometries, retrievals)
+    ]
+    return markdown_table(["run", *PROPERTY_KEYS, *keys], rows)
+
+
 def select_classes(
     num_classes: int, first: int | None = 10, class_ids: Sequence[int] | None = None
 ) -> list[int]:
@@ -223,24 +258,39 @@ def plot_class_pair_heatmaps(
     return figure
 
 
+def _grouped_bars(
+    axes, labels: Sequence[str], values: Sequence[Sequence[float]], names: Sequence[str]
+) -> None:
+    width = 0.8 / max(1, len(labels))
+    positions = np.arange(len(names))
+    for index, (label, row) in enumerate(zip(labels, values)):
+        axes.bar(positions + (index - (len(labels) - 1) / 2) * width, row, width, label=label)
+    axes.set_xticks(positions, names)
+    axes.legend(fontsize=7)
+
+
 def plot_property_statistics(
-    labels: Sequence[str], geometries: Sequence[dict[str, np.ndarray]]
+    labels: Sequence[str],
+    geometries: Sequence[dict[str, np.ndarray]],
+    retrievals: Sequence[dict[str, float]] | None = None,
 ) -> Figure:
-    """Grouped bars of ``mu_p, sigma_p, mu_n, sigma_n`` (the ADD terms), one bar per run."""
+    """Grouped bars of ``mu_p, sigma_p, mu_n, sigma_n`` (the ADD terms), one bar per run, and
+    with ``retrievals`` a second panel of ``precision_at_1``, ``r_precision``, ``map_at_r``."""
+    panels = 1 if retrievals is None else 2
     figure = Figure(
-        figsize=(2.0 + 1.6 * len(PROPERTY_KEYS) * max(1, len(labels)) / 3, 3.5),
+        figsize=(panels * (2.0 + 1.6 * len(PROPERTY_KEYS) * max(1, len(labels)) / 3), 3.5),
         layout="constrained",
     )
-    axes = figure.subplots()
-    width = 0.8 / max(1, len(labels))
-    positions = np.arange(len(PROPERTY_KEYS))
-    for index, (label, geometry) in enumerate(zip(labels, geometries)):
-        values = [float(geometry[key]) for key in PROPERTY_KEYS]
-        axes.bar(positions + (index - (len(labels) - 1) / 2) * width, values, width, label=label)
-    axes.set_xticks(positions, [_PROPERTY_LABELS[key] for key in PROPERTY_KEYS])
-    axes.set_ylabel("value on the test set")
-    axes.set_title("Embedding properties (lower is better)")
-    axes.legend(fontsize=7)
+    grid = figure.subplots(1, panels, squeeze=False)[0]
+    properties = [[float(geometry[key]) for key in PROPERTY_KEYS] for geometry in geometries]
+    _grouped_bars(grid[0], labels, properties, [_PROPERTY_LABELS[key] for key in PROPERTY_KEYS])
+    grid[0].set_ylabel("value on the test set")
+    grid[0].set_title("Embedding properties (lower is better)")
+    if retrievals is not None:
+        scores = [[retrieval[key] for key in RETRIEVAL_SCALAR_KEYS] for retrieval in retrievals]
+        _grouped_bars(grid[1], labels, scores, ["P@1", "R-precision", "MAP@R"])
+        grid[1].set_ylim(0.0, 1.0)
+        grid[1].set_title("Retrieval, cosine (higher is better)")
     return figure
 
 
@@ -267,7 +317,10 @@ def make_figures(
         classes: Draw the first ``classes`` class ids (ignored when ``class_ids`` is given).
         class_ids: Explicit class ids to draw.
         labels: Column titles, one per path; default: :func:`default_label`.
-        properties_output: PNG of the bar chart; default ``<output stem>_properties.png``.
+        properties_output: PNG of the bar charts (properties, retrieval); default
+            ``<output stem>_properties.png``.
+
+    Also writes ``<output stem>_numbers.md``: :func:`statistics_table` of the runs.
 
     Returns:
         The paths of the two PNG files.
@@ -285,6 +338,7 @@ def make_figures(
     class_names = _common_class_names(runs)
     ids = select_classes(len(class_names), classes, class_ids)
     geometries = [run_geometry(run) for run in runs]
+    retrievals = [run_retrieval(run) for run in runs]
     run_labels = [run.label for run in runs]
     output = Path(output)
     properties = (
@@ -293,5 +347,7 @@ def make_figures(
         else output.with_name(f"{output.stem}_properties.png")
     )
     save_figure(plot_class_pair_heatmaps(run_labels, geometries, ids, class_names), output)
-    save_figure(plot_property_statistics(run_labels, geometries), properties)
+    save_figure(plot_property_statistics(run_labels, geometries, retrievals), properties)
+    numbers = output.with_name(f"{output.stem}_numbers.md")
+    write_text_atomic(numbers, statistics_table(run_labels, geometries, retrievals))
     return output, properties

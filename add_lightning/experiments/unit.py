@@ -160,7 +160,10 @@ def run_unit(
     trainer.fit(model, **fit_kwargs)
 
     (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
-    trainer.callbacks.append(EmbeddingWriter(str(run_dir / EMBEDDINGS_FILENAME)))
+    # The test split's class names: the held-out classes when the data module holds some out.
+    split_names = getattr(datamodule, "split_class_names", None)
+    names = split_names("test") if split_names is not None else None
+    trainer.callbacks.append(EmbeddingWriter(str(run_dir / EMBEDDINGS_FILENAME), names))
     trainer.predict(model, dataloaders=datamodule.test_dataloader(), return_predictions=False)
 
     metrics = {key: float(value) for key, value in metrics.items()}

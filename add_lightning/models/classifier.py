@@ -15,7 +15,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from add_lightning.losses import ClassificationLoss
-from add_lightning.metrics import EmbeddingGeometry
+from add_lightning.metrics import EmbeddingGeometry, EmbeddingRetrieval
 from add_lightning.models.heatmaps import class_pair_heatmap
 
 __all__ = ["AudioClassifier", "hard_targets"]
@@ -43,8 +43,15 @@ class AudioClassifier(LightningModule):
     CE + ADD or CE + OPL are configurations of ``loss``. Logged: ``train/loss`` and every
     named loss term (``train/ce``, ``train/add/mu_p``, ...), ``{train,val,test}/acc``
     (micro accuracy) and ``/f1`` (macro F1), ``val/loss``, ``test/loss``, the scalar embedding
-    statistics ``{val,test}/geometry/<key>`` of :class:`~add_lightning.metrics.EmbeddingGeometry`
-    and, at test time with a TensorBoard logger, the two class-pair heat maps.
+    statistics ``{val,test}/geometry/<key>`` of :class:`~add_lightning.metrics.EmbeddingGeometry`,
+    the retrieval metrics ``{val,test}/retrieval/<key>`` of
+    :class:`~add_lightning.metrics.EmbeddingRetrieval` (``precision_at_1``, ``r_precision``,
+    ``map_at_r``, ``knn<k>_acc``) and, at test time with a TensorBoard logger, the two
+    class-pair heat maps.
+
+    With ``unseen_class_names`` (classes held out of training, linked from the data module by
+    the CLI) the test batches hold only those classes, with ids in that list: the test epoch
+    then logs geometry and retrieval of their embeddings alone, without head, loss or accuracy.
 
     Built from YAML by LightningCLI (``backbone``, ``loss``, ``optimizer`` and ``scheduler`` are
     ``class_path``/``init_args`` entries); a checkpoint written under the CLI restores with
@@ -61,6 +68,13 @@ class AudioClassifier(LightningModule):
         freeze_backbone: Linear probe: the backbone is frozen (kept in eval mode, left out of
             the optimizer) and only the head trains.
         class_names: Names of the classes in id order (linked from the data module by the CLI).
+        unseen_class_names: Names of the classes of the test batches when they were held out of
+            training (linked from the data module by the CLI); None: the test batches hold the
+            trained classes.
+        knn_k: Neighbourhood sizes of the logged k-NN accuracies ``retrieval/knn<k>_acc``.
+        val_retrieval: Compute the retrieval metrics at every validation epoch too (one sort of
+            an ``N×N`` similarity matrix, about the cost of the geometry); the test epoch always
+            does.
 
     Shape:
         - features: ``[B, T, F]``
@@ -77,6 +91,9 @@ class AudioClassifier(LightningModule):
         scheduler: LRSchedulerCallable | None = None,
         freeze_backbone: bool = False,
         class_names: list[str] | None = None,
+        unseen_class_names: list[str] | None = None,
+        knn_k: tuple[int, ...] = (5,),
+        val_retrieval: bool = True,
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
@@ -102,6 +119,7 @@ class AudioClassifier(LightningModule):
         )
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else None
+        self.unseen_class_names = None if unseen_class_names is None else list(unseen_class_names)
         self.freeze_backbone = freeze_backbone
         self.backbone = backbone
         self.head = nn.Linear(embedding_dim, num_classes)
@@ -118,7 +136,10 @@ class AudioClassifier(LightningModule):
         self.val_f1 = MulticlassF1Score(num_classes, average="macro")
         self.test_f1 = MulticlassF1Score(num_classes, average="macro")
         self.val_geometry = EmbeddingGeometry(num_classes)
-        self.test_geometry = EmbeddingGeometry(num_classes)
+        self.val_retrieval = EmbeddingRetrieval(num_classes, knn_k) if val_retrieval else None
+        test_classes = num_classes if unseen_class_names is None else len(unseen_class_names)
+        self.test_geometry = EmbeddingGeometry(test_classes)
+        self.test_retrieval = EmbeddingRetrieval(test_classes, knn_k)
 
     # ------------------------------------------------------------------ model
     def embed(self, features: Tensor) -> Tensor:
@@ -192,13 +213,22 @@ class AudioClassifier(LightningModule):
         total, _, _ = self._step(batch, "train")
         return total
 
+    def _update_embedding_metrics(self, stage: str, embeddings: Tensor, labels: Tensor) -> None:
+        for kind in ("geometry", "retrieval"):
+            metric = getattr(self, f"{stage}_{kind}")
+            if metric is not None:
+                metric.update(embeddings.float(), labels)
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         _, embeddings, labels = self._step(batch, "val")
-        self.val_geometry.update(embeddings.float(), labels)
+        self._update_embedding_metrics("val", embeddings, labels)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        _, embeddings, labels = self._step(batch, "test")
-        self.test_geometry.update(embeddings.float(), labels)
+        if self.unseen_class_names is not None:  # held-out classes: embeddings only, no head
+            embeddings, labels = self.embed(batch["features"]), hard_targets(batch["target"])
+        else:
+            _, embeddings, labels = self._step(batch, "test")
+        self._update_embedding_metrics("test", embeddings, labels)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Embeddings, logits, targets and clip ids of a batch (see ``EmbeddingWriter``)."""
@@ -227,6 +257,11 @@ class AudioClassifier(LightningModule):
         for key, value in statistics.items():
             if value.ndim == 0:
                 self.log(f"{stage}/geometry/{key}", value.float(), on_epoch=True)
+        retrieval = getattr(self, f"{stage}_retrieval")
+        if retrieval is not None:
+            for key, value in retrieval.compute().items():
+                self.log(f"{stage}/retrieval/{key}", value.float(), on_epoch=True)
+            retrieval.reset()
         return statistics
 
     def _evaluation_step_number(self) -> int:
@@ -256,7 +291,8 @@ class AudioClassifier(LightningModule):
             ("class_mean", "mean cosine distance between classes", "mean of d = 1 - cos"),
             ("class_cv", "coefficient of variation of the cosine distance", "std(d) / mean(d)"),
         ):
-            figure = class_pair_heatmap(statistics[key], self.class_names, title, label)
+            names = self.class_names if self.unseen_class_names is None else self.unseen_class_names
+            figure = class_pair_heatmap(statistics[key], names, title, label)
             self.logger.experiment.add_figure(f"test/geometry/{key}", figure, step)
 
     # ------------------------------------------------------------- optimizers

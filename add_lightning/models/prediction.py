@@ -44,15 +44,20 @@ class EmbeddingWriter(BasePredictionWriter):
     Args:
         output_path: Destination ``.npz`` file (parent directories are created); None means
             ``<trainer.log_dir>/predictions.npz``.
+        class_names: The names that the targets index; None means the model's ``class_names``
+            (pass the data's when the predicted split holds other classes, e.g. held-out ones).
     """
 
-    def __init__(self, output_path: str | None = None) -> None:
+    def __init__(
+        self, output_path: str | None = None, class_names: Sequence[str] | None = None
+    ) -> None:
         super().__init__(write_interval="batch")
         if output_path is not None and not str(output_path).endswith(".npz"):
             raise ValueError(
                 f"Expected argument `output_path` to end with '.npz' but got {output_path!r}"
             )
         self.output_path = None if output_path is None else str(output_path)
+        self.class_names = None if class_names is None else list(class_names)
         self._rows: dict[str, list[Any]] = {}
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -90,7 +95,7 @@ class EmbeddingWriter(BasePredictionWriter):
         self._rows["clip_ids"].extend(str(clip_id) for clip_id in clip_ids)
 
     def _local_arrays(self, pl_module: LightningModule) -> dict[str, np.ndarray]:
-        class_names = getattr(pl_module, "class_names", None)
+        class_names = self.class_names or getattr(pl_module, "class_names", None)
         num_classes = getattr(pl_module, "num_classes", 0)
         if class_names is None:
             class_names = [str(i) for i in range(num_classes)]
