@@ -361,6 +361,39 @@ def test_compare_table_bolds_the_best_of_each_column(tmp_path):
     assert lowest[4] == "| CE | **75.00 ± 5.00** |"
 
 
+def test_compare_table_puts_several_metrics_side_by_side(tmp_path):
+    def experiment(name: str, loss: dict, shift: float) -> Path:
+        directory = _fake_experiment(tmp_path, name, _config("ESC50", loss=loss), ACCURACY)
+        for (fold, seed), acc in ACCURACY.items():
+            metrics = {"test/acc": acc + shift, "test/geometry/mu_p": MU_P[(fold, seed)] + shift}
+            write_json_atomic(
+                directory / Unit(fold, seed).name / "test_metrics.json",
+                {
+                    "config_hash": config_hash(_config("ESC50", loss=loss)),
+                    "fold": fold,
+                    "seed": seed,
+                    "metrics": metrics,
+                },
+            )
+        return directory
+
+    dirs = [experiment("ce", CE, -0.1), experiment("add", ADD, 0.0)]
+    lines = compare_table(dirs, ["test/acc", "test/geometry/mu_p"]).splitlines()
+    assert "lowest for test/geometry/mu_p, highest for the others" in lines[0]
+    assert lines[2] == "| loss | test/acc (%) | test/geometry/mu_p |"
+    # acc: 75.00 ± 5.00 vs 85.00 ± 5.00 (highest bold); mu_p: 0.2 ± 0.1 vs 0.3 ± 0.1 (lowest).
+    assert lines[4] == "| CE | 75.00 ± 5.00 | **0.2000 ± 0.1000** |"
+    assert lines[5] == "| CE + ADD (1,0,1,0) | **85.00 ± 5.00** | 0.3000 ± 0.1000 |"
+    ks2 = _fake_experiment(
+        tmp_path, "ks_ce", _config("SpeechCommands", fold=None, loss=CE), {(None, 0): 0.5}
+    )
+    with pytest.raises(ValueError, match="`test/geometry/mu_p` in the results of"):
+        compare_table([*dirs, ks2], ["test/acc", "test/geometry/mu_p"])
+    with pytest.raises(ValueError, match="distinct metrics"):
+        compare_table(dirs, ["test/acc", "test/acc"])
+    assert cli.main(["compare", *map(str, dirs), "--metric", "test/acc", "test/geometry/mu_p"]) == 0
+
+
 def test_compare_errors(tmp_path):
     one = _fake_experiment(tmp_path, "one", _config(loss=CE), {(1, 0): 0.5})
     two = _fake_experiment(tmp_path, "two", _config(loss=CE, freeze_backbone=True), {(1, 0): 0.6})

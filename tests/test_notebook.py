@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 nbclient = pytest.importorskip("nbclient")
 nbformat = pytest.importorskip("nbformat")
@@ -66,3 +67,13 @@ def test_notebook_runs_on_exported_embeddings(tmp_path, monkeypatch):
     text = "".join(output.get("text", "") for output in outputs)
     assert "exp/fold1_seed0: 18 test clips, D = 16, 3 classes" in text
     assert "mu_p" in text
+    # The retrieval numbers of each run, against pytorch-metric-learning's AccuracyCalculator.
+    from test_metrics_retrieval import accuracy_calculator
+
+    for run in runs:
+        with np.load(run / "test_embeddings.npz") as data:
+            embeddings, targets = data["embeddings"], data["targets"]
+        expected = accuracy_calculator(torch.from_numpy(embeddings), torch.from_numpy(targets))
+        row = next(line for line in text.splitlines() if line.startswith(f"exp/{run.name} "))
+        assert f"{expected['map_at_r']:.4f}" in row.split()[-3:]
+        assert f"{expected['precision_at_1']:.4f}" in row.split()[-5:]
