@@ -66,6 +66,30 @@ def brute_force_knn(embeddings: Tensor, targets: Tensor, k: int) -> float:
     return correct / len(labels)
 
 
+def brute_force_retrieval(embeddings: Tensor, targets: Tensor) -> dict[str, float]:
+    """The three retrieval metrics in Python floats, equal similarities ranked by index."""
+    rows, labels = embeddings.double().tolist(), targets.tolist()
+    sums = {"precision_at_1": 0.0, "r_precision": 0.0, "map_at_r": 0.0}
+    queries = 0
+    for i, z_i in enumerate(rows):
+        relevant = labels.count(labels[i]) - 1
+        if relevant == 0:
+            continue
+        queries += 1
+        norm_i = math.sqrt(math.fsum(a * a for a in z_i))
+        keys = []
+        for j, z_j in enumerate(rows):
+            norm_j = math.sqrt(math.fsum(b * b for b in z_j))
+            cosine = math.fsum(a * b for a, b in zip(z_i, z_j)) / (norm_i * norm_j or 1.0)
+            keys.append((-cosine, j))
+        hits = [labels[j] == labels[i] for _, j in sorted(keys) if j != i][:relevant]
+        sums["precision_at_1"] += hits[0]
+        sums["r_precision"] += sum(hits) / relevant
+        precisions = [sum(hits[: r + 1]) / (r + 1) for r, hit in enumerate(hits) if hit]
+        sums["map_at_r"] += math.fsum(precisions) / relevant
+    return {key: value / queries for key, value in sums.items()}
+
+
 def _random(num_samples: int, num_classes: int, seed: int) -> tuple[Tensor, Tensor]:
     generator = torch.Generator().manual_seed(seed)
     # float32-representable values, so that both sides see the same numbers.
@@ -138,6 +162,23 @@ def test_equal_similarities_are_ranked_by_index() -> None:
     assert float(result["precision_at_1"]) == 0.5
     assert float(result["map_at_r"]) == 0.5
     assert float(result["knn1_acc"]) == pytest.approx(1 / 3)  # query 1 gets class 0
+
+
+@pytest.mark.parametrize("chunk_size", [None, 4], ids=["one_block", "chunk4"])
+def test_ties_across_the_ranking_depth_follow_the_index(chunk_size: int | None) -> None:
+    # 4 distinct directions, each repeated 6 times with mixed labels: most similarities tie,
+    # also at the depth the ranking is cut (R = 7 of 23 references).
+    generator = torch.Generator().manual_seed(4)
+    directions = torch.randn(4, 3, generator=generator, dtype=torch.float64)
+    embeddings = directions.repeat_interleave(6, dim=0)
+    targets = torch.randperm(24, generator=generator) % 3
+    result = pairwise_retrieval(embeddings, targets, 3, (1,), chunk_size)
+    expected = brute_force_retrieval(embeddings, targets)
+    for key, value in expected.items():
+        assert float(result[key]) == pytest.approx(value, abs=1e-12), key
+    random_set = SETS["random"]()
+    for key, value in brute_force_retrieval(*random_set).items():
+        assert float(pairwise_retrieval(*random_set, 6)[key]) == pytest.approx(value, abs=1e-12)
 
 
 @pytest.mark.parametrize(

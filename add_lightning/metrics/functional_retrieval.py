@@ -18,8 +18,10 @@ over *all* queries: the class with the most votes among the ``k`` nearest refere
 between classes goes to the one whose best-ranked member is nearer; with fewer than ``k``
 references, all of them vote.
 
-Equal similarities are ranked by sample index (a stable sort), so results are deterministic.
-Memory stays bounded: queries are processed in row blocks of ``chunk_size × N`` similarities.
+Equal similarities are ranked by sample index (as a stable sort would), so results are
+deterministic. Each query ranks only as deep as it needs (``max(R_i, k)`` references, found with
+``topk`` in time linear in ``N``), and memory stays bounded: queries are processed in row blocks
+of ``chunk_size × N`` similarities.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ __all__ = ["RETRIEVAL_SCALAR_KEYS", "pairwise_retrieval", "retrieval_keys"]
 # The keys that do not depend on the chosen k of the k-NN classifier, in logging order.
 RETRIEVAL_SCALAR_KEYS: tuple[str, ...] = ("precision_at_1", "r_precision", "map_at_r")
 
-# Bytes per similarity while a block is ranked: the similarities, their sorted copy, the sort
-# indices (int64), the gathered labels (int64) and a boolean mask.
-_BYTES_PER_ENTRY = 4 + 4 + 8 + 8 + 1
+# Bytes per similarity of a block at most: the similarities (float32), the sort's values and
+# int64 indices, then over the ranked columns the gathered labels (int64), three boolean masks,
+# the cumulative hit count (int64) and two float64 precision arrays; rounded up.
+_BYTES_PER_ENTRY = 64
 _DEFAULT_BLOCK_BYTES = 256 * 1024**2
 
 
@@ -57,6 +60,32 @@ def _check_knn_k(knn_k: Sequence[int]) -> tuple[int, ...]:
     if len(set(knn_k)) != len(knn_k):
         raise ValueError(f"Expected argument `knn_k` to hold distinct values, got {list(knn_k)}")
     return tuple(knn_k)
+
+
+def _ranked_references(similarity: Tensor, depth: int) -> Tensor:
+    """Column indices of the ``depth`` largest entries of each row, in decreasing order, equal
+    values by increasing index: a stable descending sort, truncated.
+
+    ``topk`` (linear in the row length) selects them; its order among equal values, and which
+    of several values equal to the last one it keeps, are unspecified, so the kept entries are
+    reordered stably and the rare rows with a tie across the cut are sorted in full.
+
+    Shape:
+        - similarity: ``[Q, N]``
+        - output: ``[Q, depth]``, int64
+    """
+    values, order = torch.topk(similarity, depth, dim=1, sorted=False)
+    order, by_index = order.sort(dim=1)
+    values = values.gather(1, by_index)
+    values, by_value = values.sort(dim=1, descending=True, stable=True)
+    order = order.gather(1, by_value)
+    last = values[:, -1:]
+    cut_ties = (similarity == last).sum(dim=1) > (values == last).sum(dim=1)
+    if cut_ties.any():
+        rows = cut_ties.nonzero().squeeze(1)
+        full = torch.sort(similarity[rows], dim=1, descending=True, stable=True).indices
+        order[rows] = full[:, :depth]
+    return order
 
 
 def _knn_correct(ranked: Tensor, labels: Tensor, k: int, num_classes: int) -> Tensor:
@@ -137,7 +166,7 @@ def pairwise_retrieval(
         similarity[rows, rows + start] = -torch.inf  # the query itself is ranked last
         query_labels, query_relevant = labels[start:stop], relevant[start:stop]
         depth = min(num_samples - 1, max(max_k, int(query_relevant.max())))
-        order = torch.sort(similarity, dim=1, descending=True, stable=True).indices[:, :depth]
+        order = _ranked_references(similarity, depth)
         del similarity
         ranked = labels[order]
         hit = ranked == query_labels[:, None]
