@@ -72,9 +72,9 @@ class AudioClassifier(LightningModule):
             training (linked from the data module by the CLI); None: the test batches hold the
             trained classes.
         knn_k: Neighbourhood sizes of the logged k-NN accuracies ``retrieval/knn<k>_acc``.
-        val_retrieval: Compute the retrieval metrics at every validation epoch too (one sort of
-            an ``N×N`` similarity matrix, about the cost of the geometry); the test epoch always
-            does.
+        val_retrieval: Compute the retrieval metrics at every validation epoch too (one
+            ``N×N`` similarity matrix, each row ranked as deep as its class is large: a few
+            times the cost of the geometry on a CPU); the test epoch always does.
 
     Shape:
         - features: ``[B, T, F]``
