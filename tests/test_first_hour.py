@@ -202,3 +202,14 @@ def test_frames_that_differ_from_the_backbone_are_refused_before_any_work(tmp_pa
     with pytest.raises(ValueError, match=r"target_frames` 256 .* max_length 128"):
         main(["fit", *args, "256"])
     assert not (tmp_path / "synthetic").exists()  # refused before the data set was written
+
+
+def test_compare_and_figures_load_no_model_code():
+    code = (
+        "import sys; import add_lightning.experiments.cli, add_lightning.experiments.compare, "
+        "add_lightning.experiments.figures; "
+        "print(sorted(m for m in ('lightning', 'torchmetrics', 'transformers') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,4 +1,12 @@
-"""Metrics on embeddings: the cosine-distance geometry that the ADD loss shapes, and retrieval."""
+"""Metrics on embeddings: the cosine-distance geometry that the ADD loss shapes, and retrieval.
+
+The torchmetrics classes are imported on first use, so that the functional metrics (used by
+`add-lightning figures` and notebooks) load without torchmetrics and what it imports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 from add_lightning.metrics.functional import GEOMETRY_SCALAR_KEYS, pairwise_geometry
 from add_lightning.metrics.functional_retrieval import (
@@ -6,8 +14,6 @@ from add_lightning.metrics.functional_retrieval import (
     pairwise_retrieval,
     retrieval_keys,
 )
-from add_lightning.metrics.geometry import EmbeddingGeometry
-from add_lightning.metrics.retrieval import EmbeddingRetrieval
 
 __all__ = [
     "GEOMETRY_SCALAR_KEYS",
@@ -18,3 +24,16 @@ __all__ = [
     "pairwise_retrieval",
     "retrieval_keys",
 ]
+
+_METRIC_MODULES = {
+    "EmbeddingGeometry": "add_lightning.metrics.geometry",
+    "EmbeddingRetrieval": "add_lightning.metrics.retrieval",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _METRIC_MODULES:
+        import importlib
+
+        return getattr(importlib.import_module(_METRIC_MODULES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
