@@ -265,9 +265,11 @@ def load_trained_model(
     """Reads a checkpoint written by ``add-lightning fit`` into a :class:`TrainedModel`.
 
     The model is rebuilt from the hyperparameters stored in the checkpoint (its config under
-    LightningCLI), its weights loaded, and put in eval mode. A backbone initialised from
-    pretrained weights (``pretrained: <hub id or folder>``) is rebuilt from them first, so they
-    must be available (in the Hugging Face cache or the folder) as when training.
+    LightningCLI), its weights loaded, and put in eval mode. The checkpoint is self-contained:
+    a backbone trained from pretrained weights (an AST hub id or folder, a BEATs file) is stored
+    as its architecture (see ``AudioClassifier.on_save_checkpoint``), so it is rebuilt with
+    random weights that the checkpoint's overwrite; nothing is downloaded or read besides
+    ``path``.
 
     Args:
         path: The ``.ckpt`` file.

@@ -29,7 +29,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from add_lightning.models.classifier import AudioClassifier
+from add_lightning.models.classifier import BACKBONE_SOURCE_KEY, AudioClassifier
 from add_lightning.models.prediction import EmbeddingWriter
 from add_lightning.run_log import EpochSummary, is_terminal, log_to_console, quiet_lightning
 
@@ -148,6 +148,26 @@ def _check_input_shape(datamodule: Any, model: Any) -> None:
         )
 
 
+def _predicted_last_checkpoint(section: Namespace) -> Path | None:
+    """The file that ``--ckpt_path last`` finds: ``last.ckpt`` of the ``last_checkpoint`` callback.
+
+    Its folder is ``last_checkpoint.dirpath`` or, with the run's own TensorBoard logger,
+    ``<default_root_dir>/checkpoints``; None where only the Trainer can tell (another logger,
+    or no ``default_root_dir``: a new ``lightning_logs/version_N``).
+    """
+    callback = section.get("last_checkpoint")
+    if callback is None:
+        return None
+    name = callback.get("filename") or ModelCheckpoint.CHECKPOINT_NAME_LAST
+    filename = name + ModelCheckpoint.FILE_EXTENSION
+    if callback.get("dirpath") is not None:
+        return Path(str(callback.get("dirpath"))) / filename
+    root = section.get("trainer.default_root_dir")
+    if root is None or section.get("trainer.logger") not in (None, True):
+        return None
+    return Path(str(root)) / "checkpoints" / filename
+
+
 def _warn_about_replaced_model_arguments(section: Namespace) -> None:
     """Warns when ``--ckpt_path``'s stored hyperparameters will replace given model arguments.
 
@@ -161,7 +181,12 @@ def _warn_about_replaced_model_arguments(section: Namespace) -> None:
 
     # mmap: only the hyperparameters are read here; LightningCLI loads the checkpoint itself next.
     checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
-    stored = checkpoint.get("hyper_parameters", {})
+    stored = dict(checkpoint.get("hyper_parameters", {}))
+    source = checkpoint.get(BACKBONE_SOURCE_KEY)
+    if source is not None:
+        # the stored backbone is the self-contained rewrite of this one (pretrained: null and
+        # its architecture, see AudioClassifier.on_save_checkpoint): compare with what was given
+        stored["backbone"] = source
     given = model.as_dict() if isinstance(model, Namespace) else dict(model)
     stored_flat = _flat({key: v for key, v in stored.items() if not key.startswith("_")})
     given_flat = _flat(given.get("init_args") or {})
@@ -228,6 +253,13 @@ class AddLightningCLI(LightningCLI):
         # LightningCLI reads the hyperparameters of `--ckpt_path` next: check the file first.
         subcommand = self.config.get("subcommand")
         section = self.config[subcommand] if subcommand else self.config
+        if subcommand == "fit" and section.get("ckpt_path") == "last":
+            last = _predicted_last_checkpoint(section)
+            if last is not None and last.is_file():
+                # resolved here, not by the Trainer after the model is built, so that the model is
+                # rebuilt from the checkpoint (as for a file path) without its pretrained weights
+                section["ckpt_path"] = str(last)
+                rank_zero_info(f"Resuming from {last} (`--ckpt_path last`)")
         if subcommand:
             check_checkpoint_file(section.get("ckpt_path"))
         if subcommand and subcommand != "fit":

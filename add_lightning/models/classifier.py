@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -18,7 +20,11 @@ from add_lightning.losses import ClassificationLoss
 from add_lightning.metrics import EmbeddingGeometry, EmbeddingRetrieval
 from add_lightning.models.heatmaps import class_pair_heatmap
 
-__all__ = ["AudioClassifier", "hard_targets"]
+__all__ = ["BACKBONE_SOURCE_KEY", "AudioClassifier", "hard_targets"]
+
+#: Checkpoint key of the backbone's hyperparameters as given for training (e.g. its pretrained
+#: weights), kept beside the self-contained ones that replace them (``on_save_checkpoint``).
+BACKBONE_SOURCE_KEY = "add_lightning_backbone_source"
 
 
 # Authors' AST configs (docs/method.md, ESC-50 and ER): Adam, lr 6.7e-6, betas (0.95, 0.999),
@@ -55,7 +61,9 @@ class AudioClassifier(LightningModule):
 
     Built from YAML by LightningCLI (``backbone``, ``loss``, ``optimizer`` and ``scheduler`` are
     ``class_path``/``init_args`` entries); a checkpoint written under the CLI restores with
-    ``AudioClassifier.load_from_checkpoint(path)``. Built in Python, the modules are not saved
+    ``AudioClassifier.load_from_checkpoint(path)``, with nothing but the file: the backbone is
+    rebuilt from the architecture stored in it, not from the pretrained weights it started from
+    (see :meth:`on_save_checkpoint`). Built in Python, the modules are not saved
     as hyperparameters: pass them again, ``load_from_checkpoint(path, backbone=...)``.
 
     Args:
@@ -312,9 +320,38 @@ class AudioClassifier(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": config}
 
     # ------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Makes the checkpoint loadable without the backbone's pretrained weights.
+
+        A backbone with a ``checkpoint_init_args()`` method (``ASTBackbone``, ``BEATsBackbone``)
+        gets its stored hyperparameters replaced by those arguments: its architecture, with the
+        pretrained source (hub id, folder, file) set to None. Whatever rebuilds the model from
+        the checkpoint (``load_from_checkpoint``, ``add-lightning test --ckpt_path``) then builds
+        it with random weights, which the ``state_dict`` overwrites, instead of downloading or
+        reading the weights the training started from. The hyperparameters as given are kept
+        under :data:`BACKBONE_SOURCE_KEY`. The module's own ``hparams`` are left unchanged.
+        """
+        hparams = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
+        backbone = hparams.get("backbone") if isinstance(hparams, Mapping) else None
+        rebuild = getattr(self.backbone, "checkpoint_init_args", None)
+        if not isinstance(backbone, Mapping) or "init_args" not in backbone or rebuild is None:
+            return  # built in Python (no backbone hyperparameters), or a backbone of its own
+        # resumed from such a checkpoint, the model was built from the stored architecture
+        source = getattr(self, "_backbone_source", None)
+        init_args = {**backbone["init_args"], **rebuild()}
+        if init_args != backbone["init_args"]:
+            source = source or backbone
+            # The stored hyperparameters may be `self.hparams` itself: copy, never mutate them.
+            backbone = {**backbone, "init_args": init_args}
+            checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = {**hparams, "backbone": backbone}
+        if source is not None:
+            checkpoint[BACKBONE_SOURCE_KEY] = copy.deepcopy(dict(source))
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose head has another number of classes than this model."""
         self._checkpoint_global_step = int(checkpoint.get("global_step", 0) or 0)
+        # a model resumed from a self-contained checkpoint keeps the original backbone source
+        self._backbone_source = checkpoint.get(BACKBONE_SOURCE_KEY)
         head = checkpoint.get("state_dict", {}).get("head.weight")
         if head is not None and head.shape[0] != self.num_classes:
             raise ValueError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -90,6 +90,26 @@ def _load_pretrained(pretrained: str) -> ASTModel:
         ) from error
 
 
+# The ASTBackbone arguments that are ASTConfig fields (all but `pretrained` and `pooling`).
+_CONFIG_ARGUMENTS = (
+    "max_length",
+    "num_mel_bins",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "intermediate_size",
+    "patch_size",
+    "frequency_stride",
+    "time_stride",
+    "hidden_dropout_prob",
+    "attention_probs_dropout_prob",
+    "hidden_act",
+    "layer_norm_eps",
+    "qkv_bias",
+    "initializer_range",
+)
+
+
 class ASTBackbone(nn.Module):
     """AST embedding extractor: log-mel features -> one embedding per clip.
 
@@ -110,6 +130,13 @@ class ASTBackbone(nn.Module):
         time_stride: Patch stride along time (random init only).
         hidden_dropout_prob: Dropout after attention/feed-forward (random init only).
         attention_probs_dropout_prob: Dropout on attention weights (random init only).
+        hidden_act: Activation of the feed-forward layers (random init only).
+        layer_norm_eps: Epsilon of the layer norms (random init only).
+        qkv_bias: Whether the query/key/value projections have a bias (random init only).
+        initializer_range: Standard deviation of the random initialisation (random init only).
+
+    Every field of ``ASTConfig`` is one of these arguments, so :meth:`checkpoint_init_args`
+    can describe a pretrained model's architecture without its weights.
 
     Shape:
         - features: ``[B, T, F]`` normalised log-mel filterbank (``T = max_length``)
@@ -131,6 +158,10 @@ class ASTBackbone(nn.Module):
         time_stride: int = 10,
         hidden_dropout_prob: float = 0.0,
         attention_probs_dropout_prob: float = 0.0,
+        hidden_act: str = "gelu",
+        layer_norm_eps: float = 1e-12,
+        qkv_bias: bool = True,
+        initializer_range: float = 0.02,
     ) -> None:
         super().__init__()
         if pooling not in ("cls_dist", "patch_mean"):
@@ -151,6 +182,10 @@ class ASTBackbone(nn.Module):
                 time_stride=time_stride,
                 hidden_dropout_prob=hidden_dropout_prob,
                 attention_probs_dropout_prob=attention_probs_dropout_prob,
+                hidden_act=hidden_act,
+                layer_norm_eps=layer_norm_eps,
+                qkv_bias=qkv_bias,
+                initializer_range=initializer_range,
             )
             self.ast = ASTModel(config)
             # transformers initialises position embeddings to zero (they are always loaded from
@@ -188,6 +223,17 @@ class ASTBackbone(nn.Module):
             t_new,
             max_length,
         )
+
+    def checkpoint_init_args(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this architecture with random weights.
+
+        ``pretrained=None`` and every ``ASTConfig`` field of the model as built (a pretrained
+        model's own config, ``max_length`` after adaptation). ``AudioClassifier`` stores them in
+        its checkpoints, so that loading one (whose ``state_dict`` then fills the weights)
+        neither downloads nor reads the pretrained weights the training started from.
+        """
+        config = self.ast.config
+        return {"pretrained": None, **{name: getattr(config, name) for name in _CONFIG_ARGUMENTS}}
 
     @property
     def input_shape(self) -> tuple[int, int]:

@@ -11,11 +11,12 @@ fbank frames the data package computes (waveform × 2^15, Kaldi fbank with the p
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -182,6 +183,19 @@ class BEATsBackbone(nn.Module):
         self.predictor_dropout = nn.Dropout(config.predictor_dropout)
         if state is not None:
             self.load_beats_state_dict(state, source=str(checkpoint))
+
+    def checkpoint_init_args(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this architecture with random weights.
+
+        ``checkpoint=None`` and every ``BEATsConfig`` field that is an argument, as built (the
+        checkpoint file's ``cfg`` with the overrides applied). ``AudioClassifier`` stores them in
+        its checkpoints, so that loading one (whose ``state_dict`` then fills the weights) does
+        not need the BEATs file the training started from.
+        """
+        arguments = inspect.signature(type(self).__init__).parameters
+        fields = [field.name for field in dataclasses.fields(self.config)]
+        values = {name: getattr(self.config, name) for name in fields if name in arguments}
+        return {"checkpoint": None, **values}
 
     def load_beats_state_dict(
         self, state: Mapping[str, Tensor], source: str = "state dict"
