@@ -181,19 +181,22 @@ def _warn_about_replaced_model_arguments(section: Namespace) -> None:
 
     # mmap: only the hyperparameters are read here; LightningCLI loads the checkpoint itself next.
     checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
-    stored = dict(checkpoint.get("hyper_parameters", {}))
+    stored = checkpoint.get("hyper_parameters", {})
+    # A self-contained checkpoint stores the backbone as its architecture (pretrained: null,
+    # see AudioClassifier.on_save_checkpoint) and the backbone as given for training beside it:
+    # a given value equal to either is what the model was trained with, not a replaced one.
     source = checkpoint.get(BACKBONE_SOURCE_KEY)
-    if source is not None:
-        # the stored backbone is the self-contained rewrite of this one (pretrained: null and
-        # its architecture, see AudioClassifier.on_save_checkpoint): compare with what was given
-        stored["backbone"] = source
+    trained_with = {**stored, "backbone": source} if source is not None else stored
     given = model.as_dict() if isinstance(model, Namespace) else dict(model)
     stored_flat = _flat({key: v for key, v in stored.items() if not key.startswith("_")})
+    source_flat = _flat({key: v for key, v in trained_with.items() if not key.startswith("_")})
     given_flat = _flat(given.get("init_args") or {})
     replaced = {
         key: (given_flat[key], stored_flat[key])
         for key in sorted(set(given_flat) & set(stored_flat))
-        if given_flat[key] is not None and given_flat[key] != stored_flat[key]
+        if given_flat[key] is not None
+        and given_flat[key] != stored_flat[key]
+        and given_flat[key] != source_flat.get(key, stored_flat[key])
     }
     if replaced:
         rank_zero_warn(

@@ -222,6 +222,14 @@ def test_test_with_the_run_config_gives_the_metrics_of_training(trained, tmp_pat
     # the stored architecture replaces the given source without a "replaced arguments" warning
     assert not [w for w in caught if "replaced by the checkpoint's" in str(w.message)]
 
+    # a given architecture that contradicts the trained one is replaced, and said so with the
+    # value actually used (the source's, not the argument's default stored as given)
+    name, used = ("hidden_size", 32) if trained["kind"] == "ast" else ("encoder_layers", 2)
+    other = [f"--model.init_args.backbone.init_args.{name}", "3"]
+    with pytest.warns(UserWarning, match=rf"backbone\.init_args\.{name} {used} \(given 3\)"):
+        cli = AddLightningCLI(args=[*args, "--ckpt_path", str(trained["checkpoint"]), *other])
+    assert _metrics(cli)["test/loss"] == metrics["test/loss"]
+
 
 def test_classify_through_the_console_script(trained, tmp_path):
     rng = np.random.default_rng(4)
