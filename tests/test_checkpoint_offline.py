@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import yaml
+from tiny_runs import synthetic_dataset, tiny_run_config
 from transformers import ASTConfig, ASTModel
 
 from add_lightning.cli import main
@@ -28,35 +30,8 @@ from add_lightning.models.classifier import BACKBONE_SOURCE_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 HUB_ID = "MIT/ast-finetuned-audioset-10-10-0.4593"
-
-# Synthetic data (3 classes x 4 clips of 0.5 s, 2 folds), features of 48 frames x 32 bins.
-# The backbone's config gives only its pretrained source: its architecture is the source's.
-CONFIG = """\
-data:
-  class_path: add_lightning.data.AudioDataModule
-  init_args:
-    dataset:
-      class_path: add_lightning.data.SyntheticDataset
-      init_args: {{root: {root}, num_classes: 3, clips_per_class: 4, num_folds: 2, duration_s: 0.5}}
-    fold: 1
-    features: {{num_mel_bins: 32, target_frames: 48}}
-    batch_size: 4
-    cache_dir: {cache}
-model:
-  class_path: add_lightning.models.AudioClassifier
-  init_args:
-    backbone:
-      class_path: {backbone}
-      init_args: {init_args}
-    optimizer: {{class_path: torch.optim.Adam, init_args: {{lr: 1.0e-3}}}}
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_epochs: {epochs}
-  enable_progress_bar: false
-  enable_model_summary: false
-  log_every_n_steps: 1
-"""
+AST_CLASS = "add_lightning.models.ASTBackbone"
+BEATS_CLASS = "add_lightning.models.BEATsBackbone"
 
 # Architectures that differ from every default of the backbones' arguments, so that a model
 # rebuilt from the defaults instead of the stored architecture fails to load the weights.
@@ -105,28 +80,31 @@ def _write_beats(path: Path) -> Path:
     return path
 
 
-def _source(kind: str, folder: Path) -> tuple[Path, str, str, str]:
-    """A pretrained source on disk, the argument naming it, its backbone's class and init_args."""
+def _source(kind: str, folder: Path) -> tuple[Path, str, dict]:
+    """A pretrained source on disk, the argument naming it and its backbone block.
+
+    The block gives only the source (and the AST input shape): the architecture is the source's.
+    """
     if kind == "ast":
         source = _write_ast(folder / "ast_pretrained")
-        init_args = f"{{pretrained: {source}, max_length: 48, num_mel_bins: 32}}"
-        return source, "pretrained", "add_lightning.models.ASTBackbone", init_args
+        init_args = {"pretrained": str(source), "max_length": 48, "num_mel_bins": 32}
+        return source, "pretrained", {"class_path": AST_CLASS, "init_args": init_args}
     source = _write_beats(folder / "BEATs_tiny.pt")
-    init_args = f"{{checkpoint: {source}}}"
-    return source, "checkpoint", "add_lightning.models.BEATsBackbone", init_args
-
-
-def _write_config(folder: Path, backbone: str, init_args: str, epochs: int) -> Path:
-    config = folder / f"config_{epochs}.yaml"
-    text = CONFIG.format(
-        root=folder / "synthetic",
-        cache=folder / "cache",
-        backbone=backbone,
-        init_args=init_args,
-        epochs=epochs,
+    return (
+        source,
+        "checkpoint",
+        {"class_path": BEATS_CLASS, "init_args": {"checkpoint": str(source)}},
     )
-    config.write_text(text)
-    return config
+
+
+def _write_config(folder: Path, backbone: dict, epochs: int) -> Path:
+    """A tiny run (synthetic data, 48 frames x 32 bins) whose backbone is ``backbone``."""
+    dataset = synthetic_dataset(folder / "synthetic")
+    config = yaml.safe_load(tiny_run_config(dataset, folder / "cache", max_epochs=epochs))
+    config["model"]["init_args"]["backbone"] = backbone
+    path = folder / f"config_{epochs}.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def _windows() -> torch.Tensor:
@@ -146,9 +124,9 @@ def trained(request, tmp_path_factory) -> dict:
     uninterrupted two-epoch run (the reference of the resumed one).
     """
     folder = tmp_path_factory.mktemp(f"offline_{request.param}")
-    source, argument, backbone, init_args = _source(request.param, folder)
+    source, argument, backbone = _source(request.param, folder)
     run = folder / "run"
-    config = _write_config(folder, backbone, init_args, epochs=1)
+    config = _write_config(folder, backbone, epochs=1)
     cli = AddLightningCLI(
         args=["fit", "--config", str(config), "--trainer.default_root_dir", str(run)]
     )
@@ -159,7 +137,7 @@ def trained(request, tmp_path_factory) -> dict:
     assert model.hparams["backbone"]["init_args"][argument] == str(source)
     test_metrics = cli.trainer.test(model, datamodule=cli.datamodule, verbose=False)[0]
 
-    two_epochs = _write_config(folder, backbone, init_args, epochs=2)
+    two_epochs = _write_config(folder, backbone, epochs=2)
     uninterrupted = ["--config", str(two_epochs), "--trainer.default_root_dir", str(folder / "2")]
     assert main(["fit", *uninterrupted]) == 0
     reference = torch.load(folder / "2" / "checkpoints" / "last.ckpt", weights_only=True)
@@ -290,8 +268,8 @@ def test_hub_id_checkpoint_loads_offline_without_from_pretrained(tmp_path, monke
         return original(cls, str(local), *args, **kwargs)
 
     monkeypatch.setattr(ASTModel, "from_pretrained", classmethod(cached))
-    init_args = f"{{pretrained: {HUB_ID}, max_length: 48, num_mel_bins: 32}}"
-    config = _write_config(tmp_path, "add_lightning.models.ASTBackbone", init_args, epochs=1)
+    init_args = {"pretrained": HUB_ID, "max_length": 48, "num_mel_bins": 32}
+    config = _write_config(tmp_path, {"class_path": AST_CLASS, "init_args": init_args}, epochs=1)
     run = tmp_path / "run"
     cli = AddLightningCLI(
         args=["fit", "--config", str(config), "--trainer.default_root_dir", str(run)]
