@@ -208,7 +208,8 @@ def test_compare_and_figures_load_no_model_code():
     code = (
         "import sys; import add_lightning.experiments.cli, add_lightning.experiments.compare, "
         "add_lightning.experiments.figures; "
-        "print(sorted(m for m in ('lightning', 'torchmetrics', 'transformers') if m in sys.modules))"
+        "heavy = ('lightning', 'torchmetrics', 'transformers'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
