@@ -68,6 +68,8 @@ from add_lightning.data.sampler import (
     EvaluationSampler,
     SeededShuffleSampler,
 )
+from add_lightning.data.waveform_datamodule import WaveformDataModule
+from add_lightning.data.waveform_dataset import WaveformClipDataset, collate_waveforms
 
 __all__ = [
     "AUDIOSET_NORMALIZATION",
@@ -114,6 +116,9 @@ __all__ = [
     "Split",
     "SyntheticDataset",
     "UnsafeArchiveError",
+    "WaveformClipDataset",
+    "WaveformDataModule",
+    "collate_waveforms",
     "compute_fbank",
     "compute_fbank_frames",
     "compute_normalization",

@@ -1,6 +1,6 @@
 """Training layer: the LightningModule, backbones, LR schedules and the prediction writer."""
 
-from add_lightning.models.backbones import ASTBackbone, BEATsBackbone
+from add_lightning.models.backbones import ASTBackbone, BEATsBackbone, HFAudioEncoder
 from add_lightning.models.classifier import AudioClassifier
 from add_lightning.models.optim import WarmupConstantLR, WarmupCosineLR, WarmupExponentialLR
 from add_lightning.models.prediction import EmbeddingWriter
@@ -10,6 +10,7 @@ __all__ = [
     "AudioClassifier",
     "BEATsBackbone",
     "EmbeddingWriter",
+    "HFAudioEncoder",
     "WarmupConstantLR",
     "WarmupCosineLR",
     "WarmupExponentialLR",

@@ -150,13 +150,19 @@ class AudioClassifier(LightningModule):
         self.test_retrieval = EmbeddingRetrieval(test_classes, knn_k)
 
     # ------------------------------------------------------------------ model
-    def embed(self, features: Tensor) -> Tensor:
-        """Backbone embeddings. Shape: ``[B, T, F] -> [B, D]``."""
-        return self.backbone(features)
+    def embed(self, features: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """Backbone embeddings. Shape: ``[B, T, F] -> [B, D]`` (waveforms: ``[B, N]``).
 
-    def forward(self, features: Tensor) -> Tensor:
+        ``padding_mask`` (True = padding, as batches of ``WaveformDataModule`` carry it) is
+        passed on to the backbone when given.
+        """
+        if padding_mask is None:
+            return self.backbone(features)
+        return self.backbone(features, padding_mask=padding_mask)
+
+    def forward(self, features: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """Class logits. Shape: ``[B, T, F] -> [B, C]``."""
-        return self.head(self.embed(features))
+        return self.head(self.embed(features, padding_mask))
 
     def train(self, mode: bool = True) -> AudioClassifier:
         super().train(mode)
@@ -167,7 +173,7 @@ class AudioClassifier(LightningModule):
     # --------------------------------------------------------------- training
     def _step(self, batch: dict[str, Any], stage: str) -> tuple[Tensor, Tensor, Tensor]:
         features, target = batch["features"], batch["target"]
-        embeddings = self.embed(features)
+        embeddings = self.embed(features, batch.get("padding_mask"))
         logits = self.head(embeddings)
         total, terms = self.loss(embeddings, logits, target)
         if not torch.isfinite(total):
@@ -240,7 +246,7 @@ class AudioClassifier(LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Embeddings, logits, targets and clip ids of a batch (see ``EmbeddingWriter``)."""
-        embeddings = self.embed(batch["features"])
+        embeddings = self.embed(batch["features"], batch.get("padding_mask"))
         return {
             "embeddings": embeddings,
             "logits": self.head(embeddings),
@@ -257,6 +263,12 @@ class AudioClassifier(LightningModule):
     def on_train_epoch_start(self) -> None:
         if self.trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_epoch=True)
+
+    def on_train_epoch_end(self) -> None:
+        # what a backbone reports of itself, e.g. HFAudioEncoder's layer weights
+        statistics = getattr(self.backbone, "epoch_statistics", None)
+        for key, value in (statistics() if callable(statistics) else {}).items():
+            self.log(f"train/{key}", value, on_epoch=True)
 
     def _log_geometry(self, stage: str) -> dict[str, Tensor]:
         geometry = getattr(self, f"{stage}_geometry")

@@ -2,5 +2,6 @@
 
 from add_lightning.models.backbones.ast import ASTBackbone
 from add_lightning.models.backbones.beats import BEATsBackbone
+from add_lightning.models.backbones.hf_audio import HFAudioEncoder
 
-__all__ = ["ASTBackbone", "BEATsBackbone"]
+__all__ = ["ASTBackbone", "BEATsBackbone", "HFAudioEncoder"]

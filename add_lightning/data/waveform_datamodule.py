@@ -1,0 +1,159 @@
+"""The waveform mode of the data pipeline, for encoders that take raw audio (wav2vec 2.0, ...)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from add_lightning.data.clip_dataset import ClipDataset
+from add_lightning.data.datamodule import PIPELINE_KEY, AudioDataModule
+from add_lightning.data.datasets.base import AudioDatasetIndex, Split
+from add_lightning.data.features import FbankOptions, Normalization
+from add_lightning.data.waveform_dataset import WaveformClipDataset, collate_waveforms
+
+__all__ = ["WaveformDataModule"]
+
+# Waveforms are not normalised by the data module (the encoder does it): identity statistics
+# keep AudioDataModule from computing fbank statistics.
+_IDENTITY = Normalization(mean=0.0, std=0.5)
+
+
+class WaveformDataModule(AudioDataModule):
+    """Batches of variable-length waveforms: ``{"features": [B, N], "padding_mask": [B, N], ...}``.
+
+    Same datasets, folds, validation hold-out, samplers and seeding as
+    :class:`AudioDataModule`; instead of fixed-size fbanks each batch holds the clips'
+    waveforms zero-padded to the longest one, with ``padding_mask`` (True = padding) and
+    ``lengths`` (see :func:`~add_lightning.data.waveform_dataset.collate_waveforms`). Training
+    clips longer than ``max_duration`` are randomly cropped to it; evaluation clips are whole.
+    There is no fbank, no feature cache and no normalisation statistic: the backbone applies
+    its encoder's own input normalisation (``HFAudioEncoder``). Checkpoints store the sample
+    rate, ``max_duration`` and the class names.
+
+    Args:
+        dataset: The dataset index (``class_path`` in YAML), e.g. ``IEMOCAP``.
+        fold: The held-out fold, one of ``dataset.folds``; ``None`` for split-based datasets.
+        sample_rate: Rate the waveforms are read (resampled) at; the encoder's rate.
+        max_duration: Longest training crop in seconds; ``None`` trains on whole clips.
+        mixup_rate: Probability that a training clip's waveform is mixed with another one.
+        batch_size: Batch size (evaluation, and training unless ``balanced_batches``).
+        num_workers: DataLoader worker processes.
+        balanced_batches: ``(P, K)`` class-balanced training batches, as in AudioDataModule.
+        val_fraction: Fraction in [0, 1) of the training clips held out for validation.
+        seed: Seed of shuffling, validation hold-out, crops and mixup.
+        predict_split: The split ``predict_dataloader`` serves.
+        pin_memory: Pin batches in page-locked memory (for GPU training).
+    """
+
+    def __init__(
+        self,
+        dataset: AudioDatasetIndex,
+        fold: int | None = 1,
+        sample_rate: int = 16000,
+        max_duration: float | None = None,
+        mixup_rate: float = 0.0,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        balanced_batches: tuple[int, int] | None = None,
+        val_fraction: float = 0.0,
+        seed: int = 0,
+        predict_split: Split = "test",
+        pin_memory: bool = False,
+    ) -> None:
+        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
+            raise ValueError(
+                f"Expected argument `sample_rate` to be a positive integer but got {sample_rate!r}."
+            )
+        if max_duration is not None and not (
+            isinstance(max_duration, (int, float)) and max_duration * sample_rate >= 1
+        ):
+            raise ValueError(
+                "Expected argument `max_duration` to be None or a positive number of seconds "
+                f"(at least one sample) but got {max_duration!r}."
+            )
+        super().__init__(
+            dataset,
+            fold=fold,
+            features=FbankOptions(sample_rate=sample_rate),
+            normalization=_IDENTITY,
+            mixup_rate=mixup_rate,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            balanced_batches=balanced_batches,
+            val_fraction=val_fraction,
+            cache_dir=None,
+            cache_features=False,
+            seed=seed,
+            predict_split=predict_split,
+            pin_memory=pin_memory,
+        )
+        self.sample_rate = sample_rate
+        self.max_duration = None if max_duration is None else float(max_duration)
+
+    @property
+    def max_samples(self) -> int | None:
+        """``max_duration`` in samples (rounded down), or None."""
+        if self.max_duration is None:
+            return None
+        return int(self.max_duration * self.sample_rate)
+
+    def _dataset(self, role: str) -> ClipDataset:
+        if role not in self._datasets:
+            split = self.predict_split if role == "predict" else role
+            train = role == "train"  # crops and mixup only ever on training batches
+            self._datasets[role] = WaveformClipDataset(
+                self._split_clips()[split],
+                self.num_classes,
+                sample_rate=self.sample_rate,
+                max_samples=self.max_samples if train else None,
+                train=train,
+                mixup_rate=self.mixup_rate if train else 0.0,
+                seed=self.seed,
+            )
+        return self._datasets[role]
+
+    def _loader_options(self) -> dict[str, Any]:
+        return {**super()._loader_options(), "collate_fn": collate_waveforms}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The waveform pipeline of this run, stored by Lightning in every checkpoint.
+
+        Returns:
+            ``{PIPELINE_KEY: {"waveform": {"sample_rate", "max_duration"}, "class_names":
+            [...]}}``.
+        """
+        return {
+            PIPELINE_KEY: {
+                "waveform": {"sample_rate": self.sample_rate, "max_duration": self.max_duration},
+                "class_names": list(self.class_names),
+            }
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Checks a checkpoint's waveform pipeline against this one.
+
+        Raises:
+            ValueError: If the checkpoint was trained on other classes, at another sample rate,
+                or on fbanks (an ``AudioDataModule`` checkpoint).
+        """
+        pipeline = state_dict.get(PIPELINE_KEY)
+        if pipeline is None:
+            return
+        if "waveform" not in pipeline:
+            raise ValueError(
+                "The checkpoint was trained on fbank features (AudioDataModule), not waveforms; "
+                "use the data module it was trained with."
+            )
+        class_names = [str(name) for name in pipeline.get("class_names", [])]
+        if class_names != list(self.class_names):
+            raise ValueError(
+                f"The checkpoint was trained on the classes {class_names[:5]}... but "
+                f"{self.dataset!r} has {list(self.class_names)[:5]}...: class ids would not mean "
+                "the same classes; use the dataset the checkpoint was trained on."
+            )
+        stored_rate = int(pipeline["waveform"]["sample_rate"])
+        if stored_rate != self.sample_rate:
+            raise ValueError(
+                f"The checkpoint was trained on waveforms at {stored_rate} Hz but "
+                f"`sample_rate` is {self.sample_rate}; use --data.init_args.sample_rate "
+                f"{stored_rate}."
+            )
