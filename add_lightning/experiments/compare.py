@@ -109,8 +109,14 @@ def describe_experiment(config: dict[str, Any]) -> ExperimentKey:
     data = config.get("data")
     dataset = _class_name(_init_args(data).get("dataset")) or _class_name(data) or "?"
     dataset = _DATASET_NAMES.get(dataset, dataset.removesuffix("DataModule") or dataset)
-    backbone = _class_name(_init_args(config.get("model")).get("backbone")) or "?"
+    backbone_node = _init_args(config.get("model")).get("backbone")
+    backbone = _class_name(backbone_node) or "?"
     backbone = backbone.removesuffix("Backbone") or backbone
+    if backbone == "HFAudioEncoder":  # one class for many encoders: name the encoder
+        encoder = _init_args(backbone_node)
+        pretrained, model_config = encoder.get("pretrained"), encoder.get("config") or {}
+        name = str(pretrained).rstrip("/").rsplit("/", 1)[-1] if pretrained else None
+        backbone = name or model_config.get("model_type") or backbone
     loss = describe_loss(_init_args(config.get("model")).get("loss"))
     return ExperimentKey(dataset, backbone, loss)
 

@@ -1,0 +1,233 @@
+"""Waveform mode: WaveformClipDataset, collate_waveforms, WaveformDataModule, and a tiny WavLM
+trained end to end through the console script (cv on the IEMOCAP layout, 2-process DDP)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+import yaml
+from test_backbone_hf_audio import TINY
+from test_data_datasets import make_iemocap
+
+from add_lightning.cli import main
+from add_lightning.data import (
+    IEMOCAP,
+    AudioDataModule,
+    Clip,
+    WaveformClipDataset,
+    WaveformDataModule,
+    collate_waveforms,
+)
+from add_lightning.data.datamodule import PIPELINE_KEY
+from add_lightning.experiments.compare import describe_experiment
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+RATE = 16000
+
+
+def _write(path: Path, samples: int, seed: int) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    waveform = np.random.default_rng(seed).uniform(-0.5, 0.5, samples).astype(np.float32)
+    soundfile.write(path, waveform, RATE, subtype="FLOAT")
+    return waveform
+
+
+@pytest.fixture(scope="module")
+def iemocap_root(tmp_path_factory) -> Path:
+    """The IEMOCAP layout of test_data_datasets with utterances of 0.1 to 0.4 s."""
+    root = tmp_path_factory.mktemp("iemocap") / "IEMOCAP_full_release"
+    make_iemocap(root)
+    for index, path in enumerate(sorted(root.rglob("*.wav"))):
+        _write(path, 1600 + 300 * (index % 17), seed=index)
+    return root
+
+
+def test_collate_pads_and_masks():
+    items = [
+        {"waveform": torch.tensor([1.0, 2.0, 3.0]), "target": torch.tensor(0), "clip_id": "a"},
+        {"waveform": torch.tensor([4.0]), "target": torch.tensor(2), "clip_id": "b"},
+    ]
+    batch = collate_waveforms(items)
+    assert torch.equal(batch["features"], torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0]]))
+    assert torch.equal(batch["padding_mask"], torch.tensor([[0, 0, 0], [0, 1, 1]]).bool())
+    assert torch.equal(batch["lengths"], torch.tensor([3, 1]))
+    assert torch.equal(batch["target"], torch.tensor([0, 2]))
+    assert batch["clip_id"] == ["a", "b"]
+
+
+def test_evaluation_items_are_whole_and_training_items_cropped(tmp_path):
+    waveforms = [_write(tmp_path / f"{i}.wav", n, seed=i) for i, n in enumerate((5000, 800))]
+    clips = [Clip(tmp_path / f"{i}.wav", i, str(i)) for i in range(2)]
+    evaluation = WaveformClipDataset(clips, 2, max_samples=1000)
+    for index, reference in enumerate(waveforms):
+        np.testing.assert_array_equal(evaluation[index]["waveform"].numpy(), reference)
+    train = WaveformClipDataset(clips, 2, max_samples=1000, train=True, seed=3)
+    crops = []
+    for epoch in range(3):
+        train.set_epoch(epoch)
+        crop = train[0]["waveform"].numpy()
+        assert crop.shape == (1000,)
+        start = int(np.flatnonzero(waveforms[0] == crop[0])[0])  # a contiguous slice
+        np.testing.assert_array_equal(crop, waveforms[0][start : start + 1000])
+        crops.append(start)
+        np.testing.assert_array_equal(train[0]["waveform"].numpy(), crop)  # (seed, epoch, index)
+    assert len(set(crops)) > 1
+    np.testing.assert_array_equal(train[1]["waveform"].numpy(), waveforms[1])  # shorter: whole
+
+
+def test_mixup_mixes_waveforms(tmp_path):
+    waveforms = [_write(tmp_path / f"{i}.wav", n, seed=i) for i, n in enumerate((3000, 2000))]
+    clips = [Clip(tmp_path / f"{i}.wav", i, str(i)) for i in range(2)]
+    dataset = WaveformClipDataset(clips, 2, train=True, mixup_rate=1.0)
+    item = dataset[0]
+    lam = float(item["target"][0])
+    assert 0.0 < lam < 1.0 and float(item["target"].sum()) == pytest.approx(1.0)
+    other = np.zeros(3000, dtype=np.float64)
+    other[:2000] = waveforms[1]
+    expected = lam * waveforms[0].astype(np.float64) + (1 - lam) * other
+    np.testing.assert_allclose(item["waveform"].numpy(), expected, atol=1e-6)
+
+
+def test_datamodule_batches_and_pipeline(iemocap_root):
+    data = WaveformDataModule(IEMOCAP(str(iemocap_root)), fold=1, max_duration=0.15, batch_size=4)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    assert batch["features"].shape[0] == 4 and batch["features"].shape[1] <= 2400
+    assert torch.equal(batch["lengths"], (~batch["padding_mask"]).sum(dim=1))
+    test = next(iter(data.test_dataloader()))
+    clips = data.test_dataloader().dataset.clips[:4]
+    assert test["lengths"].tolist() == [soundfile.info(clip.path).frames for clip in clips]
+    assert test["features"].shape[1] == int(test["lengths"].max())
+    state = data.state_dict()[PIPELINE_KEY]
+    assert state["waveform"] == {"sample_rate": RATE, "max_duration": 0.15}
+    assert state["class_names"] == ["ang", "hap", "neu", "sad"]
+    data.load_state_dict(data.state_dict())  # its own pipeline is accepted
+    with pytest.raises(ValueError, match="fbank"):
+        data.load_state_dict(AudioDataModule(IEMOCAP(str(iemocap_root)), fold=1).state_dict())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"max_duration": 0.0}, "`max_duration`"), ({"sample_rate": 0}, "`sample_rate`")],
+)
+def test_datamodule_bad_arguments(iemocap_root, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        WaveformDataModule(IEMOCAP(str(iemocap_root)), **kwargs)
+
+
+def _config(root: Path, pooling: str = "weighted", batch_size: int = 4, **trainer) -> dict:
+    return {
+        "data": {
+            "class_path": "add_lightning.data.WaveformDataModule",
+            "init_args": {
+                "dataset": {
+                    "class_path": "add_lightning.data.IEMOCAP",
+                    "init_args": {"root": str(root)},
+                },
+                "fold": 1,
+                "max_duration": 0.2,
+                "batch_size": batch_size,
+            },
+        },
+        "model": {
+            "class_path": "add_lightning.models.AudioClassifier",
+            "init_args": {
+                "backbone": {
+                    "class_path": "add_lightning.models.HFAudioEncoder",
+                    "init_args": {"config": TINY["wavlm"], "pooling": pooling},
+                },
+                "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 1e-3}},
+            },
+        },
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "max_epochs": 1,
+            "deterministic": True,
+            "enable_progress_bar": False,
+            "enable_model_summary": False,
+            "log_every_n_steps": 1,
+            **trainer,
+        },
+    }
+
+
+def test_cv_on_iemocap_with_a_tiny_wavlm(iemocap_root, tmp_path):
+    config = tmp_path / "wavlm.yaml"
+    config.write_text(yaml.safe_dump(_config(iemocap_root)))
+    output = tmp_path / "cv"
+    argv = ["cv", "--config", str(config), "--config", str(REPO / "configs/loss/add.yaml")]
+    assert main([*argv, "--folds", "1", "2", "--seeds", "0", "--output", str(output)]) == 0
+    for fold in (1, 2):
+        run = output / f"fold{fold}_seed0"
+        metrics = json.loads((run / "test_metrics.json").read_text())["metrics"]
+        assert 0.0 <= metrics["test/acc"] <= 1.0
+        assert np.isfinite(metrics["test/geometry/mu_p"])
+        with np.load(run / "test_embeddings.npz") as exported:
+            assert exported["embeddings"].shape == (5, 32)  # one session: 5 utterances
+        checkpoint = torch.load(run / "checkpoints/last.ckpt", weights_only=True)
+        assert checkpoint["WaveformDataModule"][PIPELINE_KEY]["waveform"]["max_duration"] == 0.2
+    assert "test/acc" in (output / "results.csv").read_text()
+    assert main(["compare", str(output)]) == 0
+    assert main(["figures", str(output / "fold1_seed0"), "--output", str(tmp_path / "f.png")]) == 0
+    experiment = yaml.safe_load((output / "experiment.yaml").read_text())
+    assert describe_experiment(experiment).backbone == "wavlm"
+
+
+def test_layer_weights_are_logged_once_per_epoch(iemocap_root, tmp_path):
+    from add_lightning.lightning_cli import AddLightningCLI
+
+    config = tmp_path / "wavlm.yaml"
+    config.write_text(yaml.safe_dump(_config(iemocap_root, limit_train_batches=2)))
+    args = ["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run")]
+    cli = AddLightningCLI(args=args[1:], run=False)
+    cli.trainer.fit(cli.model, cli.datamodule)
+    metrics = cli.trainer.callback_metrics
+    weights = [float(metrics[f"train/layer_weights/{i}"]) for i in range(3)]
+    reference = torch.softmax(cli.model.backbone.layer_weights.detach().double(), dim=0)
+    np.testing.assert_allclose(weights, reference.numpy(), atol=1e-6)
+    assert max(weights) != min(weights)  # they trained
+
+
+def _scalars(run: Path, tag: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    values = []
+    for events in sorted(run.rglob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            values += [event.value for event in accumulator.Scalars(tag)]
+    return values
+
+
+def test_two_process_ddp_matches_the_single_process_loss(iemocap_root, tmp_path):
+    """Full-batch steps (20 training clips: 1 x 20, or 2 processes x 10) of variable length
+    give the same losses, since each clip's embedding does not depend on its batch."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
+    env["HF_HUB_OFFLINE"] = "1"
+    losses = {}
+    for name, batch_size, devices in (("single", 20, 1), ("ddp", 10, 2)):
+        config = tmp_path / f"{name}.yaml"
+        trainer = {"max_epochs": 3, "devices": devices, "num_sanity_val_steps": 0}
+        if devices == 2:
+            trainer["strategy"] = "ddp"
+        config.write_text(yaml.safe_dump(_config(iemocap_root, "mean", batch_size, **trainer)))
+        run = tmp_path / name
+        fit = [sys.executable, "-m", "add_lightning.cli", "fit", "--config", str(config)]
+        fit += ["--trainer.default_root_dir", str(run)]
+        result = subprocess.run(fit, env=env, capture_output=True, text=True, timeout=400)
+        assert result.returncode == 0, result.stderr[-3000:]
+        losses[name] = _scalars(run, "train/loss_step")
+    assert len(losses["single"]) == 3
+    np.testing.assert_allclose(losses["ddp"], losses["single"], rtol=1e-4)
+    assert losses["single"][0] != losses["single"][-1]  # it trained
