@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch import Trainer
+from test_backbone_hf_audio import TINY
 from transformers import ASTConfig, ASTModel
 
 from add_lightning.lightning_cli import AddLightningCLI
@@ -50,6 +51,9 @@ BEATS_TINY = {
 }
 
 
+HF_AUDIO_TINY = {family: TINY[family] for family in ("wav2vec2", "hubert", "wavlm", "whisper")}
+
+
 @pytest.fixture(scope="module")
 def local_ast(tmp_path_factory) -> str:
     """Stands in for the hub checkpoint: same max_length/num_mel_bins, tiny width."""
@@ -85,6 +89,9 @@ def _no_downloads(config: dict, local_ast: str) -> dict:
         init_args = {"pretrained": local_ast}
     elif class_path.endswith("BEATsBackbone"):
         init_args = BEATS_TINY
+    elif class_path.endswith("HFAudioEncoder"):  # a tiny random encoder of the same family
+        family = backbone["init_args"]["pretrained"].split("/")[-1].split("-")[0]
+        init_args = {"pretrained": None, "config": HF_AUDIO_TINY[family]}
     else:
         init_args = None
     if init_args is not None:
@@ -143,9 +150,12 @@ class _ParseOnly(AddLightningCLI):
 
 @pytest.mark.parametrize("path", DATA_CONFIGS, ids=lambda p: p.name)
 def test_data_config_parses_with_model_configs(path):
-    args = ["--config", str(path), "--config", str(REPO / "configs/experiments/ast_esc50.yaml")]
+    waveforms = "waveform" in path.stem
+    experiment = "wavlm_er.yaml" if waveforms else "ast_esc50.yaml"
+    args = ["--config", str(path), "--config", str(REPO / "configs/experiments" / experiment)]
     cli = _ParseOnly(args=args, run=False)
-    assert cli.config.data.class_path == "add_lightning.data.AudioDataModule"
+    module = "WaveformDataModule" if waveforms else "AudioDataModule"
+    assert cli.config.data.class_path == f"add_lightning.data.{module}"
 
 
 def test_quickstart_runs_one_batch(local_data, tmp_path):
