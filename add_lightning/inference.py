@@ -302,6 +302,13 @@ def load_trained_model(
             f"Checkpoint {path} holds no model hyperparameters, so the model cannot be rebuilt; "
             "expected a checkpoint written by `add-lightning fit`."
         )
+    if isinstance(pipeline, dict) and "waveform" in pipeline:
+        raise ValueError(
+            f"Checkpoint {path} is a waveform model (trained with WaveformDataModule, e.g. a "
+            "speech encoder); classify and export take fbank models only. Score files with "
+            "`add-lightning predict --config <its config.yaml> --ckpt_path ...` on a data set "
+            "of them (e.g. FolderDataset) instead."
+        )
     features, normalization, class_names = parse_pipeline(pipeline, f"checkpoint {path}")
     del checkpoint
     model = AudioClassifier.load_from_checkpoint(path, map_location=map_location)

@@ -1,10 +1,14 @@
-"""Throughput of the BEATs and AST base backbones, forward and forward + backward.
+"""Throughput of the BEATs, AST and speech SSL (wav2vec 2.0, HuBERT, WavLM, Whisper) base backbones.
 
-Both are randomly initialised (no download): BEATs with the architecture of the released
+All are randomly initialised (no download): BEATs with the architecture of the released
 `BEATs_iter3*` checkpoints (12 layers, width 768, 12 heads, FFN 3072, DeepNorm, gated relative
 position bias), AST as transformers' `ASTModel` with `ASTConfig` defaults except `max_length`,
 set to the input length. Both see the same [batch, frames, 128] normalised fbank: at 512
 frames BEATs has 32 × 8 = 256 patch tokens (16×16, no overlap), AST 2 + 50 × 12 = 602 (stride 10).
+The speech encoders are `HFAudioEncoder`s of transformers' default (base) configs of wav2vec2,
+HuBERT and WavLM, and Whisper base's encoder (6 layers, width 512), on the waveform of the same
+duration (frames × 10 ms at 16 kHz): 20 ms frames for the first three; Whisper always encodes
+its fixed 30 s (1500 frames), log-mel computed by its feature extractor inside the step.
 
 Columns: parameters, forward GFLOP per clip (FlopCounterMode), and clips per second for a
 no-grad forward and for forward + backward, best and median step over interleaved repetitions.
@@ -26,6 +30,25 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import ASTConfig, ASTModel
 
 from add_lightning.models.backbones.beats import BEATsBackbone
+from add_lightning.models.backbones.hf_audio import HFAudioEncoder
+
+# transformers' config defaults are the base models; Whisper base's encoder set explicitly
+SPEECH_ENCODERS = {
+    "wav2vec2-base": {"model_type": "wav2vec2"},
+    "HuBERT-base": {"model_type": "hubert"},
+    "WavLM-base+": {"model_type": "wavlm"},
+    "Whisper-base": {
+        "model_type": "whisper",
+        "d_model": 512,
+        "encoder_layers": 6,
+        "encoder_attention_heads": 8,
+        "encoder_ffn_dim": 2048,
+        "decoder_layers": 1,
+        "decoder_attention_heads": 8,
+        "num_mel_bins": 80,
+    },
+}
+DROPOUT_OFF = {"layerdrop": 0.0, "mask_time_prob": 0.0}
 
 BEATS_ITER3_ARCHITECTURE = {
     "input_patch_size": 16,
@@ -100,11 +123,17 @@ def main() -> None:
     torch.manual_seed(0)
     device = torch.device(args.device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.dtype == "bfloat16")
-    features = torch.randn(args.batch_size, args.frames, 128, device=device)
+    fbank = torch.randn(args.batch_size, args.frames, 128, device=device)
+    waveform = 0.1 * torch.randn(args.batch_size, args.frames * 160, device=device)
     models = {
         "BEATs-base": BEATsBackbone(**BEATS_ITER3_ARCHITECTURE).to(device).train(),
         "AST-base": ASTMeanTokens(args.frames).to(device).train(),
     }
+    inputs = dict.fromkeys(models, fbank)
+    for name, config in SPEECH_ENCODERS.items():
+        extra = {} if config["model_type"] == "whisper" else DROPOUT_OFF
+        models[name] = HFAudioEncoder(config={**config, **extra}).to(device).train()
+        inputs[name] = waveform
     # Repetitions interleave the models, so a burst of load on a shared machine hits both; the
     # best step is the least disturbed one, the median shows the spread.
     times: dict[tuple[str, bool], list[float]] = {}
@@ -112,7 +141,7 @@ def main() -> None:
         for repetition in range(args.warmup + args.iterations):
             for name, model in models.items():
                 for backward in (False, True):
-                    seconds = step_seconds(model, features, backward)
+                    seconds = step_seconds(model, inputs[name], backward)
                     if repetition >= args.warmup:
                         times.setdefault((name, backward), []).append(seconds)
 
@@ -121,14 +150,14 @@ def main() -> None:
         f"dtype={args.dtype} iterations={args.iterations} (torch {torch.__version__})"
     )
     print(
-        f"{'backbone':<12} {'params (M)':>10} {'GFLOP':>6} {'fwd best':>9} {'fwd median':>11}",
+        f"{'backbone':<13} {'params (M)':>10} {'GFLOP':>6} {'fwd best':>9} {'fwd median':>11}",
         end="",
     )
     print(f" {'fwd+bwd best':>13} {'fwd+bwd median':>15}")
     for name, model in models.items():
         parameters = sum(p.numel() for p in model.parameters()) / 1e6
-        gflops = forward_gflops_per_clip(model, features)
-        row = f"{name:<12} {parameters:>10.1f} {gflops:>6.1f}"
+        gflops = forward_gflops_per_clip(model, inputs[name])
+        row = f"{name:<13} {parameters:>10.1f} {gflops:>6.1f}"
         for backward, widths in ((False, (9, 11)), (True, (13, 15))):
             seconds = times[(name, backward)]
             best = args.batch_size / min(seconds)

@@ -231,3 +231,21 @@ def test_two_process_ddp_matches_the_single_process_loss(iemocap_root, tmp_path)
     assert len(losses["single"]) == 3
     np.testing.assert_allclose(losses["ddp"], losses["single"], rtol=1e-4)
     assert losses["single"][0] != losses["single"][-1]  # it trained
+
+
+def test_predict_works_and_classify_names_the_limit(iemocap_root, tmp_path):
+    config = tmp_path / "wavlm.yaml"
+    config.write_text(yaml.safe_dump(_config(iemocap_root, limit_train_batches=1)))
+    run = tmp_path / "run"
+    assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(run)]) in (
+        0,
+        None,
+    )
+    checkpoint = str(run / "checkpoints" / "last.ckpt")
+    main(["predict", "--config", str(run / "config.yaml"), "--ckpt_path", checkpoint])
+    with np.load(run / "predictions.npz") as predictions:
+        assert predictions["embeddings"].shape == (5, 32)  # the test session
+        assert np.isfinite(predictions["embeddings"]).all()
+    audio = next(iemocap_root.rglob("*.wav"))
+    with pytest.raises(ValueError, match="is a waveform model.*add-lightning predict"):
+        main(["classify", "--ckpt_path", checkpoint, str(audio)])
