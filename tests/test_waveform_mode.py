@@ -247,5 +247,5 @@ def test_predict_works_and_classify_names_the_limit(iemocap_root, tmp_path):
         assert predictions["embeddings"].shape == (5, 32)  # the test session
         assert np.isfinite(predictions["embeddings"]).all()
     audio = next(iemocap_root.rglob("*.wav"))
-    with pytest.raises(ValueError, match="is a waveform model.*add-lightning predict"):
+    with pytest.raises(ValueError, match=r"is a waveform model.*add-lightning predict"):
         main(["classify", "--ckpt_path", checkpoint, str(audio)])
