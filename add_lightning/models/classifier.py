@@ -239,7 +239,8 @@ class AudioClassifier(LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.unseen_class_names is not None:  # held-out classes: embeddings only, no head
-            embeddings, labels = self.embed(batch["features"]), hard_targets(batch["target"])
+            embeddings = self.embed(batch["features"], batch.get("padding_mask"))
+            labels = hard_targets(batch["target"])
         else:
             _, embeddings, labels = self._step(batch, "test")
         self._update_embedding_metrics("test", embeddings, labels)
