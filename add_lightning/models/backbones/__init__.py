@@ -1,4 +1,7 @@
-"""Embedding extractors: modules with ``embedding_dim`` and ``forward([B, T, F]) -> [B, D]``."""
+"""Embedding extractors: modules with ``embedding_dim`` and ``forward(x) -> [B, D]``.
+
+``x`` is a ``[B, T, F]`` fbank (AST, BEATs) or a ``[B, N]`` padded waveform (HFAudioEncoder).
+"""
 
 from add_lightning.models.backbones.ast import ASTBackbone
 from add_lightning.models.backbones.beats import BEATsBackbone

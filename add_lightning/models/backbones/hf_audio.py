@@ -388,10 +388,10 @@ class HFAudioEncoder(nn.Module):
             extractor.hop_length
         )
         frames = (mel_frames + 1) // 2
+        if bool((frames < 1).any()):
+            raise ValueError("Expected every clip to hold at least one sample but one has none")
         output = self.model(
             input_features=input_features, output_hidden_states=self.pooling == "weighted"
         )
         hidden_states = output.hidden_states if self.pooling == "weighted" else None
-        if bool((frames < 1).any()):
-            raise ValueError("Expected every clip to hold at least one sample but one has none")
         return list(hidden_states or [output.last_hidden_state]), frames
