@@ -13,6 +13,20 @@ its fixed 30 s (1500 frames), log-mel computed by its feature extractor inside t
 Columns: parameters, forward GFLOP per clip (FlopCounterMode), and clips per second for a
 no-grad forward and for forward + backward, best and median step over interleaved repetitions.
 
+Recorded (2 shared CPU cores, load average 6-10 from other jobs, so medians are noisy; batch
+2, 512 frames = 5.12 s, float32, 2 iterations; clips/s):
+
+    backbone      params (M)  GFLOP  fwd best  fwd median  fwd+bwd best  fwd+bwd median
+    BEATs-base          90.3   46.2      1.05        0.57          0.15            0.09
+    AST-base            85.7  102.5      0.57        0.24          0.14            0.06
+    wav2vec2-base       94.4   73.5      0.24        0.18          0.10            0.09
+    HuBERT-base         94.4   73.5      0.53        0.45          0.23            0.14
+    WavLM-base+         94.4   73.5      0.76        0.32          0.66            0.14
+    Whisper-base        20.6   59.8      0.89        0.73          0.23            0.19
+
+(wav2vec2, HuBERT and WavLM base share one architecture and FLOP count: their spread is the
+load. Whisper's parameters are its encoder's; its GFLOP are those of the fixed 30 s input.)
+
 Usage:
     python benchmarks/bench_backbones.py                      # CPU, batch 2, 2 threads
     python benchmarks/bench_backbones.py --device cuda --batch-size 16 --iterations 20
