@@ -660,14 +660,19 @@ def test_unit_stopped_by_sigterm_is_a_failure(monkeypatch, tmp_path):
     assert unit_module.main([*arguments, "--config-hash", "h"]) == 128 + signal.SIGTERM
 
 
-def test_cv_names_the_signal_that_stopped_a_unit(monkeypatch, tiny_config, tmp_path, capsys):
-    from add_lightning.experiments import runner
+@pytest.mark.parametrize("how", ["status-143", "killed"])
+def test_cv_names_the_signal_that_stopped_a_unit(monkeypatch, tiny_config, tmp_path, capsys, how):
+    from add_lightning.experiments import launchers
 
+    # The unit's own report of SIGTERM (128 + 15), or a process the signal killed.
+    code = "raise SystemExit(143)" if how == "status-143" else "import os; os.kill(os.getpid(), 15)"
     monkeypatch.setattr(
-        runner.subprocess, "run", lambda command: subprocess.CompletedProcess(command, 143)
+        launchers.LocalBackend, "_command", lambda self, task: [sys.executable, "-c", code]
     )
     assert cli.main(_cv_args(tiny_config, tmp_path / "out")) != 0
-    assert "fold1_seed0 was interrupted by signal SIGTERM" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "fold1_seed0 was interrupted by signal SIGTERM" in err
+    assert str(tmp_path / "out" / "fold1_seed0" / "unit.log") in err
 
 
 def test_cv_killed_and_rerun_equals_uninterrupted(uninterrupted, tiny_config, tmp_path, capfd):
@@ -745,3 +750,271 @@ def test_claim_run_dir_protects_other_experiments(tmp_path):
     _claim_run_dir(run_dir, Unit(1, 0), "new", force=True)
     assert not (run_dir / "checkpoints").exists()
     assert json.loads((run_dir / "unit.json").read_text())["config_hash"] == "new"
+
+
+# ------------------------------------------------------------------- launchers and parallelism
+
+
+def _run_counts(output: Path) -> dict[str, int]:
+    """How often each unit was trained: one TensorBoard event file per fit (a resume adds one)."""
+    return {name: len(list((output / name).glob("events.out.tfevents.*"))) for name in UNITS}
+
+
+def test_cv_in_parallel_equals_serial(uninterrupted, tiny_config, tmp_path, caplog):
+    output = tmp_path / "parallel"
+    caplog.set_level("INFO")
+    assert cli.main([*_cv_args(tiny_config, output), "--max-parallel", "2"]) == 0
+    assert (output / "results.csv").read_bytes() == (uninterrupted / "results.csv").read_bytes()
+    for name in UNITS:
+        assert (output / name / "test_embeddings.npz").is_file()
+        assert (output / name / "unit.log").read_text().startswith("==== ")
+    assert _run_counts(output) == dict.fromkeys(UNITS, 1)
+    text = caplog.text
+    assert "[queued 0 · running 0 · finished 4 · failed 0]" in text
+    assert "with 1 thread(s)" in text  # 2 cores, 2 units: the threads are divided
+    assert f"running with 1 thread(s) (log {output / 'fold1_seed0' / 'unit.log'})" in text
+
+
+def test_cv_through_submitit_local_equals_serial(uninterrupted, tiny_config, tmp_path):
+    output = tmp_path / "submitit"
+    argv = [*_cv_args(tiny_config, output), "--launcher", "submitit-local", "--max-parallel", "2"]
+    assert cli.main(argv) == 0
+    assert (output / "results.csv").read_bytes() == (uninterrupted / "results.csv").read_bytes()
+    assert list((output / ".submitit").glob("*_log.err"))  # the jobs' logs
+
+
+def test_cv_parallel_killed_and_rerun_equals_uninterrupted(uninterrupted, tiny_config, tmp_path):
+    output = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "add_lightning.experiments.cli",
+        *_cv_args(tiny_config, output),
+        "--max-parallel",
+        "2",
+    ]
+    process = subprocess.Popen(
+        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 900  # a guard against hanging, not a timing assertion
+    finished: list[str] = []
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            finished = [name for name in UNITS if (output / name / "test_metrics.json").exists()]
+            if finished and len(finished) < len(UNITS):
+                break
+            time.sleep(0.02)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the launcher and its unit processes
+        process.wait()
+    assert finished and len(finished) < len(UNITS), "the launcher ended before it was killed"
+    kept = {name: (output / name / "test_metrics.json").read_bytes() for name in finished}
+    assert cli.main([*_cv_args(tiny_config, output), "--max-parallel", "2"]) == 0
+    for name in finished:  # not retrained
+        assert (output / name / "test_metrics.json").read_bytes() == kept[name]
+        assert len(list((output / name).glob("events.out.tfevents.*"))) == 1
+    assert (output / "results.csv").read_bytes() == (uninterrupted / "results.csv").read_bytes()
+
+
+def test_two_launchers_share_an_experiment_without_training_a_unit_twice(
+    uninterrupted, tiny_config, tmp_path
+):
+    output = tmp_path / "shared"
+    command = [
+        sys.executable,
+        "-m",
+        "add_lightning.experiments.cli",
+        *_cv_args(tiny_config, output),
+    ]
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    processes = [
+        subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("w")) for log in logs
+    ]
+    assert [process.wait(timeout=900) for process in processes] == [0, 0]
+    assert _run_counts(output) == dict.fromkeys(UNITS, 1)  # each unit trained exactly once
+    texts = [log.read_text() for log in logs]
+    assert not any("Resuming" in text for text in texts)
+    assert (output / "results.csv").read_bytes() == (uninterrupted / "results.csv").read_bytes()
+
+
+def test_sweep_of_variants_makes_one_experiment_each_and_compare_reads_them(
+    uninterrupted, tiny_config, tmp_path, capsys
+):
+    variants = tmp_path / "variants.yaml"
+    variants.write_text(
+        "base: {seeds: [0]}\n"  # the config of `uninterrupted`: the same numbers
+        "no_sigma_n:\n"
+        "  seeds: [0]\n"
+        "  overrides: {model.init_args.loss.init_args.embedding.init_args.lambda_sigma_n: 0.0}\n"
+    )
+    output = tmp_path / "sweep"
+    argv = [*_cv_args(tiny_config, output), "--variants", str(variants), "--max-parallel", "2"]
+    assert cli.main(argv) == 0
+    assert yaml.safe_load((output / "sweep.yaml").read_text()) == {
+        "experiments": ["base", "no_sigma_n"]
+    }
+    for name in ("fold1_seed0", "fold2_seed0"):
+        ours = json.loads((output / "base" / name / "test_metrics.json").read_text())
+        reference = json.loads((uninterrupted / name / "test_metrics.json").read_text())
+        assert ours["metrics"] == reference["metrics"]
+    other = _experiment(output / "no_sigma_n")["model"]["init_args"]["loss"]["init_args"]
+    assert other["embedding"]["init_args"]["lambda_sigma_n"] == 0.0
+    capsys.readouterr()
+    assert cli.main(["compare", str(output)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert [line.split(" | ")[0] for line in table[4:]] == [
+        "| CE + ADD (1,1,1,1)",
+        "| CE + ADD (1,1,1,0)",
+    ]
+
+
+def test_unit_job_requeued_after_preemption_resumes(uninterrupted, tiny_config, tmp_path):
+    """A simulated preemption (submitit's timeout signal) of a unit in submitit's local
+    executor: the job is requeued, resumes from last.ckpt and gives the uninterrupted result."""
+    import submitit
+
+    from add_lightning.experiments.config import compose_config
+    from add_lightning.experiments.launchers import Task, UnitJob
+
+    output = tmp_path / "preempted"
+    config = compose_config([tiny_config])
+    digest = prepare_experiment(output, config)
+    _claim_run_dir(output / "fold1_seed0", Unit(1, 0), digest, force=False)
+    executor = submitit.AutoExecutor(folder=tmp_path / "jobs", cluster="local")
+    executor.update_parameters(timeout_min=60)
+    job = executor.submit(UnitJob(Task(output, digest, 1, 0, "fold1_seed0")))
+    checkpoint = output / "fold1_seed0" / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 600  # a guard against hanging, not a timing assertion
+    while not checkpoint.exists() and not job.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not job.done(), "the unit ended before it could be preempted"
+    job._interrupt()  # what SLURM sends before a timeout or preemption
+    assert job.result() == 0
+    log_text = Path(job.paths.stderr).read_text()
+    assert "requeued" in log_text.lower() and "Resuming fold1_seed0 from" in log_text
+    ours = json.loads((output / "fold1_seed0" / "test_metrics.json").read_text())
+    reference = json.loads((uninterrupted / "fold1_seed0" / "test_metrics.json").read_text())
+    assert ours["metrics"] == reference["metrics"]
+
+
+# ------------------------------------------------------------- launchers with fake unit commands
+
+
+def _fake_tasks(root: Path, count: int) -> list:
+    from add_lightning.experiments.launchers import Task
+
+    return [Task(root, "h", None, seed, f"seed{seed}") for seed in range(count)]
+
+
+def test_local_backend_gives_each_unit_its_own_gpus(tmp_path, monkeypatch):
+    from add_lightning.experiments import launchers
+
+    # Each fake unit records its GPUs, holds them a moment, and marks itself finished.
+    script = textwrap.dedent(
+        """
+        import os, sys, time, pathlib
+        run = pathlib.Path(sys.argv[1])
+        (run / "gpus").write_text(os.environ["CUDA_VISIBLE_DEVICES"])
+        time.sleep(0.5)
+        (run / "done").write_text("")
+        """
+    )
+    monkeypatch.setattr(
+        launchers.LocalBackend,
+        "_command",
+        lambda self, task: [sys.executable, "-c", script, str(task.run_dir)],
+    )
+    backend = launchers.LocalBackend(
+        max_parallel=3, gpus_per_unit=2, gpus=["4", "5", "6", "7", "8"]
+    )
+    assert backend.capacity == 2  # 5 GPUs, 2 per unit
+    tasks = _fake_tasks(tmp_path, 4)
+    failures = launchers.schedule(tasks, backend, lambda task: (task.run_dir / "done").exists())
+    assert failures == []
+    gpus = [(task.run_dir / "gpus").read_text() for task in tasks]
+    assert all(len(g.split(",")) == 2 for g in gpus)
+    assert set(gpus[0].split(",")).isdisjoint(gpus[1].split(","))  # the first two ran together
+    assert sorted(backend.free_gpus) == ["4", "5", "6", "7", "8"]  # all given back
+    with pytest.raises(ExperimentConfigError, match="--gpus-per-unit"):
+        launchers.LocalBackend(gpus_per_unit=3, gpus=["0", "1"])
+    with pytest.raises(ExperimentConfigError, match="--max-parallel"):
+        launchers.LocalBackend(max_parallel=0)
+
+
+def test_local_backend_divides_cpu_threads(monkeypatch):
+    from add_lightning.experiments import launchers
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(launchers, "_cpu_count", lambda: 16)
+    backend = launchers.LocalBackend(max_parallel=3, gpus=[])
+    assert (backend.capacity, backend.threads) == (3, 5)
+    task = _fake_tasks(Path("x"), 1)[0]
+    assert backend._command(task)[-2:] == ["--threads", "5"]
+    assert launchers.LocalBackend(max_parallel=1, gpus=[]).threads is None  # serial: torch's
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's choice wins
+    assert launchers.LocalBackend(max_parallel=3, gpus=[]).threads is None
+
+
+@pytest.mark.parametrize("keep_going", [True, False], ids=["keep-going", "stop"])
+def test_schedule_reports_failures_with_their_logs(tmp_path, monkeypatch, keep_going):
+    from add_lightning.experiments import launchers
+
+    # seed1 fails; the others succeed (one unit at a time, so the order is known).
+    script = textwrap.dedent(
+        """
+        import sys, pathlib
+        run = pathlib.Path(sys.argv[1])
+        if run.name == "seed1":
+            print("something broke", flush=True)
+            sys.exit(3)
+        (run / "done").write_text("")
+        """
+    )
+    monkeypatch.setattr(
+        launchers.LocalBackend,
+        "_command",
+        lambda self, task: [sys.executable, "-c", script, str(task.run_dir)],
+    )
+    tasks = _fake_tasks(tmp_path, 3)
+    backend = launchers.LocalBackend(max_parallel=1, gpus=[], echo=False)
+    failures = launchers.schedule(
+        tasks, backend, lambda task: (task.run_dir / "done").exists(), keep_going=keep_going
+    )
+    assert [(f.task.label, f.reason) for f in failures] == [("seed1", "failed (exit status 3)")]
+    assert failures[0].log_path == tmp_path / "seed1" / "unit.log"
+    assert "something broke" in failures[0].log_path.read_text()
+    assert (tmp_path / "seed2" / "done").exists() == keep_going  # nothing new after a failure
+
+
+def test_schedule_waits_for_a_unit_held_by_another_worker(tmp_path, monkeypatch):
+    from add_lightning.experiments import launchers
+
+    write_done = "import sys, pathlib; pathlib.Path(sys.argv[1], 'done').write_text('here')"
+    monkeypatch.setattr(
+        launchers.LocalBackend,
+        "_command",
+        lambda self, task: [sys.executable, "-c", write_done, str(task.run_dir)],
+    )
+    held, free = _fake_tasks(tmp_path, 2)
+    # Another worker holds `held`'s lock, finishes it and lets go.
+    worker = textwrap.dedent(
+        f"""
+        import pathlib, time
+        from add_lightning.experiments.locks import hold_lock
+        with hold_lock({str(held.run_dir)!r}):
+            pathlib.Path({str(held.run_dir)!r}, "locked").write_text("")
+            time.sleep(1.0)
+            pathlib.Path({str(held.run_dir)!r}, "done").write_text("elsewhere")
+        """
+    )
+    other = subprocess.Popen([sys.executable, "-c", worker])
+    deadline = time.monotonic() + 60  # a guard against hanging, not a timing assertion
+    while not (held.run_dir / "locked").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    backend = launchers.LocalBackend(gpus=[], echo=False)
+    failures = launchers.schedule([held, free], backend, lambda t: (t.run_dir / "done").exists())
+    assert other.wait() == 0
+    assert failures == []
+    assert (held.run_dir / "done").read_text() == "elsewhere"  # not run a second time here
+    assert not (held.run_dir / "unit.log").exists()
+    assert (free.run_dir / "done").read_text() == "here"

@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="replace the config of an experiment directory made with another",
     )
+    _add_launcher_arguments(cv)
+    _add_sweep_arguments(cv)
 
     compare = commands.add_parser(
         "compare",
@@ -118,19 +120,181 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_launcher_arguments(cv: argparse.ArgumentParser) -> None:
+    """Where the units of ``cv`` run: this machine (in parallel) or SLURM through submitit."""
+    group = cv.add_argument_group(
+        "launcher",
+        "Where the units run. Every launcher skips finished units, trains each unit under its "
+        "own lock (several launchers may share an experiment) and resumes interrupted ones.",
+    )
+    group.add_argument(
+        "--launcher",
+        choices=("local", "slurm", "submitit-local"),
+        default="local",
+        help="local: subprocesses of this machine (default); slurm: a submitit job array; "
+        "submitit-local: the same submitit jobs on this machine",
+    )
+    group.add_argument(
+        "--max-parallel",
+        type=int,
+        default=1,
+        help="units at once (default 1: one after another); slurm: the array's parallelism",
+    )
+    group.add_argument(
+        "--gpus-per-unit",
+        type=int,
+        default=1,
+        help="GPUs of each unit (CUDA_VISIBLE_DEVICES; slurm: --gpus-per-node); without "
+        "GPUs, parallel units divide the CPU threads (default 1)",
+    )
+    group.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="run the other units after one failed; failures are listed at the end",
+    )
+    group.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="slurm: submit and return; rerun the command (or `compare`) to aggregate",
+    )
+    slurm = cv.add_argument_group(
+        "slurm", "Job parameters of --launcher slurm (the command line wins over --slurm-config)."
+    )
+    slurm.add_argument(
+        "--slurm-config",
+        type=Path,
+        default=None,
+        help="YAML mapping of submitit AutoExecutor parameters (slurm_partition, timeout_min, "
+        "slurm_additional_parameters, slurm_setup, ...)",
+    )
+    slurm.add_argument("--slurm-partition", default=None, help="partition (-p)")
+    slurm.add_argument(
+        "--slurm-time", type=int, default=None, help="time limit per unit in minutes (24 h)"
+    )
+    slurm.add_argument("--cpus-per-unit", type=int, default=None, help="CPUs per unit's task")
+    slurm.add_argument("--mem-gb", type=float, default=None, help="memory per unit in GB")
+    slurm.add_argument(
+        "--slurm-sbatch",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra #SBATCH --KEY=VALUE line, e.g. account=myproject (repeatable)",
+    )
+    slurm.add_argument(
+        "--slurm-setup",
+        action="append",
+        default=[],
+        metavar="COMMAND",
+        help="a shell command run before each unit, e.g. 'module load cuda' (repeatable)",
+    )
+    slurm.add_argument(
+        "--max-requeues",
+        type=int,
+        default=3,
+        help="requeues of a preempted or timed-out unit (resumed from its checkpoint)",
+    )
+
+
+def _add_sweep_arguments(cv: argparse.ArgumentParser) -> None:
+    """Several experiments in one command: OUTPUT/<name>/ each."""
+    group = cv.add_argument_group(
+        "sweep",
+        "Run several experiments, OUTPUT/<name>/ each with its own experiment.yaml, listed in "
+        "OUTPUT/sweep.yaml (`add-lightning compare OUTPUT` tabulates them). Variants × grid.",
+    )
+    group.add_argument(
+        "--grid",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a cartesian grid over fit options (trainer.max_epochs=10,20) or config files "
+        "(config=configs/loss/ce.yaml,configs/loss/add.yaml)",
+    )
+    group.add_argument(
+        "--variants",
+        type=Path,
+        default=None,
+        help="YAML mapping of variant name -> {config, overrides, folds, seeds}",
+    )
+
+
+def _slurm_parameters(args: argparse.Namespace) -> dict:
+    """submitit parameters from --slurm-config, then the command line's --slurm-* options."""
+    import yaml
+
+    from add_lightning.experiments.config import ExperimentConfigError
+
+    parameters: dict = {}
+    if args.slurm_config is not None:
+        try:
+            parameters = yaml.safe_load(args.slurm_config.read_text(encoding="utf-8")) or {}
+        except FileNotFoundError:
+            raise ExperimentConfigError(
+                f"Expected a --slurm-config file, but {args.slurm_config} does not exist"
+            ) from None
+        if not isinstance(parameters, dict):
+            raise ExperimentConfigError(
+                f"Expected {args.slurm_config} to map submitit parameters to values, got "
+                f"{type(parameters).__name__}"
+            )
+    given = {
+        "slurm_partition": args.slurm_partition,
+        "timeout_min": args.slurm_time,
+        "cpus_per_task": args.cpus_per_unit,
+        "mem_gb": args.mem_gb,
+    }
+    parameters.update({key: value for key, value in given.items() if value is not None})
+    extra = dict(parameters.get("slurm_additional_parameters") or {})
+    for item in args.slurm_sbatch:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip("- "):
+            raise ExperimentConfigError(
+                f"Expected argument `--slurm-sbatch` as KEY=VALUE (e.g. account=proj), got {item!r}"
+            )
+        extra[key.strip().lstrip("-").replace("-", "_")] = value
+    if extra:
+        parameters["slurm_additional_parameters"] = extra
+    if args.slurm_setup:
+        parameters["slurm_setup"] = [*(parameters.get("slurm_setup") or []), *args.slurm_setup]
+    return parameters
+
+
+def _launch(args: argparse.Namespace):
+    from add_lightning.experiments.runner import Launch
+
+    return Launch(
+        launcher=args.launcher,
+        max_parallel=args.max_parallel,
+        gpus_per_unit=args.gpus_per_unit,
+        keep_going=args.keep_going,
+        wait=not args.no_wait,
+        slurm=_slurm_parameters(args),
+        max_requeues=args.max_requeues,
+    )
+
+
 def _cv(args: argparse.Namespace, overrides: list[str]) -> int:
     from add_lightning.experiments.aggregate import results_markdown
-    from add_lightning.experiments.runner import run_cv
+    from add_lightning.experiments.runner import run_cv, run_sweep
+    from add_lightning.experiments.sweep import expand_sweep, parse_grid, read_variants
 
-    summary = run_cv(
-        args.config,
-        args.seeds,
-        args.output,
-        args.folds,
-        _unseen_overrides(args) + overrides,
-        args.force,
+    overrides = _unseen_overrides(args) + overrides
+    launch = _launch(args)
+    variants = read_variants(args.variants) if args.variants is not None else []
+    members = expand_sweep(variants, parse_grid(args.grid))
+    if not members:
+        summary = run_cv(
+            args.config, args.seeds, args.output, args.folds, overrides, args.force, launch
+        )
+        if summary is not None:
+            sys.stdout.write(results_markdown(summary, title=f"Results: {args.output}"))
+        return 0
+    summaries = run_sweep(
+        args.config, args.seeds, args.output, members, args.folds, overrides, args.force, launch
     )
-    sys.stdout.write(results_markdown(summary, title=f"Results: {args.output}"))
+    for name, summary in summaries.items():
+        sys.stdout.write(results_markdown(summary, title=f"Results: {args.output / name}") + "\n")
     return 0
 
 

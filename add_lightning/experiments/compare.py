@@ -26,11 +26,13 @@ from add_lightning.experiments.aggregate import (
     markdown_table,
 )
 from add_lightning.experiments.config import EXPERIMENT_FILENAME, config_hash
+from add_lightning.experiments.sweep import SWEEP_FILENAME
 
 __all__ = [
     "ExperimentKey",
     "compare_table",
     "describe_experiment",
+    "expand_sweeps",
     "load_experiment",
     "lower_is_better",
 ]
@@ -147,6 +149,26 @@ def load_experiment(directory: str | Path) -> tuple[ExperimentKey, Summary]:
     return describe_experiment(config), summary
 
 
+def expand_sweeps(directories: Sequence[str | Path]) -> list[Path]:
+    """``directories`` with each sweep directory (``sweep.yaml``, no ``experiment.yaml``)
+    replaced by its experiments, in the sweep's order.
+
+    Raises:
+        ValueError: If a ``sweep.yaml`` does not list experiments.
+    """
+    expanded = []
+    for directory in map(Path, directories):
+        sweep = directory / SWEEP_FILENAME
+        if (directory / EXPERIMENT_FILENAME).is_file() or not sweep.is_file():
+            expanded.append(directory)
+            continue
+        names = (yaml.safe_load(sweep.read_text(encoding="utf-8")) or {}).get("experiments")
+        if not isinstance(names, list) or not names:
+            raise ValueError(f"Expected {sweep} to list its experiments, got {names!r}")
+        expanded += [directory / str(name) for name in names]
+    return expanded
+
+
 def lower_is_better(metric: str) -> bool:
     """Whether smaller values of ``metric`` are better: losses and the embedding-geometry
     statistics (the four properties and the distance statistics); accuracy, F1 and retrieval
@@ -167,7 +189,8 @@ def compare_table(
     columns are just the metrics. Rows and columns follow the order in which they first appear
     in ``directories``; a missing cell is ``-``. The best mean of each column (compared as
     displayed) is bold: the highest, or the lowest where ``higher_is_better`` is False; None
-    decides per metric (:func:`lower_is_better`).
+    decides per metric (:func:`lower_is_better`). A sweep directory of ``add-lightning cv``
+    stands for all its experiments.
 
     Raises:
         ValueError: If two directories fall in the same cell, or one lacks a metric.
@@ -178,7 +201,7 @@ def compare_table(
     cells: dict[tuple[str, str], tuple[Summary, Path]] = {}
     rows: list[str] = []
     columns: list[str] = []
-    for directory in directories:
+    for directory in expand_sweeps(directories):
         key, summary = load_experiment(directory)
         missing = [name for name in metrics if name not in summary.mean]
         if missing:

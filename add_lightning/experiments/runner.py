@@ -23,11 +23,8 @@ import json
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +45,32 @@ from add_lightning.experiments.config import (
     compose_config,
     config_hash,
 )
+from add_lightning.experiments.launchers import (
+    Failure,
+    LocalBackend,
+    SubmititBackend,
+    Task,
+    schedule,
+    visible_gpus,
+)
+from add_lightning.experiments.locks import (
+    LOCK_FILENAME,
+    LockBusyError,
+    downgrade,
+    hold_lock,
+    lock_is_free,
+)
+from add_lightning.experiments.progress import Progress
+from add_lightning.experiments.sweep import _UNSET, SWEEP_FILENAME, Variant
 
 __all__ = [
     "EMBEDDINGS_FILENAME",
+    "Launch",
     "Unit",
+    "UnitsFailedError",
     "plan_units",
     "run_cv",
+    "run_sweep",
     "unit_is_finished",
 ]
 
@@ -61,7 +78,6 @@ log = logging.getLogger(__name__)
 
 EMBEDDINGS_FILENAME = "test_embeddings.npz"
 UNIT_FILENAME = "unit.json"
-_LOCK_FILENAME = ".lock"
 
 
 @dataclass(frozen=True)
@@ -162,21 +178,47 @@ def prepare_experiment(output: Path, config: dict[str, Any], force: bool = False
 
 
 @contextlib.contextmanager
-def _experiment_lock(output: Path) -> Iterator[None]:
-    """Holds an exclusive lock on ``output`` so that two runners never share a directory."""
+def _experiment_lock(output: Path, exclusive: bool = True) -> Iterator[Any]:
+    """Holds the lock on ``output`` (:mod:`~add_lightning.experiments.locks`): exclusively, or
+    shared with other launchers of the same experiment."""
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - not POSIX: no locking
-        yield
-        return
-    with open(output / _LOCK_FILENAME, "w") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as error:
-            raise ExperimentConfigError(
-                f"Another `add-lightning cv` is running in {output} (it holds {handle.name})"
-            ) from error
-        yield
+        context = hold_lock(output, exclusive=exclusive, wait_s=0.0 if exclusive else 2.0)
+        handle = context.__enter__()
+    except LockBusyError as error:
+        raise ExperimentConfigError(
+            f"Another `add-lightning cv` is running in {output} (it holds {output / LOCK_FILENAME})"
+            + ("; --force needs the directory alone" if exclusive else " with --force")
+        ) from error
+    try:
+        yield handle
+    finally:
+        context.__exit__(None, None, None)
+
+
+def _join_experiment(
+    stack: contextlib.ExitStack, output: Path, config: dict[str, Any], force: bool
+) -> str:
+    """Locks ``output`` for this launcher and writes or checks its ``experiment.yaml``.
+
+    Several launchers may share an experiment (each holds the lock shared, and each unit has
+    its own lock); writing ``experiment.yaml`` the first time, or replacing it (``force``),
+    needs the directory alone.
+
+    Returns:
+        The config hash.
+    """
+    output.mkdir(parents=True, exist_ok=True)
+    try:
+        handle = stack.enter_context(_experiment_lock(output, exclusive=True))
+    except ExperimentConfigError:
+        if force:
+            raise
+        stack.enter_context(_experiment_lock(output, exclusive=False))
+        return prepare_experiment(output, config)  # the other launcher's config, or an error
+    digest = prepare_experiment(output, config, force)
+    if not force:
+        downgrade(handle)
+    return digest
 
 
 def _claim_run_dir(run_dir: Path, unit: Unit, expected_hash: str, force: bool) -> None:
@@ -190,34 +232,20 @@ def _claim_run_dir(run_dir: Path, unit: Unit, expected_hash: str, force: bool) -
             owner = None
         if owner == expected_hash:
             return
-    if run_dir.exists() and any(run_dir.iterdir()):
+    if run_dir.exists() and any(path.name != LOCK_FILENAME for path in run_dir.iterdir()):
         if not force:
             raise ExperimentConfigError(
                 f"Expected {run_dir} to belong to the experiment config {expected_hash}, but "
                 f"{marker} says {owner}; use --force to retrain it from scratch"
             )
+        if not lock_is_free(run_dir):
+            raise ExperimentConfigError(
+                f"Expected nobody to train {run_dir} while --force clears it, but a worker "
+                f"holds {run_dir / LOCK_FILENAME}"
+            )
         log.warning("Clearing %s, left by another experiment config (--force)", run_dir)
         shutil.rmtree(run_dir)
     write_json_atomic(marker, {"config_hash": expected_hash, "fold": unit.fold, "seed": unit.seed})
-
-
-def _unit_command(output: Path, run_dir: Path, unit: Unit, expected_hash: str) -> list[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "add_lightning.experiments.unit",
-        "--experiment",
-        str(output / EXPERIMENT_FILENAME),
-        "--run-dir",
-        str(run_dir),
-        "--seed",
-        str(unit.seed),
-        "--config-hash",
-        expected_hash,
-        "--parent-pid",
-        str(os.getpid()),
-    ]
-    return command if unit.fold is None else [*command, "--fold", str(unit.fold)]
 
 
 def _aggregate_experiment(output: Path, expected_hash: str, units: Sequence[Unit]) -> Summary:
@@ -255,6 +283,148 @@ def _aggregate_experiment(output: Path, expected_hash: str, units: Sequence[Unit
         ) from None
 
 
+@dataclass(frozen=True)
+class Launch:
+    """Where and how the units of ``cv`` run (see :mod:`~add_lightning.experiments.launchers`).
+
+    Attributes:
+        launcher: ``"local"`` (subprocesses of this machine), ``"slurm"`` (a submitit job
+            array) or ``"submitit-local"`` (the same submitit jobs on this machine).
+        max_parallel: Units at once (SLURM: the job array's parallelism).
+        gpus_per_unit: GPUs of each unit (``CUDA_VISIBLE_DEVICES`` locally; SLURM
+            ``gpus_per_node``, with one task per GPU for Lightning's DDP).
+        keep_going: Run the other units after one failed.
+        wait: Wait for the units and aggregate (False: submit and return; SLURM only).
+        slurm: submitit ``AutoExecutor`` parameters (``slurm_partition``, ``timeout_min``, ...).
+        max_requeues: How often submitit requeues a preempted or timed-out unit.
+    """
+
+    launcher: str = "local"
+    max_parallel: int = 1
+    gpus_per_unit: int = 1
+    keep_going: bool = False
+    wait: bool = True
+    slurm: dict[str, Any] = field(default_factory=dict)
+    max_requeues: int = 3
+
+
+class UnitsFailedError(RuntimeError):
+    """Some units did not finish; each is named with its log."""
+
+    def __init__(self, failures: Sequence[Failure]) -> None:
+        lines = [
+            f"Unit {failure.task.label} {failure.reason}; see its log {failure.log_path}"
+            for failure in failures
+        ]
+        super().__init__(
+            "\n".join(lines) + "\nRerun the same command to resume from the last checkpoints"
+        )
+        self.failures = list(failures)
+
+
+def _cpu_threads(max_parallel: int) -> int | None:
+    """CPU threads per unit when ``max_parallel`` units share this machine (None: torch's)."""
+    if max_parallel <= 1 or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return max(1, len(os.sched_getaffinity(0)) // max_parallel)
+
+
+def _backend(launch: Launch, root: Path) -> Any:
+    if launch.launcher == "local":
+        if not launch.wait:
+            raise ExperimentConfigError(
+                "Expected --no-wait only with --launcher slurm: local units end with the launcher"
+            )
+        return LocalBackend(launch.max_parallel, launch.gpus_per_unit)
+    if launch.launcher not in ("slurm", "submitit-local"):
+        raise ExperimentConfigError(
+            f"Expected argument `--launcher` to be local, slurm or submitit-local, got "
+            f"{launch.launcher!r}"
+        )
+    cluster = "slurm" if launch.launcher == "slurm" else "local"
+    parameters = dict(launch.slurm)
+    gpus = launch.gpus_per_unit if cluster == "slurm" or visible_gpus() else 0
+    parameters.setdefault("gpus_per_node", gpus)
+    parameters.setdefault("tasks_per_node", max(1, gpus))  # Lightning's DDP: a task per GPU
+    cpus = parameters.get("cpus_per_task")
+    threads = cpus if cluster == "slurm" else _cpu_threads(launch.max_parallel)
+    return SubmititBackend(
+        root / ".submitit",
+        cluster,
+        {**parameters, "threads": threads},
+        launch.max_parallel,
+        launch.max_requeues,
+    )
+
+
+@dataclass(frozen=True)
+class _Experiment:
+    output: Path
+    config: dict[str, Any]
+    units: list[Unit]
+    label: str  # prefix of its units in progress lines
+
+
+def _run(
+    experiments: Sequence[_Experiment], launch: Launch, force: bool, root: Path
+) -> dict[Path, Summary]:
+    """Runs the units of every experiment through one launcher; aggregates the complete ones.
+
+    Raises:
+        UnitsFailedError: If units failed (after the complete experiments' results are written).
+    """
+    summaries: dict[Path, Summary] = {}
+    with contextlib.ExitStack() as stack:
+        tasks, hashes = [], {}
+        for experiment in experiments:
+            digest = _join_experiment(stack, experiment.output, experiment.config, force)
+            hashes[experiment.output] = digest
+            for unit in experiment.units:
+                run_dir = experiment.output / unit.name
+                if not unit_is_finished(run_dir, digest):
+                    _claim_run_dir(run_dir, unit, digest, force)
+                tasks.append(
+                    Task(
+                        experiment.output,
+                        digest,
+                        unit.fold,
+                        unit.seed,
+                        experiment.label + unit.name,
+                    )
+                )
+        backend = _backend(launch, root)
+        failures = schedule(
+            tasks,
+            backend,
+            lambda task: unit_is_finished(task.run_dir, task.config_hash),
+            keep_going=launch.keep_going,
+            wait=launch.wait,
+            progress=Progress(task.label for task in tasks),
+        )
+        if not launch.wait:
+            log.info(
+                "Submitted the unfinished units (submitit files in %s). Rerun the same command, "
+                "or `add-lightning compare`, to aggregate what has finished",
+                root / ".submitit",
+            )
+            return summaries
+        for experiment in experiments:
+            digest = hashes[experiment.output]
+            if not all(
+                unit_is_finished(experiment.output / u.name, digest) for u in experiment.units
+            ):
+                continue
+            summary = _aggregate_experiment(experiment.output, digest, experiment.units)
+            csv_path, md_path = write_results(
+                experiment.output, summary, title=f"Results: {experiment.output.name}"
+            )
+            log.info("Wrote %s and %s", csv_path, md_path)
+            summaries[experiment.output] = summary
+    if failures:
+        raise UnitsFailedError(failures)
+    return summaries
+
+
 def run_cv(
     configs: Sequence[str | os.PathLike[str]],
     seeds: Sequence[int],
@@ -262,11 +432,13 @@ def run_cv(
     folds: Sequence[int] | None = None,
     overrides: Sequence[str] = (),
     force: bool = False,
-) -> Summary:
+    launch: Launch | None = None,
+) -> Summary | None:
     """Runs fit + test + predict for every (fold, seed) and aggregates the test metrics.
 
     Finished units are skipped; an interrupted unit resumes from ``checkpoints/last.ckpt``.
-    Each unit runs in a fresh Python process (``python -m add_lightning.experiments.unit``).
+    Each unit runs in a fresh Python process (``python -m add_lightning.experiments.unit``, or
+    a submitit job), under its own lock.
 
     Args:
         configs: Config files, composed in order (as repeated ``--config`` of ``fit``).
@@ -276,41 +448,58 @@ def run_cv(
         folds: Folds (``--data.init_args.fold``); None for the data module's configured fold.
         overrides: Further command line arguments of ``fit`` (``--trainer.max_epochs 2``).
         force: Replace the config of an experiment directory created with another config.
+        launch: Where the units run; None: one after another on this machine.
 
     Returns:
-        The aggregated results, also written to ``output/results.{csv,md}``.
+        The aggregated results, also written to ``output/results.{csv,md}``; None with
+        ``launch.wait=False`` (submitted, not waited for).
 
     Raises:
         ExperimentConfigError: If the config does not parse or does not fit ``output``/``folds``.
-        RuntimeError: If a unit's process fails (rerunning resumes from its last checkpoint).
+        UnitsFailedError: If a unit's process fails (rerunning resumes from its last checkpoint).
     """
     output = Path(output)
     config = compose_config(configs, overrides)
-    units = plan_units(config, folds, seeds)
+    experiment = _Experiment(output, config, plan_units(config, folds, seeds), "")
+    summaries = _run([experiment], launch or Launch(), force, output)
+    return summaries.get(output)
+
+
+def run_sweep(
+    configs: Sequence[str | os.PathLike[str]],
+    seeds: Sequence[int],
+    output: str | os.PathLike[str],
+    members: Sequence[Variant],
+    folds: Sequence[int] | None = None,
+    overrides: Sequence[str] = (),
+    force: bool = False,
+    launch: Launch | None = None,
+) -> dict[str, Summary]:
+    """:func:`run_cv` for each experiment of a sweep, all units through one launcher.
+
+    Experiment ``member`` is ``output/<member.name>``: the command's ``configs`` then the
+    member's, the command's ``overrides`` then the member's, its own folds and seeds if set.
+    ``output/sweep.yaml`` lists the members; ``add-lightning compare output`` reads them.
+
+    Returns:
+        The results of each member whose units all finished, by name.
+
+    Raises:
+        ExperimentConfigError: If a member's config does not parse (before anything runs).
+        UnitsFailedError: If units failed.
+    """
+    output = Path(output)
+    experiments = []
+    for member in members:
+        config = compose_config([*configs, *member.configs], [*overrides, *member.overrides])
+        member_folds = folds if member.folds is _UNSET else member.folds
+        member_seeds = seeds if member.seeds is _UNSET else member.seeds
+        units = plan_units(config, member_folds, member_seeds)
+        experiments.append(_Experiment(output / member.name, config, units, f"{member.name}/"))
     output.mkdir(parents=True, exist_ok=True)
-    with _experiment_lock(output):
-        expected_hash = prepare_experiment(output, config, force)
-        for index, unit in enumerate(units, start=1):
-            run_dir = output / unit.name
-            if unit_is_finished(run_dir, expected_hash):
-                log.info("[%d/%d] %s: finished, skipped", index, len(units), unit.name)
-                continue
-            _claim_run_dir(run_dir, unit, expected_hash, force)
-            log.info("[%d/%d] %s: running in %s", index, len(units), unit.name, run_dir)
-            returncode = subprocess.run(
-                _unit_command(output, run_dir, unit, expected_hash)
-            ).returncode
-            if returncode != 0 or not unit_is_finished(run_dir, expected_hash):
-                how = (
-                    f"was interrupted by signal {signal.Signals(returncode - 128).name}"
-                    if returncode > 128 and returncode - 128 in signal.valid_signals()
-                    else f"failed (exit status {returncode})"
-                )
-                raise RuntimeError(
-                    f"Unit {unit.name} {how}; see its output above and {run_dir}. Rerun the "
-                    "same command to resume from its last checkpoint"
-                )
-        summary = _aggregate_experiment(output, expected_hash, units)
-        csv_path, md_path = write_results(output, summary, title=f"Results: {output.name}")
-    log.info("Wrote %s and %s", csv_path, md_path)
-    return summary
+    write_text_atomic(
+        output / SWEEP_FILENAME,
+        yaml.safe_dump({"experiments": [member.name for member in members]}, sort_keys=False),
+    )
+    summaries = _run(experiments, launch or Launch(), force, output)
+    return {path.name: summary for path, summary in summaries.items()}

@@ -32,7 +32,14 @@ from add_lightning.experiments.atomic import write_json_atomic
 from add_lightning.experiments.config import experiment_cli_class
 from add_lightning.experiments.runner import EMBEDDINGS_FILENAME
 
-__all__ = ["RNGStateCheckpoint", "main", "run_unit", "unit_arguments"]
+__all__ = [
+    "UNIT_BUSY_STATUS",
+    "RNGStateCheckpoint",
+    "execute_unit",
+    "main",
+    "run_unit",
+    "unit_arguments",
+]
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +190,57 @@ def run_unit(
     return metrics
 
 
+#: Exit status of a unit whose lock another worker holds: not a failure, the unit is busy.
+UNIT_BUSY_STATUS = 75  # EX_TEMPFAIL of sysexits.h
+
+
+def _is_rank_zero() -> bool:
+    """Whether this process is the first (or only) one of its unit: DDP ranks > 0 started by
+    Lightning carry ``LOCAL_RANK``, the tasks of a SLURM job ``SLURM_PROCID``."""
+    return all(os.environ.get(name, "0") == "0" for name in ("LOCAL_RANK", "SLURM_PROCID"))
+
+
+def execute_unit(
+    experiment: str | os.PathLike[str],
+    run_dir: str | os.PathLike[str],
+    seed: int,
+    config_hash: str,
+    fold: int | None = None,
+    threads: int | None = None,
+) -> int:
+    """:func:`run_unit` under the unit's lock, unless the unit is finished or busy.
+
+    The first process of a unit holds ``RUN/.lock`` while it trains, so that two launchers (or
+    a requeued SLURM job and its stale twin) never train one unit at the same time; a unit
+    that became finished meanwhile is not trained again.
+
+    Args:
+        experiment, run_dir, seed, config_hash, fold: As for :func:`run_unit`.
+        threads: ``torch.set_num_threads`` for units sharing the CPUs; None keeps torch's.
+
+    Returns:
+        0 when the unit is finished, :data:`UNIT_BUSY_STATUS` when another worker holds it.
+    """
+    from add_lightning.experiments.locks import LockBusyError, hold_lock
+    from add_lightning.experiments.runner import unit_is_finished
+
+    if threads is not None:
+        torch.set_num_threads(threads)
+    if not _is_rank_zero():
+        run_unit(experiment, run_dir, seed, config_hash, fold)
+        return 0
+    try:
+        with hold_lock(run_dir, exclusive=True):
+            if unit_is_finished(run_dir, config_hash):
+                log.info("Unit %s is finished already (by another worker)", run_dir)
+                return 0
+            run_unit(experiment, run_dir, seed, config_hash, fold)
+    except LockBusyError:
+        log.warning("Unit %s is being trained by another worker; leaving it to it", run_dir)
+        return UNIT_BUSY_STATUS
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m add_lightning.experiments.unit``."""
     parser = argparse.ArgumentParser(prog="python -m add_lightning.experiments.unit")
@@ -192,17 +250,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config-hash", required=True)
     parser.add_argument("--fold", type=int, default=None)
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None)
     args = parser.parse_args(argv)
     _exit_with_parent(args.parent_pid)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run_unit(args.experiment, args.run_dir, args.seed, args.config_hash, args.fold)
+        return execute_unit(
+            args.experiment, args.run_dir, args.seed, args.config_hash, args.fold, args.threads
+        )
     except SIGTERMException:
         # Lightning turns SIGTERM into a SystemExit without a status, i.e. 0: report the signal
         # as a shell does (128 + 15), so that the runner never takes the unit for finished.
         log.warning("Unit %s stopped by SIGTERM; rerun to resume it", args.run_dir)
         return 128 + signal.SIGTERM
-    return 0
 
 
 if __name__ == "__main__":
