@@ -441,12 +441,18 @@ class SubmititBackend:
         parameters = dict(parameters or {})
         self.threads = parameters.pop("threads", None)
         self.cluster = cluster
-        self.executor = submitit.AutoExecutor(
-            folder=folder,
-            cluster=cluster,
-            slurm_max_num_timeout=max_requeues,
-            local_max_num_timeout=max_requeues,
-        )
+        try:
+            self.executor = submitit.AutoExecutor(
+                folder=folder,
+                cluster=cluster,
+                slurm_max_num_timeout=max_requeues,
+                local_max_num_timeout=max_requeues,
+            )
+        except RuntimeError as error:  # no srun on PATH
+            raise ExperimentConfigError(
+                f"Expected SLURM's commands (srun, sbatch) on PATH for --launcher slurm ({error}); "
+                "run on a login node of the cluster, or use --launcher local"
+            ) from None
         if cluster == "slurm":
             parameters.setdefault("slurm_array_parallelism", max_parallel)
             self.capacity = sys.maxsize  # SLURM runs max_parallel of the array at once
