@@ -32,7 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "add_lightning.classify:main",
         "top-k labels of audio files, folders or CSV lists from a checkpoint",
     ),
-    "cv": (_EXPERIMENTS, "fit + test every (fold, seed) of an experiment; resumable"),
+    "cv": (_EXPERIMENTS, "fit + test every (fold, seed); resumable, parallel, SLURM, sweeps"),
     "compare": (_EXPERIMENTS, "a Table-2-like comparison of several experiments"),
     "figures": (_EXPERIMENTS, "the embedding-geometry figures of experiments"),
     "export": ("add_lightning.export:main", "a checkpoint as a transformers folder or ONNX file"),

@@ -756,7 +756,8 @@ def test_claim_run_dir_protects_other_experiments(tmp_path):
 
 
 def _run_counts(output: Path) -> dict[str, int]:
-    """How often each unit was trained: one TensorBoard event file per fit (a resume adds one)."""
+    """TensorBoard event files per unit: each fit or test writes one, so a unit trained a second
+    time (or resumed) has more than the same unit of an uninterrupted run."""
     return {name: len(list((output / name).glob("events.out.tfevents.*"))) for name in UNITS}
 
 
@@ -785,7 +786,7 @@ def test_cv_in_parallel_equals_serial(uninterrupted, tiny_config, tmp_path, capl
     for name in UNITS:
         assert (output / name / "test_embeddings.npz").is_file()
         assert (output / name / "unit.log").read_text().startswith("==== ")
-    assert _run_counts(output) == dict.fromkeys(UNITS, 1)
+    assert _run_counts(output) == _run_counts(uninterrupted)
     text = caplog.text
     assert "[queued 2 · running 2 · finished 0 · failed 0] fold2_seed0: running" in text
     assert "[queued 0 · running 0 · finished 4 · failed 0]" in text
@@ -833,7 +834,7 @@ def test_cv_parallel_killed_and_rerun_equals_uninterrupted(
     assert cli.main([*_cv_args(tiny_config, output), "--max-parallel", "2"]) == 0
     for name in finished:  # not retrained
         assert (output / name / "test_metrics.json").read_bytes() == kept[name]
-        assert len(list((output / name).glob("events.out.tfevents.*"))) == 1
+        assert _run_counts(output)[name] == _run_counts(uninterrupted)[name]
     assert (output / "results.csv").read_bytes() == (uninterrupted / "results.csv").read_bytes()
 
 
@@ -852,7 +853,7 @@ def test_two_launchers_share_an_experiment_without_training_a_unit_twice(
         subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("w")) for log in logs
     ]
     assert [process.wait(timeout=900) for process in processes] == [0, 0]
-    assert _run_counts(output) == dict.fromkeys(UNITS, 1)  # each unit trained exactly once
+    assert _run_counts(output) == _run_counts(uninterrupted)  # each unit trained exactly once
     texts = [log.read_text() for log in logs]
     assert not any("Resuming" in text for text in texts)
     assert (output / "results.csv").read_bytes() == (uninterrupted / "results.csv").read_bytes()
@@ -1184,3 +1185,28 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):
         _backend(
             cli._launch(cli.build_parser().parse_known_args([*argv[:5], "--no-wait"])[0]), tmp_path
         )
+
+
+def test_console_script_cv_on_slurm_without_slurm_fails_clearly(tiny_config, tmp_path):
+    if shutil.which("srun", path="/usr/bin:/bin"):
+        pytest.skip("this machine has SLURM")
+    script = Path(sys.executable).with_name("add-lightning")
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+        "PATH": "/usr/bin:/bin",
+    }
+    output = tmp_path / "out"
+    process = subprocess.run(
+        [str(script), *_cv_args(tiny_config, output), "--launcher", "slurm"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert process.returncode == 2
+    assert (
+        "add-lightning cv: error: Expected SLURM's commands (srun, sbatch) on PATH"
+        in process.stderr
+    )
+    assert not (output / EXPERIMENT_FILENAME).exists()  # refused before anything is written

@@ -7,9 +7,10 @@ Command line: ``add-lightning cv``, ``add-lightning compare``, ``add-lightning f
 from add_lightning.experiments.aggregate import Summary, UnitResult, aggregate, write_results
 from add_lightning.experiments.compare import compare_table, describe_experiment
 from add_lightning.experiments.config import compose_config, config_hash
-from add_lightning.experiments.runner import Unit, run_cv
+from add_lightning.experiments.runner import Launch, Unit, run_cv, run_sweep
 
 __all__ = [
+    "Launch",
     "Summary",
     "Unit",
     "UnitResult",
@@ -19,5 +20,6 @@ __all__ = [
     "config_hash",
     "describe_experiment",
     "run_cv",
+    "run_sweep",
     "write_results",
 ]

@@ -5,6 +5,8 @@ Layout of an experiment directory ``DIR``::
     DIR/experiment.yaml          the composed config (all --config files + overrides), once
     DIR/foldK_seedS/             one run directory per unit (``seedS/`` without folds)
         unit.json                which experiment config the unit belongs to (its hash)
+        unit.log                 the unit's output (every attempt, appended)
+        .lock                    held by the one process training the unit
         checkpoints/last.ckpt    resumed from after an interruption (and best.ckpt)
         config.yaml, hparams.yaml, events.out.tfevents.*   (TensorBoard)
         test_embeddings.npz      test-set embeddings (EmbeddingWriter)
@@ -13,7 +15,9 @@ Layout of an experiment directory ``DIR``::
     DIR/results.csv, DIR/results.md
 
 Every file the runner trusts is written atomically, so an interruption (even ``kill -9``)
-costs at most the unit in progress, which resumes from its last checkpoint.
+costs at most the units in progress, which resume from their last checkpoints. Units run one
+after another, in parallel, or as SLURM jobs (:mod:`~add_lightning.experiments.launchers`);
+a sweep (:mod:`~add_lightning.experiments.sweep`) is several such directories under one.
 """
 
 from __future__ import annotations
@@ -181,18 +185,22 @@ def prepare_experiment(output: Path, config: dict[str, Any], force: bool = False
 def _experiment_lock(output: Path, exclusive: bool = True) -> Iterator[Any]:
     """Holds the lock on ``output`` (:mod:`~add_lightning.experiments.locks`): exclusively, or
     shared with other launchers of the same experiment."""
-    try:
-        context = hold_lock(output, exclusive=exclusive, wait_s=0.0 if exclusive else 2.0)
-        handle = context.__enter__()
-    except LockBusyError as error:
-        raise ExperimentConfigError(
-            f"Another `add-lightning cv` is running in {output} (it holds {output / LOCK_FILENAME})"
-            + ("; --force needs the directory alone" if exclusive else " with --force")
-        ) from error
-    try:
+    with contextlib.ExitStack() as stack:
+        try:
+            handle = stack.enter_context(
+                hold_lock(output, exclusive=exclusive, wait_s=0.0 if exclusive else 2.0)
+            )
+        except LockBusyError as error:
+            how = (
+                "; --force needs the directory alone"
+                if exclusive
+                else " exclusively (with --force, or writing its experiment.yaml)"
+            )
+            raise ExperimentConfigError(
+                f"Another `add-lightning cv` is running in {output} (it holds "
+                f"{output / LOCK_FILENAME}){how}"
+            ) from error
         yield handle
-    finally:
-        context.__exit__(None, None, None)
 
 
 def _join_experiment(
@@ -374,6 +382,7 @@ def _run(
         UnitsFailedError: If units failed (after the complete experiments' results are written).
     """
     summaries: dict[Path, Summary] = {}
+    backend = _backend(launch, root)  # its errors come before anything is written
     with contextlib.ExitStack() as stack:
         tasks, hashes = [], {}
         for experiment in experiments:
@@ -392,7 +401,6 @@ def _run(
                         experiment.label + unit.name,
                     )
                 )
-        backend = _backend(launch, root)
         failures = schedule(
             tasks,
             backend,
