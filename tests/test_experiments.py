@@ -914,7 +914,12 @@ def test_unit_job_requeued_after_preemption_resumes(uninterrupted, tiny_config, 
     while not checkpoint.exists() and not job.done() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not job.done(), "the unit ended before it could be preempted"
-    job._interrupt()  # what SLURM sends before a timeout or preemption
+    # SLURM's signal before a timeout or preemption, to the job's task (the controller of
+    # submitit's local executor forwards only SIGTERM).
+    (task_pid,) = (
+        Path(f"/proc/{job._process.pid}/task/{job._process.pid}/children").read_text().split()
+    )
+    os.kill(int(task_pid), signal.SIGUSR2)
     assert job.result() == 0
     log_text = Path(job.paths.stderr).read_text()
     assert "requeued" in log_text.lower() and "Resuming fold1_seed0 from" in log_text
