@@ -444,6 +444,7 @@ def _fixture_roots(tmp_path: Path) -> dict[str, dict[str, object]]:
         "folder.yaml": {"root": str(own)},
         "speech_commands.yaml": {"root": str(tmp_path / "sc")},  # download: true, not prepared
         "iemocap.yaml": {"root": str(tmp_path / "iemocap")},
+        "iemocap_waveform.yaml": {"root": str(tmp_path / "iemocap")},
         "esc10.yaml": {"root": str(make_esc10(tmp_path / "esc10")), "download": False},
         "speech_commands_v2_12.yaml": {"root": str(tmp_path / "sc")},  # download: true
         "huggingface.yaml": {"path": str(make_hf_esc50(tmp_path / "hf")),
@@ -465,8 +466,14 @@ def test_data_config_instantiates(path: Path, tmp_path: Path) -> None:
     dm = parser.instantiate(parser.parse_object({"data": data})).data
     assert isinstance(dm, AudioDataModule)
     expected = config["data"]["init_args"]
-    assert dm.features.target_frames == expected["features"]["target_frames"]
-    assert (dm.freq_mask, dm.time_mask) == (expected["freq_mask"], expected["time_mask"])
+    if "sample_rate" in expected:  # waveform mode (WaveformDataModule)
+        assert (dm.sample_rate, dm.max_duration) == (
+            expected["sample_rate"],
+            expected["max_duration"],
+        )
+    else:
+        assert dm.features.target_frames == expected["features"]["target_frames"]
+        assert (dm.freq_mask, dm.time_mask) == (expected["freq_mask"], expected["time_mask"])
     assert dm.mixup_rate == expected["mixup_rate"] and dm.batch_size == expected["batch_size"]
     assert dm.num_classes == len(dm.class_names) > 1
 
