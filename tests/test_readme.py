@@ -27,3 +27,17 @@ def test_ci_runs_both_readme_commands_verbatim():
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert tests in ci_lines
     assert quickstart in ci_lines
+
+
+def test_readme_commands_use_the_virtualenv():
+    # the README never activates .venv: a bare `add-lightning` is "command not found"
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.+?)\n```", text, flags=re.S)
+    bare = [
+        line
+        for block in blocks
+        for line in block.splitlines()
+        if re.match(r"\s*(add-lightning|tensorboard|jupyter|pytest)\s", line)
+    ]
+    assert bare == []
+    assert sum(".venv/bin/add-lightning" in block for block in blocks) >= 10
