@@ -72,8 +72,6 @@ def _synthetic_args(root: Path, run: Path, *extra: str) -> list[str]:
         "8",
         "--trainer.max_epochs",
         "2",
-        "--model.init_args.scheduler.init_args.max_epochs",
-        "2",
         "--trainer.default_root_dir",
         str(run),
         *extra,

@@ -327,10 +327,30 @@ class AudioClassifier(LightningModule):
         if self.scheduler is None:
             return optimizer
         scheduler = self.scheduler(optimizer)
+        self._fit_schedule_to_trainer(scheduler)
         config = {"scheduler": scheduler, "interval": "epoch"}
         if isinstance(scheduler, ReduceLROnPlateau):
             config["monitor"] = "val/loss"
         return {"optimizer": optimizer, "lr_scheduler": config}
+
+    def _fit_schedule_to_trainer(self, scheduler: Any) -> None:
+        """Gives a schedule with a length (``max_epochs``, e.g. ``WarmupCosineLR``) the run's.
+
+        ``max_epochs=None`` takes ``trainer.max_epochs``; an explicit value that differs from
+        it is kept, with a warning (the schedule then ends before or after the run).
+        """
+        set_max_epochs = getattr(scheduler, "set_max_epochs", None)
+        if not callable(set_max_epochs) or self._trainer is None:
+            return
+        run_epochs = self.trainer.max_epochs
+        if scheduler.max_epochs is None:
+            set_max_epochs(run_epochs)
+        elif scheduler.max_epochs != run_epochs:
+            rank_zero_warn(
+                f"The scheduler's max_epochs={scheduler.max_epochs} differs from "
+                f"trainer.max_epochs={run_epochs}; leave the scheduler's unset to follow the "
+                "trainer"
+            )
 
     # ------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ The paper's "linear from 1e-5" is read as a start *factor* of 1e-5 (a warm-up fr
 from __future__ import annotations
 
 import math
+import warnings
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -100,9 +101,15 @@ class WarmupCosineLR(_WarmupLR):
     ``factor(e) = f + (1 - f) * (1 + cos(pi * (e - W) / (max_epochs - W))) / 2`` for
     ``W <= e <= max_epochs`` and ``f`` afterwards (authors' BEATs configs: f = 0.001).
 
+    The length is the run's: with ``max_epochs=None`` (the default) ``AudioClassifier`` sets it
+    to ``trainer.max_epochs`` when it builds the scheduler (:meth:`set_max_epochs`), so
+    ``--trainer.max_epochs N`` alone changes both. A run of at most ``W`` epochs never leaves
+    the warm-up (a warning says so).
+
     Args:
         optimizer: Wrapped optimizer.
-        max_epochs: Epoch at which the cosine reaches ``final_factor`` (the training length).
+        max_epochs: Epoch at which the cosine reaches ``final_factor``; None (recommended)
+            takes the trainer's ``max_epochs``. An explicit value must exceed ``warmup_epochs``.
         warmup_epochs: Number of warm-up epochs ``W``.
         warmup_start_factor: Factor of the first warm-up epoch ``s``.
         final_factor: Factor at the end of the cosine ``f``.
@@ -112,16 +119,20 @@ class WarmupCosineLR(_WarmupLR):
     def __init__(
         self,
         optimizer: Optimizer,
-        max_epochs: int,
+        max_epochs: int | None = None,
         warmup_epochs: int = 5,
         warmup_start_factor: float = 1e-5,
         final_factor: float = 1e-3,
         last_epoch: int = -1,
     ) -> None:
-        if not isinstance(max_epochs, int) or max_epochs <= warmup_epochs:
+        if max_epochs is not None and (
+            isinstance(max_epochs, bool)
+            or not isinstance(max_epochs, int)
+            or max_epochs <= warmup_epochs
+        ):
             raise ValueError(
-                "Expected argument `max_epochs` to be an int larger than `warmup_epochs` "
-                f"({warmup_epochs}) but got {max_epochs!r}"
+                "Expected argument `max_epochs` to be None (the trainer's max_epochs) or an int "
+                f"larger than `warmup_epochs` ({warmup_epochs}) but got {max_epochs!r}"
             )
         if not 0.0 <= final_factor <= 1.0:
             raise ValueError(
@@ -131,8 +142,37 @@ class WarmupCosineLR(_WarmupLR):
         self.final_factor = final_factor
         super().__init__(optimizer, warmup_epochs, warmup_start_factor, last_epoch)
 
+    def set_max_epochs(self, max_epochs: int) -> None:
+        """Sets the length of a schedule built with ``max_epochs=None`` (the trainer's).
+
+        Raises:
+            ValueError: If ``max_epochs`` is not a positive int (e.g. an unbounded run).
+        """
+        if isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1:
+            raise ValueError(
+                "WarmupCosineLR takes its length from `trainer.max_epochs`, which must be a "
+                f"positive int, but it is {max_epochs!r}; set `trainer.max_epochs` or the "
+                "scheduler's `max_epochs`"
+            )
+        if max_epochs <= self.warmup_epochs:
+            warnings.warn(
+                f"WarmupCosineLR: the run has {max_epochs} epochs, not more than its "
+                f"{self.warmup_epochs} warm-up epochs, so the learning rate never leaves the "
+                "warm-up",
+                stacklevel=2,
+            )
+        self.max_epochs = max_epochs
+
     def decay_factor(self, epochs_after_warmup: int) -> float:
-        progress = min(epochs_after_warmup / (self.max_epochs - self.warmup_epochs), 1.0)
+        if epochs_after_warmup == 0:  # the cosine's start, whatever its length
+            return 1.0
+        if self.max_epochs is None:
+            raise RuntimeError(
+                "WarmupCosineLR(max_epochs=None) has no length: pass `max_epochs`, or let "
+                "AudioClassifier set it from `trainer.max_epochs`"
+            )
+        span = max(self.max_epochs - self.warmup_epochs, 1)
+        progress = min(epochs_after_warmup / span, 1.0)
         cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
         return self.final_factor + (1.0 - self.final_factor) * cosine
 
