@@ -195,12 +195,13 @@ class _FileWindows:
                 self.features,
                 self.normalization,
                 self.hop_frames,
+                return_num_frames=True,
             )
         except AudioError as error:
             return index, None, str(error)
         except (ValueError, OSError) as error:
             return index, None, f"Audio file {path}: {error}"
-        return index, windows, None
+        return index, windows, None  # (windows, valid frames of each window)
 
 
 def _write_atomic(path: Path, write: Any) -> None:
@@ -279,16 +280,18 @@ def main(argv: Sequence[str]) -> int:
     rows: list[dict[str, Any] | None] = [None] * len(paths)
     embeddings: dict[int, Any] = {}
     probabilities: dict[int, Any] = {}
-    pending: list[tuple[int, torch.Tensor]] = []
+    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
     def flush() -> None:
         if not pending:
             return
         window_probabilities, window_embeddings = trained.score_windows(
-            torch.cat([windows for _, windows in pending]), args.batch_size
+            torch.cat([windows for _, windows, _ in pending]),
+            args.batch_size,
+            torch.cat([num_frames for _, _, num_frames in pending]),
         )
         offset = 0
-        for index, windows in pending:
+        for index, windows, _ in pending:
             count = windows.shape[0]
             mean = window_probabilities[offset : offset + count].mean(dim=0)
             embeddings[index] = window_embeddings[offset : offset + count].mean(dim=0)
@@ -311,7 +314,7 @@ def main(argv: Sequence[str]) -> int:
         pending.clear()
 
     failures = 0
-    for index, windows, error in bar:
+    for index, item, error in bar:
         if error is not None:
             failures += 1
             flush()  # keep stdout in input order
@@ -325,8 +328,8 @@ def main(argv: Sequence[str]) -> int:
             sys.stdout.flush()  # the results so far before the message, in a shared log
             bar.write(f"add-lightning classify: skipped: {error}", file=sys.stderr)
             continue
-        pending.append((index, windows))
-        if sum(w.shape[0] for _, w in pending) >= args.batch_size:
+        pending.append((index, *item))
+        if sum(w.shape[0] for _, w, _ in pending) >= args.batch_size:
             flush()
     flush()
     bar.close()

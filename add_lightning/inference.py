@@ -17,7 +17,9 @@ From a waveform to scores (:meth:`TrainedModel.windows`, :meth:`TrainedModel.cla
    as in training (one window). A longer clip is cut into windows of ``target_frames``
    frames starting every ``hop_frames`` frames (default ``target_frames // 2``), plus one
    window ending at the last frame when the hops do not reach it, so every frame is covered
-   and no window is padded.
+   and no window is padded. Each window's valid (unpadded) frame count goes to the model
+   with it, so a backbone that takes a padding mask (BEATs) ignores the padding, as in
+   training.
 4. Each window is normalised with the training statistics (``Normalization.apply``).
 5. Scores: the clip's class probabilities are the mean of its windows' softmax
    probabilities, its embedding the mean of its windows' embeddings.
@@ -130,7 +132,8 @@ def waveform_windows(
     features: FbankOptions,
     normalization: Normalization,
     hop_frames: int | None = None,
-) -> Tensor:
+    return_num_frames: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Normalised input windows of a waveform (steps 1-4 of the module doc).
 
     Args:
@@ -140,9 +143,11 @@ def waveform_windows(
         normalization: Statistics applied to every window.
         hop_frames: Frames between window starts of a long clip; None means
             ``target_frames // 2``.
+        return_num_frames: Also return each window's valid frames (the rest is padding).
 
     Shape:
-        - Output: ``[num_windows, target_frames, num_mel_bins]``, float32.
+        - Output: ``[num_windows, target_frames, num_mel_bins]``, float32; with
+          ``return_num_frames``, also ``[num_windows]`` int64.
 
     Raises:
         ValueError: If the waveform is invalid or shorter than one filterbank frame, or
@@ -157,7 +162,11 @@ def waveform_windows(
     frames = compute_fbank_frames(to_mono(waveform, sample_rate, features.sample_rate), features)
     starts = window_starts(frames.shape[0], target, hop)
     windows = torch.stack([pad_or_crop(frames[start : start + target], target) for start in starts])
-    return normalization.apply(windows)
+    windows = normalization.apply(windows)
+    if not return_num_frames:
+        return windows
+    num_frames = torch.tensor([min(target, frames.shape[0] - start) for start in starts])
+    return windows, num_frames
 
 
 @dataclass
@@ -210,11 +219,16 @@ class TrainedModel:
         )
 
     @torch.no_grad()
-    def score_windows(self, windows: Tensor, batch_size: int = 32) -> tuple[Tensor, Tensor]:
+    def score_windows(
+        self, windows: Tensor, batch_size: int = 32, num_frames: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Softmax probabilities and embeddings of normalised windows, ``batch_size`` at a time.
 
+        ``num_frames`` (valid frames of each window, None = all) masks the padding for a
+        backbone that takes a padding mask (see ``AudioClassifier.embed``).
+
         Shape:
-            - windows: ``[W, target_frames, num_mel_bins]``.
+            - windows: ``[W, target_frames, num_mel_bins]``; num_frames: ``[W]``.
             - Output: ``([W, C], [W, D])``, float32 on the CPU.
 
         Raises:
@@ -222,8 +236,11 @@ class TrainedModel:
         """
         device = next(self.model.parameters()).device
         probabilities, embeddings = [], []
-        for batch in windows.split(batch_size):
-            embedding = self.model.embed(batch.to(device))
+        counts = [None] * len(windows) if num_frames is None else num_frames.split(batch_size)
+        for batch, count in zip(windows.split(batch_size), counts):
+            embedding = self.model.embed(
+                batch.to(device), num_frames=None if count is None else count.to(device)
+            )
             logits = self.model.head(embedding).float()
             if not torch.isfinite(logits).all():
                 raise FloatingPointError("The model gives non-finite logits for these windows.")
@@ -246,8 +263,15 @@ class TrainedModel:
             hop_frames: See :meth:`windows`.
             batch_size: Windows per forward pass.
         """
-        windows = self.windows(waveform, sample_rate, hop_frames)
-        probabilities, embeddings = self.score_windows(windows, batch_size)
+        windows, num_frames = waveform_windows(
+            waveform,
+            sample_rate,
+            self.inference_features,
+            self.normalization,
+            hop_frames,
+            return_num_frames=True,
+        )
+        probabilities, embeddings = self.score_windows(windows, batch_size, num_frames)
         return ClipScores(probabilities.mean(dim=0), embeddings.mean(dim=0), windows.shape[0])
 
 

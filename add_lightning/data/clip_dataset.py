@@ -15,7 +15,13 @@ from torch.utils.data import Dataset
 from . import audio
 from .augment import SpecAugment, mix_fbanks, mix_waveforms, mixup_targets, sample_mixup_lambda
 from .cache import FeatureCache
-from .features import FbankOptions, Normalization, compute_fbank, load_fbank_frames, pad_or_crop
+from .features import (
+    FbankOptions,
+    Normalization,
+    compute_fbank_frames,
+    load_fbank_frames,
+    pad_or_crop,
+)
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,7 @@ class Clip:
 
 
 class ClipDataset(Dataset[dict[str, object]]):
-    """Clips to batch items ``{"features", "target", "clip_id"}`` of the batch contract.
+    """Clips to batch items ``{"features", "target", "num_frames", "clip_id"}``.
 
     Only the clip list is held in memory: each item decodes its file (or reads one row of a
     ``FeatureCache``), computes the fbank, augments it when ``train``, and normalises it.
@@ -73,6 +79,9 @@ class ClipDataset(Dataset[dict[str, object]]):
     Shape:
         - features: ``[target_frames, num_mel_bins]``, float32.
         - target: ``[]`` int64, or ``[num_classes]`` float32 (rows sum to 1).
+        - num_frames: ``[]`` int64, the valid (not zero-padded) frames of ``features``:
+          ``min(fbank frames, target_frames)``; a mixed item keeps its own clip's count (the
+          other clip is padded or cropped to it).
     """
 
     def __init__(
@@ -161,20 +170,22 @@ class ClipDataset(Dataset[dict[str, object]]):
         clip = self.clips[index]
         if self.train:
             generator = self._generator(index)
-            fbank, target = self._mixup(index, generator)
+            fbank, target, num_frames = self._mixup(index, generator)
             fbank = self.spec_augment(fbank, generator=generator)
         else:
-            fbank, target = self.raw_features(index), torch.tensor(clip.label, dtype=torch.int64)
+            fbank, num_frames = self._fbank(clip.path)
+            target = torch.tensor(clip.label, dtype=torch.int64)
         if self.normalization is not None:
             fbank = self.normalization.apply(fbank)
-        return {"features": fbank, "target": target, "clip_id": clip.clip_id}
+        valid = torch.tensor(min(num_frames, self.features.target_frames), dtype=torch.int64)
+        return {"features": fbank, "target": target, "num_frames": valid, "clip_id": clip.clip_id}
 
     def _generator(self, index: int) -> torch.Generator:
         state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)
         return torch.Generator().manual_seed(int(state[0] >> np.uint64(1)))
 
-    def _mixup(self, index: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
-        """The (possibly mixed) un-normalised fbank of a training item and its target."""
+    def _mixup(self, index: int, generator: torch.Generator) -> tuple[Tensor, Tensor, int]:
+        """The (possibly mixed) un-normalised fbank of a training item, its target and frames."""
         clip = self.clips[index]
         mix = self.soft_targets and float(torch.rand((), generator=generator)) < self.mixup_rate
         if not mix:
@@ -183,7 +194,8 @@ class ClipDataset(Dataset[dict[str, object]]):
                 if self.soft_targets
                 else torch.tensor(clip.label, dtype=torch.int64)
             )
-            return self.raw_features(index), target
+            fbank, num_frames = self._fbank(clip.path)
+            return fbank, target, num_frames
         # another clip, uniformly among the len - 1 others
         other_index = int(torch.randint(len(self.clips) - 1, (), generator=generator))
         other = self.clips[other_index + (other_index >= index)]
@@ -194,14 +206,15 @@ class ClipDataset(Dataset[dict[str, object]]):
                 audio.load_audio(clip.path, rate), audio.load_audio(other.path, rate), lam
             )
             try:
-                fbank = compute_fbank(mixed, self.features)
+                frames = compute_fbank_frames(mixed, self.features)
             except ValueError as err:
                 raise audio.AudioError(f"Audio file {clip.path}: {err}") from err
+            fbank, frames_a = pad_or_crop(frames, self.features.target_frames), frames.shape[0]
         else:
             fbank_a, frames_a = self._fbank(clip.path)
             fbank_b, frames_b = self._fbank(other.path)
             fbank = mix_fbanks(fbank_a, fbank_b, lam, frames_a, frames_b)
-        return fbank, mixup_targets(clip.label, other.label, lam, self.num_classes)
+        return fbank, mixup_targets(clip.label, other.label, lam, self.num_classes), frames_a
 
     def _fbank(self, path: str | os.PathLike[str]) -> tuple[Tensor, int]:
         """Un-normalised padded fbank of ``path`` and its frame count before padding."""

@@ -178,7 +178,10 @@ class _PrefetchedRawFeatures:
 
 
 class AudioDataModule(LightningDataModule):
-    """Batches ``{"features": [B, T, F], "target": [B] or [B, C], "clip_id": list[str]}``.
+    """Batches ``{"features": [B, T, F], "target": [B] or [B, C], "num_frames": [B], "clip_id"}``.
+
+    ``num_frames`` (int64) counts each clip's valid frames; frames from it on are zero padding
+    (``AudioClassifier`` turns it into the padding mask of backbones that take one, e.g. BEATs).
 
     Splits: for fold-based datasets (ESC-50, IEMOCAP, synthetic, own data with folds) ``fold``
     is held out as the test set and, by default, also serves as the validation set (the paper's

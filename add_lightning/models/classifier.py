@@ -14,13 +14,14 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
+from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from add_lightning.losses import ClassificationLoss
 from add_lightning.metrics import EmbeddingGeometry, EmbeddingRetrieval
 from add_lightning.models.heatmaps import class_pair_heatmap
 
-__all__ = ["BACKBONE_SOURCE_KEY", "AudioClassifier", "hard_targets"]
+__all__ = ["BACKBONE_SOURCE_KEY", "AudioClassifier", "hard_targets", "padding_mask_from_lengths"]
 
 #: Checkpoint key of the backbone's hyperparameters as given for training (e.g. its pretrained
 #: weights), kept beside the self-contained ones that replace them (``on_save_checkpoint``).
@@ -40,6 +41,17 @@ def hard_targets(target: Tensor) -> Tensor:
         - output: ``[B]`` int64
     """
     return target.argmax(dim=-1) if target.ndim == 2 else target
+
+
+def padding_mask_from_lengths(num_frames: Tensor, frames: int) -> Tensor:
+    """True at padding: frame ``t`` of clip ``b`` when ``t >= num_frames[b]``.
+
+    Shape:
+        - num_frames: ``[B]`` int
+        - output: ``[B, frames]`` bool
+    """
+    positions = torch.arange(frames, device=num_frames.device)
+    return positions.unsqueeze(0) >= num_frames.reshape(-1, 1)
 
 
 class AudioClassifier(LightningModule):
@@ -68,6 +80,10 @@ class AudioClassifier(LightningModule):
 
     Args:
         backbone: Embedding extractor with an ``embedding_dim`` attribute, ``[B, T, F] -> [B, D]``.
+            A backbone whose ``accepts_padding_mask`` attribute is True (BEATs) is called as
+            ``backbone(features, padding_mask)`` with ``padding_mask [B, T]`` True at frames at
+            or after the batch's ``num_frames``; other backbones (AST: its recipe has no mask)
+            get the padded features alone.
         num_classes: Number of classes ``C`` (linked from the data module by the CLI).
         loss: Training loss; None means cross-entropy alone.
         optimizer: Callable ``params -> Optimizer``; None means the authors' AST setting,
@@ -148,21 +164,45 @@ class AudioClassifier(LightningModule):
         test_classes = num_classes if unseen_class_names is None else len(unseen_class_names)
         self.test_geometry = EmbeddingGeometry(test_classes)
         self.test_retrieval = EmbeddingRetrieval(test_classes, knn_k)
+        # Batch-size weighted epoch means of train/loss and each loss term, one per name (made
+        # at the first step: the terms are the loss's). Their states stay on each process until
+        # the epoch's compute, where torchmetrics synchronises them once; not checkpointed.
+        self.train_means = nn.ModuleDict()
 
     # ------------------------------------------------------------------ model
-    def embed(self, features: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def embed(
+        self,
+        features: Tensor,
+        padding_mask: Tensor | None = None,
+        num_frames: Tensor | None = None,
+    ) -> Tensor:
         """Backbone embeddings. Shape: ``[B, T, F] -> [B, D]`` (waveforms: ``[B, N]``).
 
         ``padding_mask`` (True = padding, as batches of ``WaveformDataModule`` carry it) is
-        passed on to the backbone when given.
+        passed on to the backbone when given. Otherwise ``num_frames`` (``[B]``, each clip's
+        frames before the zero padding, as ``AudioDataModule`` batches carry it) becomes the
+        padding mask of a backbone whose ``accepts_padding_mask`` is True (BEATs); other
+        backbones (AST) then see every frame.
         """
+        if padding_mask is None and num_frames is not None:
+            if getattr(self.backbone, "accepts_padding_mask", False):
+                padding_mask = padding_mask_from_lengths(num_frames, features.shape[1])
         if padding_mask is None:
             return self.backbone(features)
         return self.backbone(features, padding_mask=padding_mask)
 
-    def forward(self, features: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        features: Tensor,
+        padding_mask: Tensor | None = None,
+        num_frames: Tensor | None = None,
+    ) -> Tensor:
         """Class logits. Shape: ``[B, T, F] -> [B, C]``."""
-        return self.head(self.embed(features, padding_mask))
+        return self.head(self.embed(features, padding_mask, num_frames))
+
+    def _embed_batch(self, batch: dict[str, Any]) -> Tensor:
+        """Embeddings of a batch, with its padding mask or valid-frame counts when present."""
+        return self.embed(batch["features"], batch.get("padding_mask"), batch.get("num_frames"))
 
     def train(self, mode: bool = True) -> AudioClassifier:
         super().train(mode)
@@ -173,40 +213,64 @@ class AudioClassifier(LightningModule):
     # --------------------------------------------------------------- training
     def _step(self, batch: dict[str, Any], stage: str) -> tuple[Tensor, Tensor, Tensor]:
         features, target = batch["features"], batch["target"]
-        embeddings = self.embed(features, batch.get("padding_mask"))
+        embeddings = self._embed_batch(batch)
         logits = self.head(embeddings)
         total, terms = self.loss(embeddings, logits, target)
-        if not torch.isfinite(total):
+        # one check (one device sync) for the total and every term
+        if not torch.isfinite(
+            torch.stack([total.float(), *(v.float() for v in terms.values())])
+        ).all():
             self._stop_on_non_finite_loss(stage, total, terms, batch)
         # A float: Lightning sums integer batch sizes in an integer tensor and averages it over
         # processes with integer division, which biases the mean over uneven evaluation shards.
         batch_size = float(features.shape[0])
-        on_step = stage == "train"
-        self.log(
-            f"{stage}/loss",
-            total,
-            on_step=on_step,
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=batch_size,
-            sync_dist=True,
-        )
-        for name, value in terms.items():
+        if stage == "train":
+            self._log_train_means({"loss": total, **terms}, batch_size)
+        else:  # no step values: Lightning synchronises the epoch means once
             self.log(
-                f"{stage}/{name}",
-                value,
-                on_step=on_step,
+                f"{stage}/loss",
+                total,
                 on_epoch=True,
+                prog_bar=True,
                 batch_size=batch_size,
                 sync_dist=True,
             )
+            for name, value in terms.items():
+                self.log(
+                    f"{stage}/{name}", value, on_epoch=True, batch_size=batch_size, sync_dist=True
+                )
         labels = hard_targets(target)
         accuracy, f1 = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_f1")
-        accuracy(logits, labels)
-        f1(logits, labels)
+        accuracy.update(logits, labels)  # update alone: the values are logged once per epoch
+        f1.update(logits, labels)
         self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train")
         self.log(f"{stage}/f1", f1, on_step=False, on_epoch=True)
         return total, embeddings, labels
+
+    def _log_train_means(self, values: dict[str, Tensor], batch_size: float) -> None:
+        """Logs ``train/<name>`` per step (this process's batch) and per epoch (all processes).
+
+        The epoch value is the batch-size weighted mean of the step values of every process, as
+        ``self.log(..., sync_dist=True)`` gives, but synchronised once per epoch, not per step.
+        """
+        for name, value in values.items():
+            key = name.replace("/", "__")
+            if key not in self.train_means:
+                # "disable": no NaN check, which would wait for the device at every step (the
+                # values are checked finite in _step). It also ignores `weight` (torchmetrics
+                # 1.9), so the value is repeated once per clip instead: the same weighted mean.
+                self.train_means[key] = MeanMetric(nan_strategy="disable").to(value.device)
+            mean = self.train_means[key]
+            # step value: this batch's, not synchronised
+            mean(value.detach().float().expand(int(batch_size)))
+            self.log(
+                f"train/{name}",
+                mean,
+                on_step=True,
+                on_epoch=True,
+                prog_bar=name == "loss",
+                metric_attribute=f"train_means.{key}",
+            )
 
     def _stop_on_non_finite_loss(
         self, stage: str, total: Tensor, terms: dict[str, Tensor], batch: dict[str, Any]
@@ -239,7 +303,7 @@ class AudioClassifier(LightningModule):
 
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         if self.unseen_class_names is not None:  # held-out classes: embeddings only, no head
-            embeddings = self.embed(batch["features"], batch.get("padding_mask"))
+            embeddings = self._embed_batch(batch)
             labels = hard_targets(batch["target"])
         else:
             _, embeddings, labels = self._step(batch, "test")
@@ -247,7 +311,7 @@ class AudioClassifier(LightningModule):
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Embeddings, logits, targets and clip ids of a batch (see ``EmbeddingWriter``)."""
-        embeddings = self.embed(batch["features"], batch.get("padding_mask"))
+        embeddings = self._embed_batch(batch)
         return {
             "embeddings": embeddings,
             "logits": self.head(embeddings),

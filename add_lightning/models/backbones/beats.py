@@ -106,7 +106,12 @@ class BEATsBackbone(nn.Module):
 
     Shape:
         forward: features [B, T, F] (F = 128 fbank bins), padding_mask [B, T] -> [B, D].
+
+    Attributes:
+        accepts_padding_mask: True: ``AudioClassifier`` passes the batch's padding mask.
     """
+
+    accepts_padding_mask = True
 
     def __init__(
         self,

@@ -1,0 +1,158 @@
+"""Epoch values of train/loss and the loss terms: the batch-size weighted mean of the steps.
+
+References: a hand average (float64) of the step values, the training losses the steps
+returned, and, for a 2-process gloo run through the console script, the steps of both ranks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import CSVLogger
+from test_cli import TINY_CONFIG
+from test_models import ToyData, tiny_model, tiny_trainer
+
+REPO = Path(__file__).resolve().parents[1]
+TESTS = Path(__file__).resolve().parent
+TERMS = ["loss", "ce", "add", "add/mu_p", "add/sigma_p", "add/mu_n", "add/sigma_n"]
+
+
+class StepRecorder(Callback):
+    """Per rank: each step's batch size, returned loss and logged step values (a JSON file)."""
+
+    def __init__(self, out_dir: str = "") -> None:
+        self.out_dir = Path(out_dir) if out_dir else None
+        self.steps: list[dict] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        logged = {
+            key[len("train/") : -len("_step")]: float(value)
+            for key, value in trainer.callback_metrics.items()
+            if key.startswith("train/") and key.endswith("_step")
+        }
+        self.steps.append(
+            {
+                "epoch": trainer.current_epoch,
+                "size": len(batch["clip_id"]),
+                "returned": float(outputs["loss"]),
+                "logged": logged,
+            }
+        )
+
+    def on_train_end(self, trainer, module) -> None:
+        if self.out_dir is not None:
+            path = self.out_dir / f"steps.rank{trainer.global_rank}.json"
+            path.write_text(json.dumps(self.steps))
+
+
+def _epoch_rows(csv_path: Path) -> dict[int, dict[str, float]]:
+    with csv_path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    epochs: dict[int, dict[str, float]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.endswith("_epoch") and value:
+                epochs.setdefault(int(row["epoch"]), {})[key[len("train/") : -6]] = float(value)
+    return epochs
+
+
+def _hand_means(steps: list[dict], epoch: int, name: str, returned: bool = False) -> float:
+    chosen = [s for s in steps if s["epoch"] == epoch]
+    values = np.array([s["returned"] if returned else s["logged"][name] for s in chosen])
+    sizes = np.array([s["size"] for s in chosen], dtype=np.float64)
+    return float((values * sizes).sum() / sizes.sum())
+
+
+def test_epoch_means_equal_the_hand_average_of_the_steps(tmp_path):
+    recorder = StepRecorder()
+    logger = CSVLogger(str(tmp_path), name="run")
+    trainer = tiny_trainer(
+        tmp_path,
+        max_epochs=2,
+        logger=logger,
+        callbacks=[recorder],
+        log_every_n_steps=1,
+        limit_val_batches=0,
+    )
+    trainer.fit(tiny_model(), datamodule=ToyData(size=24, batch_size=7))  # batches 7, 7, 7, 3
+    assert [s["size"] for s in recorder.steps] == [7, 7, 7, 3] * 2
+    epochs = _epoch_rows(Path(logger.log_dir) / "metrics.csv")
+    assert sorted(epochs) == [0, 1]
+    for epoch in (0, 1):
+        assert set(TERMS) <= set(epochs[epoch])
+        assert epochs[epoch]["loss"] == pytest.approx(
+            _hand_means(recorder.steps, epoch, "", returned=True), rel=1e-6
+        )
+        for name in TERMS:
+            assert epochs[epoch][name] == pytest.approx(
+                _hand_means(recorder.steps, epoch, name), rel=1e-6, abs=1e-7
+            )
+    # the step values logged are the steps' own (the returned loss)
+    for step in recorder.steps:
+        assert step["logged"]["loss"] == pytest.approx(step["returned"], rel=1e-6)
+    # the names and the progress-bar/callback value stay those of self.log(on_step, on_epoch)
+    assert "train/loss" in trainer.callback_metrics
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(epochs[1]["loss"])
+
+
+def test_two_process_epoch_means_are_the_mean_over_both_ranks_steps(tmp_path):
+    config = {**TINY_CONFIG, "data": {**TINY_CONFIG["data"]}}
+    config["data"]["init_args"] = {"size": 24, "batch_size": 5}  # per rank 12: 5, 5, 2
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "out"
+    out.mkdir()
+    command = [
+        sys.executable,
+        "-m",
+        "add_lightning.cli",
+        "fit",
+        "--config",
+        str(path),
+        "--config",
+        str(REPO / "configs/loss/add.yaml"),
+        "--trainer.default_root_dir",
+        str(tmp_path / "run"),
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.limit_val_batches",
+        "0",
+        "--trainer.logger",
+        "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.save_dir",
+        str(tmp_path / "csv"),
+        "--trainer.callbacks+=test_epoch_means.StepRecorder",
+        f"--trainer.callbacks.out_dir={out}",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
+    env["HF_HUB_OFFLINE"] = "1"
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    steps = [json.loads((out / f"steps.rank{r}.json").read_text()) for r in (0, 1)]
+    assert [s["size"] for s in steps[0]] == [5, 5, 2] * 2 == [s["size"] for s in steps[1]]
+    # the ranks saw different clips, so their step losses differ
+    assert steps[0][0]["returned"] != pytest.approx(steps[1][0]["returned"])
+    (csv_path,) = (tmp_path / "csv").rglob("metrics.csv")
+    epochs = _epoch_rows(csv_path)
+    both = steps[0] + steps[1]
+    for epoch in (0, 1):
+        assert epochs[epoch]["loss"] == pytest.approx(
+            _hand_means(both, epoch, "", returned=True), rel=1e-6
+        )
+        for name in TERMS:
+            assert epochs[epoch][name] == pytest.approx(
+                _hand_means(both, epoch, name), rel=1e-6, abs=1e-7
+            )
