@@ -28,9 +28,12 @@ the waveform as given (scale 1); it normalises with any mean/std.
 :func:`export_onnx` (AST and BEATs) writes a graph from the **un-normalised** fbank
 (``compute_fbank``'s output: Kaldi fbank zero-padded or cropped to ``target_frames``) to logits
 and embeddings; the training normalisation ``(x - mean) / (2 * std)`` is inside the graph.
-Input ``fbank [batch, T, F]``, outputs ``logits [batch, C]`` and ``embeddings [batch, D]``, the
-batch size dynamic. The pipeline's settings are in the model's metadata (``metadata_props``,
-key ``add_lightning``, a JSON object: features, normalisation, class names, input and outputs).
+For a backbone that takes a padding mask (BEATs) the graph also finds each clip's zero padding,
+the all-zero frames after its last frame with a non-zero value (a Kaldi log-mel frame is never
+all zeros), and masks it as ``classify`` does. Input ``fbank [batch, T, F]``, outputs
+``logits [batch, C]`` and ``embeddings [batch, D]``, the batch size dynamic. The pipeline's
+settings are in the model's metadata (``metadata_props``, key ``add_lightning``, a JSON object:
+features, normalisation, class names, input and outputs).
 
 Both write under a temporary name and rename when complete.
 """
@@ -222,8 +225,23 @@ class _OnnxGraph(nn.Module):
         self.normalization = trained.normalization
 
     def forward(self, fbank: Tensor) -> tuple[Tensor, Tensor]:
-        embeddings = self.model.embed(self.normalization.apply(fbank))
+        num_frames = None
+        if getattr(self.model.backbone, "accepts_padding_mask", False):
+            num_frames = padded_num_frames(fbank)
+        embeddings = self.model.embed(self.normalization.apply(fbank), num_frames)
         return self.model.head(embeddings), embeddings
+
+
+def padded_num_frames(fbank: Tensor) -> Tensor:
+    """Frames up to the last one with a non-zero value (at least 1): the zero padding follows.
+
+    Shape:
+        - fbank: ``[B, T, F]`` un-normalised
+        - output: ``[B]`` int64
+    """
+    positions = torch.arange(1, fbank.shape[1] + 1, device=fbank.device)
+    nonzero = (fbank != 0).any(dim=-1)
+    return (nonzero.long() * positions).amax(dim=-1).clamp(min=1)
 
 
 def onnx_metadata(trained: TrainedModel) -> dict[str, Any]:
@@ -238,7 +256,8 @@ def onnx_metadata(trained: TrainedModel) -> dict[str, Any]:
                 "un-normalised Kaldi log-mel fbank (torchaudio.compliance.kaldi.fbank with "
                 "htk_compat=True, use_energy=False and the settings in `features`, waveform "
                 "multiplied by waveform_scale first), zero-padded at the end or cropped to "
-                "target_frames; the graph normalises it"
+                "target_frames; the graph normalises it (and, for BEATs, masks the all-zero "
+                "frames at the end as padding)"
             ),
         },
         "outputs": {"logits": ["batch", len(trained.class_names)], "embeddings": ["batch", "D"]},

@@ -333,3 +333,25 @@ def test_console_script_exports_a_fitted_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit):
         console_main([*export, "--format", "tflite"])
     assert "format" in capsys.readouterr().err
+
+
+def test_onnx_beats_masks_the_padding_of_a_short_clip_as_classify(tmp_path):
+    import onnxruntime
+
+    trained = _trained(_beats(), BEATS_FEATURES, BEATS_NORMALIZATION)
+    session = onnxruntime.InferenceSession(str(export_onnx(trained, tmp_path / "model.onnx")))
+    generator = torch.Generator().manual_seed(3)
+    frames = BEATS_NORMALIZATION.mean + BEATS_NORMALIZATION.std * torch.randn(
+        2, BEATS_FEATURES.target_frames, BEATS_FEATURES.num_mel_bins, generator=generator
+    )
+    frames[0, 32:] = 0.0  # a 32-frame clip zero-padded to 64 beside a full one
+    logits, embeddings = session.run(None, {"fbank": frames.numpy()})
+    with torch.no_grad():
+        alone = trained.model.embed(BEATS_NORMALIZATION.apply(frames[:1, :32]))
+        full = trained.model.embed(BEATS_NORMALIZATION.apply(frames[1:]))
+        unmasked = trained.model.embed(BEATS_NORMALIZATION.apply(frames[:1]))
+        alone_logits = trained.model.head(alone)
+    np.testing.assert_allclose(embeddings[0], alone[0].numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(embeddings[1], full[0].numpy(), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(logits[0], alone_logits[0].numpy(), rtol=0, atol=1e-4)
+    assert np.abs(embeddings[0] - unmasked[0].numpy()).max() > 1e-2  # the mask mattered

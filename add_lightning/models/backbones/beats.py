@@ -277,7 +277,7 @@ class BEATsBackbone(nn.Module):
                     f"got {tuple(padding_mask.shape)}"
                 )
             mask = patch_padding_mask(padding_mask.bool(), time_patches, freq_patches, patch)
-            if mask.all(-1).any():
+            if not torch.compiler.is_exporting() and mask.all(-1).any():
                 clips = mask.all(-1).nonzero().flatten().tolist()
                 raise ValueError(
                     f"Argument `padding_mask` leaves no valid frame in the first "
