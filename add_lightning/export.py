@@ -228,7 +228,7 @@ class _OnnxGraph(nn.Module):
         num_frames = None
         if getattr(self.model.backbone, "accepts_padding_mask", False):
             num_frames = padded_num_frames(fbank)
-        embeddings = self.model.embed(self.normalization.apply(fbank), num_frames)
+        embeddings = self.model.embed(self.normalization.apply(fbank), num_frames=num_frames)
         return self.model.head(embeddings), embeddings
 
 
