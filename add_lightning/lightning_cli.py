@@ -240,7 +240,11 @@ class AddLightningCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             parser_kwargs={"description": _DESCRIPTION},
-            args=list(args) if isinstance(args, Sequence) and not isinstance(args, str) else args,
+            args=(
+                nested_nulls_as_objects(list(args))
+                if isinstance(args, Sequence) and not isinstance(args, str)
+                else args
+            ),
             run=run,
         )
 
@@ -401,6 +405,41 @@ class AddLightningCLI(LightningCLI):
                 "configs/experiments/ that sets it."
             )
         return self._instantiate_trainer(trainer_config, callbacks)
+
+
+_NULLS = ("null", "None", "~")
+_NESTED = ".init_args."
+
+
+def nested_nulls_as_objects(argv: Sequence[str]) -> list[str]:
+    """``--A.init_args.B.init_args.C null`` as ``--A.init_args.B={init_args: {C: null}}``.
+
+    jsonargparse (4.53) turns a ``null`` given on the command line for an argument of a class
+    inside another class's ``init_args`` into the string ``"None"``: an ``int | None`` argument
+    is then refused, and a ``str | None`` one (AST's ``pretrained``) silently becomes "None".
+    The same value given as an object one level up is parsed as YAML and merged with the
+    values given before, so nothing else changes. Other arguments are returned as they are.
+    """
+    rewritten: list[str] = []
+    index = 0
+    while index < len(argv):
+        argument = argv[index]
+        key, value, width = argument, None, 1
+        if argument.startswith("--") and "=" in argument:
+            key, value = argument.split("=", 1)
+        elif argument.startswith("--") and index + 1 < len(argv):
+            value, width = argv[index + 1], 2
+        if value in _NULLS and key.count(_NESTED) >= 2:
+            owner, _, leaf = key.rpartition(_NESTED)
+            nested = "null"
+            for part in reversed(leaf.split(".")):
+                nested = f"{{{part}: {nested}}}"
+            rewritten.append(f"{owner}={{init_args: {nested}}}")
+            index += width
+            continue
+        rewritten.append(argument)
+        index += 1
+    return rewritten
 
 
 def run_lightning_cli(argv: Sequence[str]) -> int:

@@ -212,3 +212,36 @@ def test_compare_and_figures_load_no_model_code():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_null_for_an_argument_of_a_nested_class_is_none():
+    from add_lightning.lightning_cli import nested_nulls_as_objects
+
+    argv = ["fit", "--data.init_args.fold", "null", "--a.init_args.b.init_args.c", "null"]
+    argv += ["--a.init_args.b.init_args.d.e=~", "--a.init_args.b.init_args.f", "1"]
+    assert nested_nulls_as_objects(argv) == [
+        "fit",
+        "--data.init_args.fold",  # one level: jsonargparse parses it right
+        "null",
+        "--a.init_args.b={init_args: {c: null}}",
+        "--a.init_args.b={init_args: {d: {e: null}}}",
+        "--a.init_args.b.init_args.f",
+        "1",
+    ]
+
+
+def test_null_from_the_command_line_reaches_nested_classes(tmp_path):
+    from add_lightning.lightning_cli import AddLightningCLI
+
+    audio = tmp_path / "my_audio"
+    _write_clips(audio, ("bird", "car", "dog"), per_class=4)
+    command = shlex.split(_readme_command("configs/model/ast_tiny.yaml"))
+    args = [word.replace("path/to/my_audio", str(audio)) for word in command[2:]]
+    args += ["--data.init_args.dataset.init_args.num_folds", "null"]
+    args += ["--data.init_args.fold", "null", "--data.init_args.val_fraction", "0.25"]
+    args += ["--model.init_args.backbone.init_args.pretrained", "null"]
+    args += ["--data.init_args.cache_dir", str(tmp_path / "cache")]
+    cli = AddLightningCLI(args=args, run=False)
+    assert cli.datamodule.dataset.num_folds is None  # was refused: "Given value: None" (a str)
+    assert cli.model.hparams["backbone"]["init_args"]["pretrained"] is None  # was "None"
+    assert cli.datamodule.dataset.root.name == "my_audio"  # the other dataset values are kept
