@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
-from add_lightning.metrics.functional import (
-    _check_positive_int,
-    _validate,
-    pairwise_geometry,
-)
+from add_lightning.metrics.embedding_set import EmbeddingSetMetric
+from add_lightning.metrics.functional import pairwise_geometry
 
 __all__ = ["EmbeddingGeometry"]
 
 
-class EmbeddingGeometry(Metric):
+class EmbeddingGeometry(EmbeddingSetMetric):
     """Cosine-distance geometry of the embeddings of an evaluation set.
 
     Accumulates ``(embeddings, targets)`` batch by batch (``update``) and, at ``compute``, runs
@@ -56,51 +48,14 @@ class EmbeddingGeometry(Metric):
         - output: scalars ``[]``; ``class_mean``, ``class_cv``: ``[C, C]``; ``class_count``: ``[C]``
 
     Example:
+        >>> import torch
         >>> metric = EmbeddingGeometry(num_classes=3)
         >>> metric.update(torch.eye(4, 8), torch.tensor([0, 0, 1, 2]))
         >>> metric.compute()["mu_n"]
         tensor(0.)
     """
 
-    is_differentiable = False
     higher_is_better = None
-    full_state_update = False
-
-    embeddings: list[Tensor] | Tensor
-    targets: list[Tensor] | Tensor
-
-    def __init__(
-        self,
-        num_classes: int,
-        chunk_size: int | None = None,
-        validate_args: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        _check_positive_int("num_classes", num_classes)
-        if chunk_size is not None:
-            _check_positive_int("chunk_size", chunk_size)
-        self.num_classes = num_classes
-        self.chunk_size = chunk_size
-        self.validate_args = validate_args
-        self.add_state("embeddings", default=[], dist_reduce_fx="cat")
-        self.add_state("targets", default=[], dist_reduce_fx="cat")
-
-    def update(self, embeddings: Tensor, targets: Tensor) -> None:
-        """Stores a batch of embeddings and their class ids.
-
-        Args:
-            embeddings: Embeddings of the batch (normalised or not).
-            targets: Integer class id of each embedding.
-
-        Shape:
-            - embeddings: ``[B, D]``
-            - targets: ``[B]``
-        """
-        if self.validate_args:
-            _validate(embeddings, targets, self.num_classes)
-        self.embeddings.append(embeddings.detach())
-        self.targets.append(targets.detach().long())
 
     def compute(self) -> dict[str, Tensor]:
         """Computes the geometry of everything stored since the last ``reset``.
@@ -108,9 +63,5 @@ class EmbeddingGeometry(Metric):
         Returns:
             The dict of :func:`add_lightning.metrics.functional.pairwise_geometry`.
         """
-        if isinstance(self.embeddings, list) and not self.embeddings:
-            embeddings = torch.zeros(0, 1, device=self.device)
-            targets = torch.zeros(0, dtype=torch.long, device=self.device)
-        else:
-            embeddings, targets = dim_zero_cat(self.embeddings), dim_zero_cat(self.targets)
+        embeddings, targets = self.stored()
         return pairwise_geometry(embeddings, targets, self.num_classes, self.chunk_size)

@@ -5,18 +5,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import Tensor
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
-from add_lightning.metrics.functional import _check_positive_int, _validate
+from add_lightning.metrics.embedding_set import EmbeddingSetMetric
 from add_lightning.metrics.functional_retrieval import _check_knn_k, pairwise_retrieval
 
 __all__ = ["EmbeddingRetrieval"]
 
 
-class EmbeddingRetrieval(Metric):
+class EmbeddingRetrieval(EmbeddingSetMetric):
     """Retrieval by cosine similarity over the embeddings of an evaluation set.
 
     Accumulates ``(embeddings, targets)`` batch by batch (``update``) and, at ``compute``, runs
@@ -51,6 +48,7 @@ class EmbeddingRetrieval(Metric):
         - output: scalars ``[]``
 
     Example:
+        >>> import torch
         >>> metric = EmbeddingRetrieval(num_classes=2, knn_k=(1,))
         >>> embeddings = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
         >>> metric.update(embeddings, torch.tensor([0, 0, 1]))
@@ -58,12 +56,7 @@ class EmbeddingRetrieval(Metric):
         tensor(1.)
     """
 
-    is_differentiable = False
     higher_is_better = True
-    full_state_update = False
-
-    embeddings: list[Tensor] | Tensor
-    targets: list[Tensor] | Tensor
 
     def __init__(
         self,
@@ -73,32 +66,8 @@ class EmbeddingRetrieval(Metric):
         validate_args: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        _check_positive_int("num_classes", num_classes)
-        if chunk_size is not None:
-            _check_positive_int("chunk_size", chunk_size)
-        self.num_classes = num_classes
+        super().__init__(num_classes, chunk_size, validate_args, **kwargs)
         self.knn_k = _check_knn_k(knn_k)
-        self.chunk_size = chunk_size
-        self.validate_args = validate_args
-        self.add_state("embeddings", default=[], dist_reduce_fx="cat")
-        self.add_state("targets", default=[], dist_reduce_fx="cat")
-
-    def update(self, embeddings: Tensor, targets: Tensor) -> None:
-        """Stores a batch of embeddings and their class ids.
-
-        Args:
-            embeddings: Embeddings of the batch (normalised or not).
-            targets: Integer class id of each embedding.
-
-        Shape:
-            - embeddings: ``[B, D]``
-            - targets: ``[B]``
-        """
-        if self.validate_args:
-            _validate(embeddings, targets, self.num_classes)
-        self.embeddings.append(embeddings.detach())
-        self.targets.append(targets.detach().long())
 
     def compute(self) -> dict[str, Tensor]:
         """Computes the retrieval metrics of everything stored since the last ``reset``.
@@ -106,11 +75,7 @@ class EmbeddingRetrieval(Metric):
         Returns:
             The dict of :func:`add_lightning.metrics.functional_retrieval.pairwise_retrieval`.
         """
-        if isinstance(self.embeddings, list) and not self.embeddings:
-            embeddings = torch.zeros(0, 1, device=self.device)
-            targets = torch.zeros(0, dtype=torch.long, device=self.device)
-        else:
-            embeddings, targets = dim_zero_cat(self.embeddings), dim_zero_cat(self.targets)
+        embeddings, targets = self.stored()
         return pairwise_retrieval(
             embeddings, targets, self.num_classes, self.knn_k, self.chunk_size
         )
