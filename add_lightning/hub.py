@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["offline_hint"]
+import os
+
+__all__ = ["checked_pretrained", "offline_hint"]
 
 
 def offline_hint() -> str:
@@ -17,3 +19,22 @@ def offline_hint() -> str:
     if huggingface_hub.constants.is_offline_mode():
         return "HF_HUB_OFFLINE is set, so the hub cannot be reached: unset it, or "
     return "If this machine has no internet access, "
+
+
+def checked_pretrained(pretrained: str, writer: str = "save_pretrained") -> str:
+    """``pretrained`` with ``~`` expanded; a path that is not a directory is an error.
+
+    Hub ids are ``owner/name``; anything that looks like a path (starts with ``/`` or ``.``, or
+    has more than one ``/``) must be an existing directory, written by ``writer``.
+
+    Raises:
+        FileNotFoundError: If ``pretrained`` looks like a path and is not a directory.
+    """
+    pretrained = os.path.expanduser(pretrained)
+    looks_like_path = pretrained.startswith(("/", ".")) or pretrained.count("/") > 1
+    if looks_like_path and not os.path.isdir(pretrained):
+        raise FileNotFoundError(
+            "Expected argument `pretrained` to be a Hugging Face hub id or a directory written by "
+            f"`{writer}`, but the directory {pretrained!r} does not exist"
+        )
+    return pretrained

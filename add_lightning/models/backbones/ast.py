@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 from transformers import ASTConfig, ASTModel
 
-from add_lightning.hub import offline_hint
+from add_lightning.hub import checked_pretrained, offline_hint
 
 __all__ = ["DEFAULT_AST_CHECKPOINT", "ASTBackbone", "adapt_position_embeddings", "patch_grid"]
 
@@ -70,14 +69,7 @@ def adapt_position_embeddings(
 
 def _load_pretrained(pretrained: str) -> ASTModel:
     """Load ``ASTModel`` from a hub id or a ``save_pretrained`` directory, with clear errors."""
-    # hub ids are "owner/name"; anything else that is not an existing directory is a bad path
-    pretrained = os.path.expanduser(pretrained)
-    looks_like_path = pretrained.startswith(("/", ".")) or pretrained.count("/") > 1
-    if looks_like_path and not os.path.isdir(pretrained):
-        raise FileNotFoundError(
-            "Expected argument `pretrained` to be a Hugging Face hub id or a directory written by "
-            f"`ASTModel.save_pretrained`, but the directory {pretrained!r} does not exist"
-        )
+    pretrained = checked_pretrained(pretrained, "ASTModel.save_pretrained")
     try:
         return ASTModel.from_pretrained(pretrained)
     except OSError as error:

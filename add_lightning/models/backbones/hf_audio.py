@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import importlib
-import os
 from typing import Any, Literal
 
-import huggingface_hub.constants
 import torch
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, PretrainedConfig
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING
+
+from add_lightning.hub import checked_pretrained, offline_hint
 
 __all__ = ["HFAudioEncoder", "conv_output_lengths", "masked_mean", "normalize_waveforms"]
 
@@ -89,12 +89,7 @@ class _ValidFramesGroupNorm(nn.GroupNorm):
 
 
 def _offline_error(pretrained: str, error: Exception) -> OSError:
-    offline = huggingface_hub.constants.is_offline_mode()
-    hint = (
-        "HF_HUB_OFFLINE is set, so the hub cannot be reached: unset it, or "
-        if offline
-        else "If this machine has no internet access, "
-    )
+    hint = offline_hint()
     return OSError(
         f"Could not load the audio encoder `pretrained={pretrained!r}` ({error}). {hint}"
         "download it once elsewhere with `AutoModel.from_pretrained(ID).save_pretrained(DIR)` and "
@@ -102,17 +97,6 @@ def _offline_error(pretrained: str, error: Exception) -> OSError:
         "`pretrained: DIR` (a local directory), or give `config` without `pretrained` for a "
         "randomly initialised model."
     )
-
-
-def _check_path(pretrained: str) -> str:
-    pretrained = os.path.expanduser(pretrained)
-    looks_like_path = pretrained.startswith(("/", ".")) or pretrained.count("/") > 1
-    if looks_like_path and not os.path.isdir(pretrained):
-        raise FileNotFoundError(
-            "Expected argument `pretrained` to be a Hugging Face hub id or a directory written by "
-            f"`save_pretrained`, but the directory {pretrained!r} does not exist"
-        )
-    return pretrained
 
 
 def _load_model(pretrained: str, overrides: dict[str, Any]) -> nn.Module:
@@ -227,7 +211,7 @@ class HFAudioEncoder(nn.Module):
             model = AutoModel.from_config(model_config)
             extractor = _default_extractor(model_config)
         else:
-            pretrained = _check_path(pretrained)
+            pretrained = checked_pretrained(pretrained)
             try:
                 model = _load_model(pretrained, overrides)
             except OSError as error:
