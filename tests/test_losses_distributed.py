@@ -47,6 +47,9 @@ def _worker(rank: int, world_size: int, init_file: str, split: list[int], kind: 
             {"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]},
             os.path.join(out, f"rank{rank}.pt"),
         )
+        # both ranks done before either tears gloo down: a peer that exits while the
+        # other still holds the connection can abort it (std::terminate, SIGABRT)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

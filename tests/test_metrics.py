@@ -225,6 +225,9 @@ def _ddp_worker(rank: int, init_file: str, world_size: int) -> None:
             metric.update(embeddings[batch], targets[batch])
         expected = brute_force(embeddings, targets, num_classes)
         assert_matches(metric.compute(), expected, atol=1e-6)
+        # both ranks done before either tears gloo down: a peer that exits while the
+        # other still holds the connection can abort it (std::terminate, SIGABRT)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

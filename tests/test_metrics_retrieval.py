@@ -237,6 +237,9 @@ def _ddp_worker(rank: int, init_file: str, world_size: int, expected: dict[str, 
         result = metric.compute()
         for key, value in expected.items():
             assert float(result[key]) == pytest.approx(value, abs=1e-6), (rank, key)
+        # both ranks done before either tears gloo down: a peer that exits while the
+        # other still holds the connection can abort it (std::terminate, SIGABRT)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
