@@ -126,14 +126,25 @@ def _unbounded(trainer_config: dict[str, Any]) -> bool:
 
 
 def _check_input_shape(datamodule: Any, model: Any) -> None:
-    """Refuses features whose frames or mel bins differ from the backbone's ``input_shape``.
+    """Refuses data whose frames, mel bins or sample rate differ from the backbone's.
 
     Caught here, a mismatch of ``data...features.target_frames`` and the backbone's
     ``max_length`` costs nothing; at the first forward pass it costs the statistics and cache
     build first.
     """
+    backbone = getattr(model, "backbone", None)
+    data_rate, model_rate = (
+        getattr(datamodule, "sample_rate", None),
+        getattr(backbone, "sample_rate", None),
+    )
+    if isinstance(data_rate, int) and isinstance(model_rate, int) and data_rate != model_rate:
+        raise ValueError(
+            f"Expected the data's `sample_rate` {data_rate} to equal the backbone's {model_rate}: "
+            "the encoder was trained on audio at its rate. Set "
+            f"--data.init_args.sample_rate {model_rate}."
+        )
     features = getattr(datamodule, "features", None)
-    shape = getattr(getattr(model, "backbone", None), "input_shape", None)
+    shape = getattr(backbone, "input_shape", None)
     if features is None or shape is None:
         return
     frames, bins = shape

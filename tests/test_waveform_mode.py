@@ -251,3 +251,14 @@ def test_predict_works_and_classify_names_the_limit(iemocap_root, tmp_path):
     audio = next(iemocap_root.rglob("*.wav"))
     with pytest.raises(ValueError, match=r"is a waveform model.*add-lightning predict"):
         main(["classify", "--ckpt_path", checkpoint, str(audio)])
+
+
+def test_data_at_another_rate_than_the_encoder_is_refused(iemocap_root, tmp_path):
+    from add_lightning.lightning_cli import AddLightningCLI
+
+    config = tmp_path / "wavlm.yaml"
+    config.write_text(yaml.safe_dump(_config(iemocap_root)))
+    args = ["--config", str(config), "--data.init_args.sample_rate", "8000"]
+    args += ["--trainer.default_root_dir", str(tmp_path / "run")]
+    with pytest.raises(ValueError, match=r"`sample_rate` 8000 to equal the backbone's 16000"):
+        AddLightningCLI(args=args, run=False)
