@@ -19,6 +19,7 @@ import pytest
 import torch
 import yaml
 from lightning.pytorch import Callback
+from test_backbone_beats import TINY as TINY_BEATS
 
 from add_lightning.cli import main
 from add_lightning.data import EvaluationSampler, SeededShuffleSampler
@@ -167,18 +168,8 @@ def test_evaluation_sampler_deals_whole_batches_without_repeats() -> None:
 BEATS = {
     "class_path": "add_lightning.models.BEATsBackbone",
     "init_args": {
+        **TINY_BEATS,  # test_backbone_beats.TINY, with 4 layers to drop from
         "encoder_layers": 4,
-        "encoder_embed_dim": 32,
-        "encoder_ffn_embed_dim": 48,
-        "encoder_attention_heads": 4,
-        "embed_dim": 24,
-        "conv_pos": 16,
-        "conv_pos_groups": 4,
-        "relative_position_embedding": True,
-        "num_buckets": 16,
-        "max_distance": 32,
-        "gru_rel_pos": True,
-        "deep_norm": True,
         "dropout": 0.0,
         "attention_dropout": 0.0,
         "encoder_layerdrop": 0.5,

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from test_backbone_beats import TINY as TINY_BEATS
 from tiny_runs import synthetic_dataset, tiny_run_config
 
 from add_lightning.cli import console_main, main
@@ -48,20 +49,6 @@ TINY_AST = {
     "patch_size": 8,
     "frequency_stride": 6,
     "time_stride": 8,
-}
-TINY_BEATS = {
-    "encoder_layers": 2,
-    "encoder_embed_dim": 32,
-    "encoder_ffn_embed_dim": 48,
-    "encoder_attention_heads": 4,
-    "embed_dim": 24,
-    "conv_pos": 16,
-    "conv_pos_groups": 4,
-    "relative_position_embedding": True,
-    "num_buckets": 16,
-    "max_distance": 32,
-    "gru_rel_pos": True,
-    "deep_norm": True,
 }
 
 
