@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from console_runs import run_console
 
 from add_lightning.cli import main
 from add_lightning.lightning_cli import AddLightningCLI
@@ -209,13 +210,8 @@ def test_console_script_reaches_the_real_experiment_commands(tmp_path, capsys):
 def test_ddp_two_cpu_processes(tiny_config, tmp_path):
     """fit (ADD statistics gathered over both processes) and predict under 2-process gloo DDP."""
     run = tmp_path / "run"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(REPO)])}
-    env["HF_HUB_OFFLINE"] = "1"
     ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
     fit = [
-        sys.executable,
-        "-m",
-        "add_lightning.cli",
         "fit",
         *_base(tiny_config, run),
         *ddp,
@@ -224,15 +220,11 @@ def test_ddp_two_cpu_processes(tiny_config, tmp_path):
         "--trainer.max_epochs",
         "1",
     ]
-    result = subprocess.run(fit, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_console(fit, retries=1)
     assert (run / "checkpoints" / "last.ckpt").is_file()
 
     output = run / "predictions.npz"  # the default of `predict`: <run dir>/predictions.npz
     predict = [
-        sys.executable,
-        "-m",
-        "add_lightning.cli",
         "predict",
         "--config",
         str(run / "config.yaml"),
@@ -240,8 +232,7 @@ def test_ddp_two_cpu_processes(tiny_config, tmp_path):
         "--ckpt_path",
         str(run / "checkpoints" / "last.ckpt"),
     ]
-    result = subprocess.run(predict, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_console(predict, retries=1)
     with np.load(output) as data:
         assert sorted(data["clip_ids"].tolist()) == [f"clip{i:03d}" for i in range(24)]
         assert data["embeddings"].shape == (24, 32)
