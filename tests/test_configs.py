@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from config_files import resolved
 from lightning.pytorch import Trainer
 from test_backbone_hf_audio import TINY
 from transformers import ASTConfig, ASTModel
@@ -107,7 +108,7 @@ def _no_downloads(config: dict, local_ast: str) -> dict:
 
 def _compose(path: Path, local_ast: str, local_data: str, tmp_path: Path) -> list[str]:
     """Arguments: synthetic data + tiny AST, the file under test, then local stand-ins."""
-    config = yaml.safe_load(path.read_text())
+    config = resolved(path)
     base, overrides = tmp_path / "base.yaml", tmp_path / "overrides.yaml"
     base.write_text(yaml.safe_dump(TINY_MODEL))
     overrides.write_text(yaml.safe_dump(_no_downloads(config, local_ast)))
@@ -121,7 +122,7 @@ def _compose(path: Path, local_ast: str, local_data: str, tmp_path: Path) -> lis
 
 @pytest.mark.parametrize("path", OTHER_CONFIGS, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_config_instantiates(path, local_ast, local_data, tmp_path):
-    config = yaml.safe_load(path.read_text())
+    config = resolved(path)
     cli = AddLightningCLI(args=_compose(path, local_ast, local_data, tmp_path), run=False)
     assert isinstance(cli.model, AudioClassifier)
     assert isinstance(cli.model.loss, ClassificationLoss)
@@ -200,7 +201,7 @@ def test_configs_exist():
     ],
 )
 def test_ablation_lambdas(ablation, lambdas):
-    config = yaml.safe_load((REPO / f"configs/loss/ablation/add_{ablation}.yaml").read_text())
+    config = resolved(REPO / f"configs/loss/ablation/add_{ablation}.yaml")
     init_args = config["model"]["init_args"]["loss"]["init_args"]["embedding"]["init_args"]
     keys = ("lambda_mu_p", "lambda_sigma_p", "lambda_mu_n", "lambda_sigma_n")
     assert tuple(init_args[k] for k in keys) == lambdas
