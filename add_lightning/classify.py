@@ -2,10 +2,12 @@
 
 Inputs are audio files, folders (every audio file below them, sorted, hidden files skipped) and
 ``.csv`` files (one column of paths, relative ones read from the CSV's folder). Each file is
-read as in training (channels averaged, resampled to the training rate), cut into windows of
-the model's input length and scored; the file's probabilities are the mean of its windows'
-softmax probabilities (rule: :mod:`add_lightning.inference`). Windows of several files share a
-forward pass (``--batch_size`` windows at a time).
+read as in training (channels averaged, resampled to the training rate) and scored as
+:mod:`add_lightning.inference` describes: for an fbank model (AST, BEATs) it is cut into
+windows of the model's input length and its probabilities are the mean of its windows'
+softmax probabilities; a waveform model (a speech encoder) scores the whole file as one
+window, as evaluation does. Windows of several files share a forward pass (``--batch_size``
+windows at a time; waveforms zero-padded to the longest, with their padding mask).
 
 Output: one line per file on stdout (``path<TAB>label probability<TAB>...``, top-k, in input
 order); ``--output`` also writes them to ``.csv`` or ``.json``; ``--embeddings`` writes the
@@ -36,10 +38,11 @@ def build_parser() -> ArgumentParser:
         prog="add-lightning classify",
         description=(
             "Classifies audio files (any sample rate, mono or multi-channel) with a checkpoint "
-            "written by `add-lightning fit`. Clips longer than the model's input are cut into "
-            "windows of target_frames frames every --hop_frames frames (the last one ending at "
-            "the clip's end) and the window probabilities averaged; shorter clips are "
-            "zero-padded as in training."
+            "written by `add-lightning fit`. Fbank models (AST, BEATs): clips longer than the "
+            "model's input are cut into windows of target_frames frames every --hop_frames "
+            "frames (the last one ending at the clip's end) and the window probabilities "
+            "averaged; shorter clips are zero-padded as in training. Waveform models (speech "
+            "encoders): each clip is scored whole, as in evaluation."
         ),
         exit_on_error=False,
     )
@@ -63,9 +66,17 @@ def build_parser() -> ArgumentParser:
         "--hop_frames",
         type=int | None,
         default=None,
-        help="frames between window starts of long clips (default target_frames // 2)",
+        help=(
+            "frames between window starts of long clips (default target_frames // 2); fbank "
+            "models only"
+        ),
     )
-    parser.add_argument("--batch_size", type=int, default=32, help="windows per forward pass")
+    parser.add_argument(
+        "--batch_size",
+        type=int,
+        default=32,
+        help="windows per forward pass (a waveform model: files)",
+    )
     parser.add_argument("--num_workers", type=int, default=0, help="processes decoding audio")
     parser.add_argument("--device", type=str, default="cpu", help="e.g. cpu, cuda, cuda:1")
     parser.add_argument(
@@ -167,16 +178,16 @@ def expand_inputs(inputs: Sequence[str], csv_column: str | None = None) -> list[
 
 
 class _FileWindows:
-    """Map-style dataset: item i = ``(i, windows or None, error message or None)``.
+    """Map-style dataset: item i = ``(i, (windows, valid lengths) or None, error or None)``.
 
-    Errors are returned, not raised, so that one unreadable file (in a DataLoader worker too)
-    does not stop the others.
+    The windows are the model's inputs from ``pipeline.inputs`` (see
+    :attr:`~add_lightning.inference.TrainedModel.pipeline`). Errors are returned, not raised, so
+    that one unreadable file (in a DataLoader worker too) does not stop the others.
     """
 
-    def __init__(self, paths: Sequence[Path], trained: Any, hop_frames: int | None) -> None:
+    def __init__(self, paths: Sequence[Path], pipeline: Any, hop_frames: int | None) -> None:
         self.paths = list(paths)
-        self.features = trained.inference_features
-        self.normalization = trained.normalization
+        self.pipeline = pipeline
         self.hop_frames = hop_frames
 
     def __len__(self) -> int:
@@ -184,24 +195,16 @@ class _FileWindows:
 
     def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
         from add_lightning.data.audio import AudioError, load_audio
-        from add_lightning.inference import waveform_windows
 
         path = self.paths[index]
+        rate = self.pipeline.sample_rate
         try:
-            waveform = load_audio(path, self.features.sample_rate)
-            windows = waveform_windows(
-                waveform,
-                self.features.sample_rate,
-                self.features,
-                self.normalization,
-                self.hop_frames,
-                return_num_frames=True,
-            )
+            windows = self.pipeline.inputs(load_audio(path, rate), rate, self.hop_frames)
         except AudioError as error:
             return index, None, str(error)
         except (ValueError, OSError) as error:
             return index, None, f"Audio file {path}: {error}"
-        return index, windows, None  # (windows, valid frames of each window)
+        return index, windows, None  # (windows, valid frames or samples of each window)
 
 
 def _write_atomic(path: Path, write: Any) -> None:
@@ -263,14 +266,19 @@ def main(argv: Sequence[str]) -> int:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from add_lightning.inference import load_trained_model
+    from add_lightning.inference import concat_inputs, load_trained_model
     from add_lightning.models.prediction import save_npz_atomic
 
     trained = load_trained_model(args.ckpt_path, map_location=args.device)
+    if trained.waveform is not None and args.hop_frames is not None:
+        raise ValueError(
+            f"`--hop_frames` applies to fbank models, but {args.ckpt_path} is a waveform model "
+            "(a speech encoder), which scores each file whole; leave `--hop_frames` out."
+        )
     trained.model.to(args.device)
     top_k = min(args.top_k, len(trained.class_names))
     loader = DataLoader(
-        _FileWindows(paths, trained, args.hop_frames),
+        _FileWindows(paths, trained.pipeline, args.hop_frames),
         batch_size=None,
         num_workers=args.num_workers,
     )
@@ -286,7 +294,7 @@ def main(argv: Sequence[str]) -> int:
         if not pending:
             return
         window_probabilities, window_embeddings = trained.score_windows(
-            torch.cat([windows for _, windows, _ in pending]),
+            concat_inputs([windows for _, windows, _ in pending]),
             args.batch_size,
             torch.cat([num_frames for _, _, num_frames in pending]),
         )

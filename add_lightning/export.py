@@ -35,7 +35,9 @@ all zeros), and masks it as ``classify`` does. Input ``fbank [batch, T, F]``, ou
 settings are in the model's metadata (``metadata_props``, key ``add_lightning``, a JSON object:
 features, normalisation, class names, input and outputs).
 
-Both write under a temporary name and rename when complete.
+Both write under a temporary name and rename when complete. Waveform models (speech
+encoders, ``HFAudioEncoder``) are not exported: both refuse them (score their files with
+``add-lightning classify``).
 """
 
 from __future__ import annotations
@@ -85,7 +87,19 @@ _EXTRACTOR_FIXED = {
 }
 
 
+def _check_fbank_model(trained: TrainedModel) -> None:
+    """Refuses a waveform model (a speech encoder), which neither format supports."""
+    if trained.waveform is not None:
+        raise ValueError(
+            "`add-lightning export` supports fbank models: AST (`--format hf` or `onnx`) and "
+            f"BEATs (`--format onnx`); this is a waveform model "
+            f"({type(trained.model.backbone).__name__}), which it does not export; use "
+            "`add-lightning classify --ckpt_path ...` to score files with it."
+        )
+
+
 def _check_huggingface_exportable(trained: TrainedModel) -> ASTBackbone:
+    _check_fbank_model(trained)
     backbone = trained.model.backbone
     if not isinstance(backbone, ASTBackbone):
         raise ValueError(
@@ -289,9 +303,11 @@ def export_onnx(trained: TrainedModel, path: str | os.PathLike[str]) -> Path:
         The file.
 
     Raises:
-        ValueError: If the backbone is neither an AST nor a BEATs model.
+        ValueError: If the backbone is neither an AST nor a BEATs model (e.g. a waveform
+            model).
         ImportError: If onnx or onnxscript is not installed (the ``export`` extra).
     """
+    _check_fbank_model(trained)
     backbone = trained.model.backbone
     if not isinstance(backbone, (ASTBackbone, BEATsBackbone)):
         raise ValueError(
@@ -358,7 +374,8 @@ def main(argv: Sequence[str]) -> int:
             "Export a checkpoint written by `add-lightning fit`: `hf`, an AST model as a "
             "transformers ASTForAudioClassification directory with its ASTFeatureExtractor "
             "config; `onnx`, an AST or BEATs model as an ONNX file from the un-normalised "
-            "fbank to logits and embeddings."
+            "fbank to logits and embeddings. Waveform models (speech encoders) are not "
+            "exported."
         ),
     )
     parser.add_argument("--ckpt_path", type=str, required=True, help="the .ckpt file")

@@ -1,16 +1,28 @@
 """A trained model with everything needed to use it on new audio.
 
-:class:`TrainedModel` is the unit that ``classify`` and ``export`` work on: the classifier
-and the feature pipeline it was trained with (filterbank settings, normalisation statistics)
-and its class names in id order. :func:`load_trained_model` reads it from a checkpoint that
-``add-lightning fit`` wrote (the data module stores the pipeline in every checkpoint, see
-``AudioDataModule.state_dict``).
+:class:`TrainedModel` is the unit that ``classify`` and ``export`` work on: the classifier,
+the input pipeline it was trained with and its class names in id order. The pipeline is one
+of two kinds (:attr:`TrainedModel.pipeline`, each with one method ``inputs`` turning a
+waveform into the model's inputs and their valid lengths):
+
+- :class:`FbankPipeline`, for models trained on filterbanks (AST, BEATs; ``AudioDataModule``):
+  the filterbank settings and normalisation statistics (``TrainedModel.features`` and
+  ``.normalization``).
+- :class:`WaveformPipeline`, for speech encoders trained on raw waveforms (``HFAudioEncoder``;
+  ``WaveformDataModule``): the sample rate (``TrainedModel.waveform``).
+
+:func:`load_trained_model` reads it from a checkpoint that ``add-lightning fit`` wrote (the
+data module stores the pipeline in every checkpoint, see ``AudioDataModule.state_dict`` and
+``WaveformDataModule.state_dict``).
 
 From a waveform to scores (:meth:`TrainedModel.windows`, :meth:`TrainedModel.classify`):
 
 1. Mono and rate: the channels of a ``[channels, num_samples]`` waveform are averaged, then
    it is resampled to the training rate with ``torchaudio.functional.resample``, exactly as
    ``load_audio`` reads training files.
+
+Fbank models:
+
 2. Filterbank: ``compute_fbank_frames`` with the training settings, dither off (so the scores
    of a file are the same on every call).
 3. Windows: a clip of at most ``target_frames`` frames is zero-padded to ``target_frames``
@@ -23,6 +35,13 @@ From a waveform to scores (:meth:`TrainedModel.windows`, :meth:`TrainedModel.cla
 4. Each window is normalised with the training statistics (``Normalization.apply``).
 5. Scores: the clip's class probabilities are the mean of its windows' softmax
    probabilities, its embedding the mean of its windows' embeddings.
+
+Waveform models score a clip as evaluation does (``WaveformDataModule``'s evaluation clips
+are whole and unaugmented): the whole mono waveform of step 1 is one window, whatever its
+length (``hop_frames`` does not apply); the encoder applies its own input normalisation.
+Several clips in one forward pass are zero-padded to the longest with the padding mask passed
+to the encoder, which encodes each clip as alone (see ``HFAudioEncoder``), so a clip's scores
+do not depend on the clips batched with it.
 """
 
 from __future__ import annotations
@@ -30,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,7 +70,10 @@ from add_lightning.models.classifier import AudioClassifier
 
 __all__ = [
     "ClipScores",
+    "FbankPipeline",
     "TrainedModel",
+    "WaveformPipeline",
+    "concat_inputs",
     "load_trained_model",
     "to_mono",
     "waveform_windows",
@@ -169,21 +192,153 @@ def waveform_windows(
     return windows, num_frames
 
 
+def concat_inputs(inputs: Sequence[Tensor]) -> Tensor:
+    """The inputs of several clips as one batch: concatenated along dim 0, zero-padded at the end
+    of dim 1 to the longest.
+
+    Fbank windows all have ``target_frames`` frames (a plain concatenation); waveforms are
+    padded to the longest clip, their valid lengths giving the padding mask.
+
+    Shape:
+        - inputs: ``[W_i, N_i, ...]`` each, the trailing dimensions equal
+        - output: ``[sum W_i, max N_i, ...]``
+    """
+    if not inputs:
+        raise ValueError("Expected the inputs of at least one clip but got none.")
+    longest = max(item.shape[1] for item in inputs)
+    first = inputs[0]
+    batch = first.new_zeros((sum(item.shape[0] for item in inputs), longest, *first.shape[2:]))
+    offset = 0
+    for item in inputs:
+        batch[offset : offset + item.shape[0], : item.shape[1]] = item
+        offset += item.shape[0]
+    return batch
+
+
+@dataclass(frozen=True)
+class FbankPipeline:
+    """The input pipeline of an fbank model: waveform -> normalised filterbank windows.
+
+    Args:
+        features: The filterbank settings (use the training settings with dither off, as
+            :attr:`TrainedModel.inference_features`, for deterministic scores).
+        normalization: The normalisation statistics of training.
+    """
+
+    features: FbankOptions
+    normalization: Normalization
+
+    @property
+    def sample_rate(self) -> int:
+        """The training rate in Hz (files are read at it)."""
+        return self.features.sample_rate
+
+    def inputs(
+        self, waveform: Tensor | np.ndarray, sample_rate: int, hop_frames: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The model's windows of a waveform and their valid frames (steps 1-4 of the module doc).
+
+        Shape:
+            - Output: ``([num_windows, target_frames, num_mel_bins], [num_windows])``.
+
+        Raises:
+            ValueError: See :func:`waveform_windows`.
+        """
+        return waveform_windows(
+            waveform,
+            sample_rate,
+            self.features,
+            self.normalization,
+            hop_frames,
+            return_num_frames=True,
+        )
+
+
+@dataclass(frozen=True)
+class WaveformPipeline:
+    """The input pipeline of a speech encoder: waveform -> the whole clip at the training rate.
+
+    Args:
+        sample_rate: The training rate in Hz (the encoder's).
+        max_duration: The longest training crop in seconds (None: whole clips); for information
+            only, since clips are scored whole as in evaluation.
+        min_samples: The fewest samples (at ``sample_rate``) the encoder takes (one encoder
+            frame, ``HFAudioEncoder.min_samples``).
+
+    Raises:
+        ValueError: If ``sample_rate`` or ``min_samples`` is not a positive integer or
+            ``max_duration`` is not None or positive.
+    """
+
+    sample_rate: int
+    max_duration: float | None = None
+    min_samples: int = 1
+
+    def __post_init__(self) -> None:
+        for name, value in (("sample_rate", self.sample_rate), ("min_samples", self.min_samples)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(
+                    f"Expected argument `{name}` to be a positive integer but got {value!r}."
+                )
+        duration = self.max_duration
+        if duration is not None and (
+            isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0
+        ):
+            raise ValueError(
+                f"Expected argument `max_duration` to be None or positive but got {duration!r}."
+            )
+
+    def inputs(
+        self, waveform: Tensor | np.ndarray, sample_rate: int, hop_frames: int | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The clip as one window (step 1 of the module doc) and its number of samples.
+
+        Shape:
+            - Output: ``([1, num_samples], [1])``, ``num_samples`` at the training rate.
+
+        Raises:
+            ValueError: If ``hop_frames`` is given (whole clips have no windows), or the
+                waveform is invalid (see :func:`to_mono`) or shorter than ``min_samples``.
+        """
+        if hop_frames is not None:
+            raise ValueError(
+                "Expected argument `hop_frames` to be None for a waveform model, which scores "
+                f"each clip whole as evaluation does, but got {hop_frames!r}."
+            )
+        clip = to_mono(waveform, sample_rate, self.sample_rate)
+        if clip.shape[0] < self.min_samples:
+            raise ValueError(
+                f"Expected a clip of at least {self.min_samples} samples at {self.sample_rate} "
+                f"Hz ({self.min_samples / self.sample_rate:.4f} s, one encoder frame) but got "
+                f"{clip.shape[0]}."
+            )
+        return clip[None], torch.tensor([clip.shape[0]])
+
+
 @dataclass
 class TrainedModel:
-    """A classifier and the feature pipeline it was trained with.
+    """A classifier and the input pipeline it was trained with.
+
+    An fbank model has ``features`` and ``normalization`` and no ``waveform``; a waveform
+    model (a speech encoder) has ``waveform`` and neither of the others.
 
     Args:
         model: The classifier, in eval mode.
-        features: The filterbank settings of training.
-        normalization: The normalisation statistics of training.
+        features: The filterbank settings of training; None for a waveform model.
+        normalization: The normalisation statistics of training; None for a waveform model.
         class_names: Class names in id order (``len == model.num_classes``).
+        waveform: The waveform pipeline of a waveform model; None for an fbank model.
+
+    Raises:
+        ValueError: If the class names do not match the model, or the pipeline is neither
+            ``features`` and ``normalization`` nor ``waveform``.
     """
 
     model: AudioClassifier
-    features: FbankOptions
-    normalization: Normalization
+    features: FbankOptions | None
+    normalization: Normalization | None
     class_names: list[str]
+    waveform: WaveformPipeline | None = None
 
     def __post_init__(self) -> None:
         if len(self.class_names) != self.model.num_classes:
@@ -191,44 +346,69 @@ class TrainedModel:
                 f"Expected {self.model.num_classes} `class_names` (one per class of the model) "
                 f"but got {len(self.class_names)}."
             )
+        fbank = (self.features is not None, self.normalization is not None)
+        if fbank != ((False, False) if self.waveform is not None else (True, True)):
+            raise ValueError(
+                "Expected either `features` and `normalization` (an fbank model) or `waveform` "
+                "(a waveform model) but got "
+                f"features={self.features is not None}, "
+                f"normalization={self.normalization is not None}, "
+                f"waveform={self.waveform is not None}."
+            )
+
+    @property
+    def pipeline(self) -> FbankPipeline | WaveformPipeline:
+        """The input pipeline: waveform -> the model's inputs (fbank: with dither off)."""
+        if self.waveform is not None:
+            return self.waveform
+        return FbankPipeline(self.inference_features, self.normalization)
 
     @property
     def inference_features(self) -> FbankOptions:
-        """The training filterbank settings with dither off (deterministic features)."""
+        """The training filterbank settings with dither off (deterministic features).
+
+        Raises:
+            ValueError: For a waveform model, which has no filterbank.
+        """
+        if self.features is None:
+            raise ValueError("A waveform model has no filterbank settings.")
         return dataclasses.replace(self.features, dither=0.0)
 
     def windows(
         self, waveform: Tensor | np.ndarray, sample_rate: int, hop_frames: int | None = None
     ) -> Tensor:
-        """The model's normalised input windows of a waveform (steps 1-4 of the module doc).
+        """The model's input windows of a waveform (steps 1-4 of the module doc).
 
         Args:
             waveform: ``[num_samples]`` or ``[channels, num_samples]`` at ``sample_rate``.
             sample_rate: Rate of ``waveform`` in Hz (any; resampled to the training rate).
             hop_frames: Frames between window starts of a long clip; None means
-                ``target_frames // 2``.
+                ``target_frames // 2``. Fbank models only.
 
         Shape:
-            - Output: ``[num_windows, target_frames, num_mel_bins]``, float32.
+            - Output: ``[num_windows, target_frames, num_mel_bins]``, float32 (normalised);
+              waveform model: ``[1, num_samples]`` at the training rate.
 
         Raises:
-            ValueError: If the waveform is invalid or shorter than one filterbank frame.
+            ValueError: If the waveform is invalid or shorter than one filterbank frame, or
+                ``hop_frames`` is given for a waveform model.
         """
-        return waveform_windows(
-            waveform, sample_rate, self.inference_features, self.normalization, hop_frames
-        )
+        return self.pipeline.inputs(waveform, sample_rate, hop_frames)[0]
 
     @torch.no_grad()
     def score_windows(
         self, windows: Tensor, batch_size: int = 32, num_frames: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Softmax probabilities and embeddings of normalised windows, ``batch_size`` at a time.
+        """Softmax probabilities and embeddings of input windows, ``batch_size`` at a time.
 
         ``num_frames`` (valid frames of each window, None = all) masks the padding for a
-        backbone that takes a padding mask (see ``AudioClassifier.embed``).
+        backbone that takes a padding mask (BEATs, speech encoders; see
+        ``AudioClassifier.embed``). For a waveform model the windows are zero-padded clips
+        (:func:`concat_inputs`) and ``num_frames`` their valid samples.
 
         Shape:
-            - windows: ``[W, target_frames, num_mel_bins]``; num_frames: ``[W]``.
+            - windows: ``[W, target_frames, num_mel_bins]`` (waveforms: ``[W, N]``);
+              num_frames: ``[W]``.
             - Output: ``([W, C], [W, D])``, float32 on the CPU.
 
         Raises:
@@ -263,14 +443,7 @@ class TrainedModel:
             hop_frames: See :meth:`windows`.
             batch_size: Windows per forward pass.
         """
-        windows, num_frames = waveform_windows(
-            waveform,
-            sample_rate,
-            self.inference_features,
-            self.normalization,
-            hop_frames,
-            return_num_frames=True,
-        )
+        windows, num_frames = self.pipeline.inputs(waveform, sample_rate, hop_frames)
         probabilities, embeddings = self.score_windows(windows, batch_size, num_frames)
         return ClipScores(probabilities.mean(dim=0), embeddings.mean(dim=0), windows.shape[0])
 
@@ -293,7 +466,9 @@ def load_trained_model(
     a backbone trained from pretrained weights (an AST hub id or folder, a BEATs file) is stored
     as its architecture (see ``AudioClassifier.on_save_checkpoint``), so it is rebuilt with
     random weights that the checkpoint's overwrite; nothing is downloaded or read besides
-    ``path``.
+    ``path``. A speech encoder (``HFAudioEncoder``) is rebuilt from its arguments as given:
+    one built from ``config`` alone needs nothing else, one started from ``pretrained`` needs
+    that hub id (cached) or folder again.
 
     Args:
         path: The ``.ckpt`` file.
@@ -301,8 +476,9 @@ def load_trained_model(
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If it is not a checkpoint, or holds no feature pipeline (written by an
-            older version or not by ``add-lightning fit``), or no model hyperparameters.
+        ValueError: If it is not a checkpoint, or holds no input pipeline (written by an
+            older version or not by ``add-lightning fit``), or no model hyperparameters, or
+            its parts disagree.
     """
     path = Path(path)
     if not path.is_file():
@@ -317,9 +493,10 @@ def load_trained_model(
     if pipeline is None:
         raise ValueError(
             f"Checkpoint {path} holds no feature pipeline (feature settings, normalisation "
-            "statistics, class names): it was written by an older add-lightning or not by "
-            "`add-lightning fit` with an AudioDataModule. Evaluate it with `add-lightning test "
-            "--config <its config.yaml> --ckpt_path ...`, or train it again to classify files."
+            "statistics or waveform settings, class names): it was written by an older "
+            "add-lightning or not by `add-lightning fit` with an AudioDataModule. Evaluate it "
+            "with `add-lightning test --config <its config.yaml> --ckpt_path ...`, or train it "
+            "again to classify files."
         )
     if not checkpoint.get("hyper_parameters"):
         raise ValueError(
@@ -327,13 +504,11 @@ def load_trained_model(
             "expected a checkpoint written by `add-lightning fit`."
         )
     if isinstance(pipeline, dict) and "waveform" in pipeline:
-        raise ValueError(
-            f"Checkpoint {path} is a waveform model (trained with WaveformDataModule, e.g. a "
-            "speech encoder); classify and export take fbank models only. Score files with "
-            "`add-lightning predict --config <its config.yaml> --ckpt_path ...` on a data set "
-            "of them (e.g. FolderDataset) instead."
-        )
-    features, normalization, class_names = parse_pipeline(pipeline, f"checkpoint {path}")
+        waveform, class_names = _parse_waveform_pipeline(pipeline, f"checkpoint {path}")
+        features = normalization = None
+    else:
+        features, normalization, class_names = parse_pipeline(pipeline, f"checkpoint {path}")
+        waveform = None
     del checkpoint
     model = AudioClassifier.load_from_checkpoint(path, map_location=map_location)
     model.eval()
@@ -342,4 +517,30 @@ def load_trained_model(
             f"Checkpoint {path} is inconsistent: the model's class names "
             f"{list(model.class_names)[:5]}... differ from the data's {class_names[:5]}...."
         )
-    return TrainedModel(model, features, normalization, class_names)
+    if waveform is not None:
+        backbone_rate = getattr(model.backbone, "sample_rate", None)
+        if backbone_rate not in (None, waveform.sample_rate):
+            raise ValueError(
+                f"Checkpoint {path} is inconsistent: its encoder takes {backbone_rate} Hz but "
+                f"the data was read at {waveform.sample_rate} Hz."
+            )
+        minimum = getattr(model.backbone, "min_samples", 1)
+        waveform = dataclasses.replace(waveform, min_samples=minimum)
+    return TrainedModel(model, features, normalization, class_names, waveform)
+
+
+def _parse_waveform_pipeline(
+    pipeline: dict[str, Any], source: str
+) -> tuple[WaveformPipeline, list[str]]:
+    """The :class:`WaveformPipeline` and class names of ``WaveformDataModule.state_dict``."""
+    try:
+        settings = pipeline["waveform"]
+        waveform = WaveformPipeline(settings["sample_rate"], settings.get("max_duration"))
+        class_names = [str(name) for name in pipeline["class_names"]]
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise ValueError(
+            f"The waveform pipeline stored in {source} is damaged ({type(error).__name__}: "
+            f"{error}); expected the waveform settings and class_names that `add-lightning fit` "
+            "stores."
+        ) from None
+    return waveform, class_names

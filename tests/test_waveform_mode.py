@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+import torchaudio
 import yaml
 from console_runs import run_console
 from test_backbone_hf_audio import TINY
@@ -26,6 +27,8 @@ from add_lightning.data import (
 )
 from add_lightning.data.datamodule import PIPELINE_KEY
 from add_lightning.experiments.compare import describe_experiment
+from add_lightning.inference import TrainedModel, WaveformPipeline, concat_inputs
+from add_lightning.models import AudioClassifier, HFAudioEncoder
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -229,7 +232,18 @@ def test_two_process_ddp_matches_the_single_process_loss(iemocap_root, tmp_path)
     assert losses["single"][0] != losses["single"][-1]  # it trained
 
 
-def test_predict_works_and_classify_names_the_limit(iemocap_root, tmp_path):
+def _alone(model: AudioClassifier, path: Path) -> np.ndarray:
+    """Reference: a file's probabilities from the model applied to it alone, as evaluation
+    reads it (soundfile, channels averaged, resampled to 16 kHz)."""
+    samples, rate = soundfile.read(path, dtype="float32", always_2d=True)
+    waveform = torch.from_numpy(samples.mean(axis=1))
+    if rate != RATE:
+        waveform = torchaudio.functional.resample(waveform, rate, RATE)
+    with torch.no_grad():
+        return model.head(model.backbone(waveform[None])).softmax(dim=-1)[0].numpy()
+
+
+def test_predict_and_classify_a_trained_wavlm(iemocap_root, tmp_path, capsys):
     config = tmp_path / "wavlm.yaml"
     config.write_text(yaml.safe_dump(_config(iemocap_root, limit_train_batches=1)))
     run = tmp_path / "run"
@@ -242,9 +256,75 @@ def test_predict_works_and_classify_names_the_limit(iemocap_root, tmp_path):
     with np.load(run / "predictions.npz") as predictions:
         assert predictions["embeddings"].shape == (5, 32)  # the test session
         assert np.isfinite(predictions["embeddings"]).all()
-    audio = next(iemocap_root.rglob("*.wav"))
-    with pytest.raises(ValueError, match=r"is a waveform model.*add-lightning predict"):
-        main(["classify", "--ckpt_path", checkpoint, str(audio)])
+        predicted = dict(zip(predictions["clip_ids"], predictions["logits"]))
+
+    # the test session's 5 files (0.1 to 0.4 s at 16 kHz), then other rates, stereo, int16
+    data = WaveformDataModule(IEMOCAP(str(iemocap_root)), fold=1)
+    data.setup("predict")
+    clips = data.predict_dataloader().dataset.clips
+    files = [clip.path for clip in clips]
+    rng = np.random.default_rng(0)
+    for name, rate, shape, subtype in (
+        ("stereo.wav", 22050, (5000, 2), "FLOAT"),
+        ("low.flac", 8000, (1900,), "PCM_16"),
+        ("long.wav", 44100, (20000,), "PCM_16"),
+    ):
+        soundfile.write(tmp_path / name, rng.uniform(-0.5, 0.5, shape), rate, subtype=subtype)
+        files.append(tmp_path / name)
+    output = tmp_path / "results.json"
+    # 3 files per forward pass: each pass pads clips of different lengths
+    arguments = ["classify", "--ckpt_path", checkpoint, *map(str, files), "--batch_size", "3"]
+    done = run_console([*arguments, "--output", str(output), "--top_k", "2"])
+    assert f"classified {len(files)} of {len(files)} files" in done.stderr
+    assert len(done.stdout.strip().splitlines()) == len(files)
+    results = json.loads(output.read_text())
+    names = ["ang", "hap", "neu", "sad"]
+    assert results["class_names"] == names
+    model = AudioClassifier.load_from_checkpoint(checkpoint).eval()
+    for path, row in zip(files, results["clips"], strict=True):
+        assert row["path"] == str(path) and row["error"] is None and row["num_windows"] == 1
+        got = np.array([row["probabilities"][name] for name in names])
+        np.testing.assert_allclose(got, _alone(model, path), atol=1e-5)
+        assert row["top_k"][0]["label"] == names[int(got.argmax())]
+    for clip, row in zip(clips, results["clips"]):  # predict: another path, same scores
+        expected = torch.from_numpy(predicted[clip.clip_id]).softmax(dim=-1).numpy()
+        np.testing.assert_allclose(
+            [row["probabilities"][name] for name in names], expected, atol=1e-5
+        )
+
+    # 12 samples, under one encoder frame (kernels 10, 3, strides 5, 2: 20 samples): named,
+    # skipped, exit status 1
+    soundfile.write(tmp_path / "short.wav", np.zeros(12), RATE)
+    assert main(["classify", "--ckpt_path", checkpoint, str(tmp_path / "short.wav")]) == 1
+    assert "short.wav: Expected a clip of at least 20 samples" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"`--hop_frames` applies to fbank models"):
+        main(["classify", "--ckpt_path", checkpoint, "--hop_frames", "8", str(files[0])])
+    export = ["export", "--ckpt_path", checkpoint, "--format", "onnx"]
+    with pytest.raises(ValueError, match=r"this is a waveform model \(HFAudioEncoder\)"):
+        main([*export, "--output", str(tmp_path / "model.onnx")])
+    assert not (tmp_path / "model.onnx").exists()
+
+
+def test_classify_a_whisper_model_on_a_padded_batch():
+    """Whisper pads every clip to its fixed input itself: a clip's scores in a batch of others
+    (shorter, longer than that 1 s input) are those of the model applied to it alone."""
+    torch.manual_seed(0)
+    model = AudioClassifier(HFAudioEncoder(config=TINY["whisper"]), num_classes=3).eval()
+    trained = TrainedModel(model, None, None, ["a", "b", "c"], WaveformPipeline(RATE))
+    generator = torch.Generator().manual_seed(0)
+    clips = [(0.1 * torch.randn(n, generator=generator), n) for n in (3000, 9000, 20000)]
+    inputs = [trained.pipeline.inputs(waveform, RATE) for waveform, _ in clips]
+    probabilities, _ = trained.score_windows(
+        concat_inputs([windows for windows, _ in inputs]),
+        num_frames=torch.cat([lengths for _, lengths in inputs]),
+    )
+    for (waveform, _), batched in zip(clips, probabilities):
+        with torch.no_grad():
+            alone = model.head(model.backbone(waveform[None])).softmax(dim=-1)[0]
+        torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+        torch.testing.assert_close(trained.classify(waveform, RATE).probabilities, alone)
+    with pytest.raises(ValueError, match="`hop_frames` to be None for a waveform model"):
+        trained.classify(clips[0][0], RATE, hop_frames=10)
 
 
 def test_data_at_another_rate_than_the_encoder_is_refused(iemocap_root, tmp_path):

@@ -80,7 +80,8 @@ class AudioClassifier(LightningModule):
 
     Args:
         backbone: Embedding extractor with an ``embedding_dim`` attribute, ``[B, T, F] -> [B, D]``.
-            A backbone whose ``accepts_padding_mask`` attribute is True (BEATs) is called as
+            A backbone whose ``accepts_padding_mask`` attribute is True (BEATs; speech
+            encoders, whose ``T`` is samples) is called as
             ``backbone(features, padding_mask)`` with ``padding_mask [B, T]`` True at frames at
             or after the batch's ``num_frames``; other backbones (AST: its recipe has no mask)
             get the padded features alone.
@@ -181,7 +182,8 @@ class AudioClassifier(LightningModule):
         ``padding_mask`` (True = padding, as batches of ``WaveformDataModule`` carry it) is
         passed on to the backbone when given. Otherwise ``num_frames`` (``[B]``, each clip's
         frames before the zero padding, as ``AudioDataModule`` batches carry it) becomes the
-        padding mask of a backbone whose ``accepts_padding_mask`` is True (BEATs); other
+        padding mask of a backbone whose ``accepts_padding_mask`` is True (BEATs, speech
+        encoders: valid samples); other
         backbones (AST) then see every frame.
         """
         if padding_mask is None and num_frames is not None:

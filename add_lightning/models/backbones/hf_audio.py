@@ -174,7 +174,13 @@ class HFAudioEncoder(nn.Module):
         - features: ``[B, N]`` float waveforms, zero-padded
         - padding_mask: ``[B, N]`` bool, True at padding samples (``None``: no padding)
         - output: ``[B, D]`` with ``D = embedding_dim = hidden_size`` (Whisper: ``d_model``)
+
+    Attributes:
+        accepts_padding_mask: True: ``AudioClassifier.embed`` turns valid lengths
+            (``num_frames``, here samples) into the padding mask, as ``classify`` passes them.
     """
+
+    accepts_padding_mask = True
 
     def __init__(
         self,
@@ -280,6 +286,17 @@ class HFAudioEncoder(nn.Module):
         if self.freeze == "encoder":
             self.model.eval()  # a frozen upstream: no dropout, no SpecAugment masking
         return self
+
+    @property
+    def min_samples(self) -> int:
+        """The fewest samples a clip needs: one encoder frame (Whisper: one sample)."""
+        if self.main_input == "input_features":
+            return 1
+        config = self.model.config
+        samples = 1  # frames, then samples: the receptive field of one output frame
+        for kernel, stride in zip(reversed(config.conv_kernel), reversed(config.conv_stride)):
+            samples = (samples - 1) * stride + kernel
+        return samples
 
     def epoch_statistics(self) -> dict[str, Tensor]:
         """The softmax layer weights ``{"layer_weights/<i>": w_i}`` (empty for mean pooling)."""
