@@ -305,6 +305,13 @@ def test_predict_and_classify_a_trained_wavlm(iemocap_root, tmp_path, capsys):
     assert not (tmp_path / "model.onnx").exists()
 
 
+def test_concat_inputs_pads_the_clips_to_the_longest():
+    batch = concat_inputs([torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[4.0], [5.0]])])
+    assert torch.equal(batch, torch.tensor([[1.0, 2.0, 3.0], [4.0, 0.0, 0.0], [5.0, 0.0, 0.0]]))
+    windows = [torch.ones(2, 4, 3), torch.zeros(1, 4, 3)]  # fbank windows: a concatenation
+    assert torch.equal(concat_inputs(windows), torch.cat(windows))
+
+
 def test_classify_a_whisper_model_on_a_padded_batch():
     """Whisper pads every clip to its fixed input itself: a clip's scores in a batch of others
     (shorter, longer than that 1 s input) are those of the model applied to it alone."""
