@@ -102,6 +102,35 @@ def test_epoch_means_equal_the_hand_average_of_the_steps(tmp_path):
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(epochs[1]["loss"])
 
 
+def test_steps_between_logging_steps_count_in_the_epoch_means(tmp_path):
+    # self.log is called only at the steps the logger writes (every 3rd here) and at an epoch's
+    # first step; the epoch values still average every step, and the logged step values are
+    # those steps' own.
+    recorder = StepRecorder()
+    logger = CSVLogger(str(tmp_path), name="run")
+    trainer = tiny_trainer(
+        tmp_path,
+        max_epochs=2,
+        logger=logger,
+        callbacks=[recorder],
+        log_every_n_steps=3,
+        limit_val_batches=0,
+    )
+    trainer.fit(tiny_model(), datamodule=ToyData(size=24, batch_size=7))  # batches 7, 7, 7, 3
+    epochs = _epoch_rows(Path(logger.log_dir) / "metrics.csv")
+    for epoch in (0, 1):
+        assert epochs[epoch]["loss"] == pytest.approx(
+            _hand_means(recorder.steps, epoch, "", returned=True), rel=1e-6
+        )
+    with (Path(logger.log_dir) / "metrics.csv").open() as handle:
+        rows = [row for row in csv.DictReader(handle) if row.get("train/loss_step")]
+    # Lightning writes step values at steps 3, 6 (1-based), i.e. global steps 2 and 5
+    assert [int(row["step"]) for row in rows] == [2, 5]
+    for row in rows:
+        returned = recorder.steps[int(row["step"])]["returned"]
+        assert float(row["train/loss_step"]) == pytest.approx(returned, rel=1e-6)
+
+
 def test_two_process_epoch_means_are_the_mean_over_both_ranks_steps(tmp_path):
     config = {**TINY_CONFIG, "data": {**TINY_CONFIG["data"]}}
     config["data"]["init_args"] = {"size": 24, "batch_size": 5}  # per rank 12: 5, 5, 2

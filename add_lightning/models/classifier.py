@@ -169,6 +169,7 @@ class AudioClassifier(LightningModule):
         # at the first step: the terms are the loss's). Their states stay on each process until
         # the epoch's compute, where torchmetrics synchronises them once; not checkpointed.
         self.train_means = nn.ModuleDict()
+        self._train_epoch_logged = False  # set by the epoch's first training step
 
     # ------------------------------------------------------------------ model
     def embed(
@@ -226,8 +227,14 @@ class AudioClassifier(LightningModule):
         # A float: Lightning sums integer batch sizes in an integer tensor and averages it over
         # processes with integer division, which biases the mean over uneven evaluation shards.
         batch_size = float(features.shape[0])
+        first = False
         if stage == "train":
-            self._log_train_means({"loss": total, **terms}, batch_size)
+            # the epoch's first step registers the epoch values (see _log_train_means)
+            first = not self._train_epoch_logged
+            self._train_epoch_logged = True
+            self._log_train_means(
+                {"loss": total, **terms}, batch_size, first or self._is_logging_step()
+            )
         else:  # no step values: Lightning synchronises the epoch means once
             self.log(
                 f"{stage}/loss",
@@ -245,15 +252,39 @@ class AudioClassifier(LightningModule):
         accuracy, f1 = getattr(self, f"{stage}_acc"), getattr(self, f"{stage}_f1")
         accuracy.update(logits, labels)  # update alone: the values are logged once per epoch
         f1.update(logits, labels)
-        self.log(f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train")
-        self.log(f"{stage}/f1", f1, on_step=False, on_epoch=True)
+        if stage != "train" or first:
+            # A metric object logged once in an epoch is computed (and synchronised) from all
+            # of that epoch's updates at its end: logging it at every step only costs time.
+            self.log(
+                f"{stage}/acc", accuracy, on_step=False, on_epoch=True, prog_bar=stage != "train"
+            )
+            self.log(f"{stage}/f1", f1, on_step=False, on_epoch=True)
         return total, embeddings, labels
 
-    def _log_train_means(self, values: dict[str, Tensor], batch_size: float) -> None:
+    def _is_logging_step(self) -> bool:
+        """Whether the trainer sends this training step's values to the logger.
+
+        Lightning writes step values every ``log_every_n_steps`` optimizer steps (and on
+        ``fast_dev_run`` or a requested stop); values logged at other steps are never written.
+        """
+        trainer = self.trainer
+        every = trainer.log_every_n_steps
+        if trainer.fast_dev_run or trainer.should_stop:
+            return True
+        return every > 0 and (trainer.global_step + 1) % every == 0
+
+    def _log_train_means(
+        self, values: dict[str, Tensor], batch_size: float, log_now: bool = True
+    ) -> None:
         """Logs ``train/<name>`` per step (this process's batch) and per epoch (all processes).
 
         The epoch value is the batch-size weighted mean of the step values of every process, as
         ``self.log(..., sync_dist=True)`` gives, but synchronised once per epoch, not per step.
+        Every step updates the means; ``self.log`` is called only when ``log_now`` (the steps
+        whose values the logger writes, and an epoch's first step so that the epoch value is
+        computed): about ten calls per step cost Lightning's bookkeeping ~2 ms each step.
+        ``trainer.callback_metrics`` (and the progress bar) therefore hold the step values of
+        the last logging step.
         """
         for name, value in values.items():
             key = name.replace("/", "__")
@@ -263,8 +294,11 @@ class AudioClassifier(LightningModule):
                 # 1.9), so the value is repeated once per clip instead: the same weighted mean.
                 self.train_means[key] = MeanMetric(nan_strategy="disable").to(value.device)
             mean = self.train_means[key]
-            # step value: this batch's, not synchronised
-            mean(value.detach().float().expand(int(batch_size)))
+            clips = value.detach().float().expand(int(batch_size))
+            if not log_now:
+                mean.update(clips)
+                continue
+            mean(clips)  # update, and this batch's value as the step value (not synchronised)
             self.log(
                 f"train/{name}",
                 mean,
@@ -328,6 +362,7 @@ class AudioClassifier(LightningModule):
             release()
 
     def on_train_epoch_start(self) -> None:
+        self._train_epoch_logged = False
         if self.trainer.optimizers:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_epoch=True)
 
