@@ -10,10 +10,15 @@ Two measurements:
   *wait* = previous on_train_batch_end -> on_train_batch_start (the data loader, transfer and
   loop overhead). Reports clips/s and wait / (wait + step).
 
+Both report per-step medians of wall time and of this process's CPU time
+(``time.process_time``); with ``--threads 1`` the CPU time hardly moves when other jobs load
+the machine, so it compares code versions on a shared machine where wall times do not.
+
 Usage::
 
     python benchmarks/bench_train.py                       # both parts, CPU (+ GPU if present)
     python benchmarks/bench_train.py --part model --steps 20
+    python benchmarks/bench_train.py --threads 1 --epochs 5   # on a loaded machine
     python benchmarks/bench_train.py --part pipeline --config configs/quickstart.yaml \
         --data.init_args.cache_dir null          # fbank computed in the loop, no cache
 
@@ -25,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import tempfile
 import time
 from contextlib import nullcontext
@@ -77,12 +83,15 @@ def model_throughput(
         step()
     if device == "cuda":
         torch.cuda.synchronize()
-    start = time.perf_counter()
+    walls, cpus = [], []
     for _ in range(steps):
+        wall, cpu = time.perf_counter(), time.process_time()
         step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elapsed = time.perf_counter() - start
+        if device == "cuda":
+            torch.cuda.synchronize()
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    elapsed = sum(walls)
     return {
         "measurement": "model",
         "model": name,
@@ -94,6 +103,8 @@ def model_throughput(
         "steps": steps,
         "step_s": elapsed / steps,
         "clips_per_s": batch_size * steps / elapsed,
+        "median_step_ms": 1000 * statistics.median(walls),
+        "median_step_cpu_ms": 1000 * statistics.median(cpus),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
 
@@ -105,26 +116,32 @@ class BatchTimer(Callback):
         self.skip = skip
         self.waits: list[float] = []
         self.steps: list[float] = []
+        self.cpu_waits: list[float] = []
+        self.cpu_steps: list[float] = []
         self.sizes: list[int] = []
         self._end: float | None = None
-        self._start = 0.0
+        self._cpu_end = 0.0
+        self._start = self._cpu_start = 0.0
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._end = time.perf_counter()  # the first wait includes creating the loader iterator
+        self._cpu_end = time.process_time()
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
-        self._start = time.perf_counter()
+        self._start, self._cpu_start = time.perf_counter(), time.process_time()
         if batch_idx >= self.skip and self._end is not None:
             self.waits.append(self._start - self._end)
+            self.cpu_waits.append(self._cpu_start - self._cpu_end)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._end = time.perf_counter()
+        self._end, self._cpu_end = time.perf_counter(), time.process_time()
         if batch_idx >= self.skip:
             self.steps.append(self._end - self._start)
+            self.cpu_steps.append(self._cpu_end - self._cpu_start)
             self.sizes.append(len(batch["clip_id"]))
 
 
-def pipeline_throughput(config: str, batches: int, extra: list[str]) -> dict:
+def pipeline_throughput(config: str, batches: int, epochs: int, extra: list[str]) -> dict:
     """Clips/s and data-wait fraction of a real `fit` on the data of ``config``."""
     from add_lightning.lightning_cli import AddLightningCLI
 
@@ -135,7 +152,7 @@ def pipeline_throughput(config: str, batches: int, extra: list[str]) -> dict:
             "--trainer.default_root_dir",
             run_dir,
             "--trainer.max_epochs",
-            "1",
+            str(epochs),
             "--trainer.limit_train_batches",
             str(batches),
             "--trainer.limit_val_batches",
@@ -164,6 +181,10 @@ def pipeline_throughput(config: str, batches: int, extra: list[str]) -> dict:
         "data_wait_fraction": wait / (wait + step),
         "mean_step_s": step / max(len(timer.steps), 1),
         "mean_wait_s": wait / max(len(timer.waits), 1),
+        "median_step_ms": 1000 * statistics.median(timer.steps),
+        "median_wait_ms": 1000 * statistics.median(timer.waits),
+        "median_step_cpu_ms": 1000 * statistics.median(timer.cpu_steps),
+        "median_wait_cpu_ms": 1000 * statistics.median(timer.cpu_waits),
         "fit_wall_s_including_setup": total,
     }
 
@@ -172,11 +193,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=["model", "pipeline", "all"], default="all")
     parser.add_argument("--steps", type=int, default=10, help="timed steps of the model part")
-    parser.add_argument("--batches", type=int, default=12, help="batches of the pipeline part")
+    parser.add_argument("--batches", type=int, default=12, help="batches per epoch (pipeline)")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs of the pipeline part")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     parser.add_argument("--config", default="configs/quickstart.yaml")
     parser.add_argument("--batch-size", type=int, default=32)
     # any other arguments go to add-lightning in the pipeline part, e.g. --trainer.precision
     args, extra = parser.parse_known_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     results = []
     if args.part in ("model", "all"):
         results.append(
@@ -203,7 +228,7 @@ def main() -> None:
                 )
             )
     if args.part in ("pipeline", "all"):
-        results.append(pipeline_throughput(args.config, args.batches, extra))
+        results.append(pipeline_throughput(args.config, args.batches, args.epochs, extra))
     for result in results:
         print(json.dumps(result))
 
