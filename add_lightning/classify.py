@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentParser
+
+from add_lightning.atomic import atomic_path
 
 __all__ = ["build_parser", "expand_inputs", "main"]
 
@@ -209,14 +210,11 @@ class _FileWindows:
 
 def _write_atomic(path: Path, write: Any) -> None:
     """``write(handle)`` into a temporary file beside ``path``, then renames it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with temporary.open("w", newline="", encoding="utf-8") as handle:
-            write(handle)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    with (
+        atomic_path(path) as temporary,
+        temporary.open("w", newline="", encoding="utf-8") as handle,
+    ):
+        write(handle)
 
 
 def _write_results(path: Path, rows: list[dict[str, Any]], top_k: int, meta: dict) -> None:

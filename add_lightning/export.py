@@ -47,7 +47,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +55,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from add_lightning.atomic import atomic_directory, atomic_path
 from add_lightning.data.features import BEATS_NORMALIZATION
 from add_lightning.inference import TrainedModel
 from add_lightning.models.backbones.ast import ASTBackbone
@@ -180,12 +180,6 @@ def _feature_extractor(trained: TrainedModel) -> Any:
     )
 
 
-def _temporary_sibling(path: Path) -> Path:
-    """A hidden name next to ``path`` for writing it before the rename (parents created)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
 def export_huggingface(trained: TrainedModel, directory: str | os.PathLike[str]) -> Path:
     """Writes an AST model as a transformers ``ASTForAudioClassification`` directory.
 
@@ -217,16 +211,11 @@ def export_huggingface(trained: TrainedModel, directory: str | os.PathLike[str])
         )
     backbone = _check_huggingface_exportable(trained)
     exported = _huggingface_model(trained, backbone)
-    temporary = _temporary_sibling(directory)
-    shutil.rmtree(temporary, ignore_errors=True)  # left by a killed export of this process id
-    try:
+    with atomic_directory(directory) as temporary:
         exported.save_pretrained(temporary)
         _feature_extractor(trained).save_pretrained(temporary)
         if directory.exists():
             directory.rmdir()
-        os.replace(temporary, directory)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
     return directory
 
 
@@ -355,12 +344,8 @@ def export_onnx(trained: TrainedModel, path: str | os.PathLike[str]) -> Path:
     proto = program.model_proto
     entry = proto.metadata_props.add()
     entry.key, entry.value = ONNX_METADATA_KEY, json.dumps(onnx_metadata(trained))
-    temporary = _temporary_sibling(path)
-    try:
+    with atomic_path(path) as temporary:
         onnx.save_model(proto, temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 

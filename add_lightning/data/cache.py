@@ -29,6 +29,7 @@ from numpy.lib.format import open_memmap
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..atomic import atomic_path, write_text_atomic
 from .audio import AudioError
 from .features import FbankOptions, load_fbank_frames, pad_or_crop
 
@@ -36,15 +37,6 @@ log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
 _DTYPES = ("float16", "float32")
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def file_fingerprints(paths: Iterable[str | os.PathLike[str]]) -> list[list[Any]]:
@@ -232,8 +224,7 @@ class FeatureCache:
     def _build(self) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.manifest_path.unlink(missing_ok=True)
-        tmp = self.cache_dir / f".fbank-{self.key}.npy.{os.getpid()}.tmp"
-        try:
+        with atomic_path(self.array_path) as tmp:
             array = open_memmap(tmp, mode="w+", dtype=np.dtype(self.dtype), shape=self.shape)
             num_frames = []
             bar = tqdm(self.paths, desc="fbank cache", unit="clip", disable=not self.progress)
@@ -243,9 +234,6 @@ class FeatureCache:
                 array[row] = pad_or_crop(frames, self.options.target_frames).numpy()
             array.flush()
             del array
-            os.replace(tmp, self.array_path)
-        finally:
-            tmp.unlink(missing_ok=True)
         manifest: dict[str, Any] = {
             "key": self.key,
             "shape": list(self.shape),
@@ -254,7 +242,7 @@ class FeatureCache:
             "paths": self.paths,
             "num_frames": num_frames,
         }
-        _write_text_atomic(self.manifest_path, json.dumps(manifest))
+        write_text_atomic(self.manifest_path, json.dumps(manifest))
         log.info("Built feature cache %s with %d clips.", self.array_path, len(self.paths))
         self._remove_stale(manifest)
 

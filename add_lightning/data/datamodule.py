@@ -16,7 +16,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,7 @@ from lightning.pytorch import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from add_lightning.atomic import write_text_atomic
 from add_lightning.data.cache import FeatureCache, file_fingerprints
 from add_lightning.data.clip_dataset import Clip, ClipDataset
 from add_lightning.data.datasets.base import SPLITS, AudioDatasetIndex, Split
@@ -486,10 +486,7 @@ class AudioDataModule(LightningDataModule):
             _PrefetchedRawFeatures(source, self.num_workers) if self.num_workers else source
         )
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            temporary.write_text(json.dumps({"mean": statistics.mean, "std": statistics.std}))
-            os.replace(temporary, path)
+            write_text_atomic(path, json.dumps({"mean": statistics.mean, "std": statistics.std}))
         log.info("Normalisation of fold %s: %s", self.fold, statistics)
         self._fold_normalization = statistics
         return statistics

@@ -16,7 +16,6 @@ import os
 import shutil
 import stat
 import tarfile
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -26,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
+
+from add_lightning.atomic import atomic_directory
 
 log = logging.getLogger(__name__)
 
@@ -315,16 +316,10 @@ def extract_archive(
         extract = _extract_tar
     else:
         raise ValueError(f"Expected {archive} to be a zip or tar archive but it is neither.")
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(prefix=f".{destination.name}.", dir=destination.parent))
-    try:
-        log.info("Extracting %s into %s", archive, destination)
+    log.info("Extracting %s into %s", archive, destination)
+    with atomic_directory(destination) as temporary:
         extract(archive, temporary, strip_components)
         (temporary / EXTRACTED_MARKER).write_text(f"{archive.name}\n")
-        os.replace(temporary, destination)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
     return destination
 
 

@@ -1,55 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a truncated one.
+"""Atomic file writes for the experiment tools: :mod:`add_lightning.atomic`, re-exported."""
 
-The content goes to a temporary file in the target's directory (same file system), is flushed
-to disk, and replaces the target with :func:`os.replace`, which is atomic on POSIX and Windows.
-An interruption (even ``kill -9``) leaves at most a stray ``.<name>.*.tmp`` file, which no
-reader trusts.
-"""
-
-from __future__ import annotations
-
-import contextlib
-import json
-import os
-import secrets
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from add_lightning.atomic import atomic_path, write_json_atomic, write_text_atomic
 
 __all__ = ["atomic_path", "write_json_atomic", "write_text_atomic"]
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str], suffix: str = "") -> Iterator[Path]:
-    """Yields a temporary path next to ``path``; on success it replaces ``path``.
-
-    For writers that insist on a file name (``savefig``, ``np.savez``). ``suffix`` is appended
-    to the temporary name so that such writers do not add their own extension. On an exception
-    the temporary file is removed and ``path`` is left untouched. The caller creates the file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its 0600 mode would outlive os.replace; the writer creates the file (umask).
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}")
-    try:
-        yield tmp
-        with open(tmp, "rb+") as stream:
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_atomic(path: str | os.PathLike[str], write: Callable[[Any], None], mode: str) -> None:
-    with atomic_path(path) as tmp, open(tmp, mode, encoding="utf-8") as stream:
-        write(stream)
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    """Writes ``text`` (UTF-8) to ``path`` atomically."""
-    _write_atomic(path, lambda stream: stream.write(text), "w")
-
-
-def write_json_atomic(path: str | os.PathLike[str], data: Any) -> None:
-    """Writes ``data`` as indented JSON to ``path`` atomically."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

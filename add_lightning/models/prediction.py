@@ -12,17 +12,15 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from add_lightning.atomic import atomic_path
+
 __all__ = ["EmbeddingWriter", "save_npz_atomic"]
 
 
 def save_npz_atomic(path: str, **arrays: np.ndarray) -> None:
     """Write ``arrays`` to ``path`` as ``.npz`` via a temporary file and ``os.replace``."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **arrays)
-    os.replace(tmp, path)
 
 
 def _to_numpy(value: Tensor) -> np.ndarray:

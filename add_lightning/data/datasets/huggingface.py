@@ -36,13 +36,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import soundfile
 
+from add_lightning.atomic import atomic_directory
 from add_lightning.data.datasets.base import AudioDatasetIndex, IndexEntry
 from add_lightning.data.datasets.folder import _SPLIT_NAMES, AUDIO_EXTENSIONS
 from add_lightning.hub import offline_hint
@@ -296,21 +296,11 @@ class HuggingFaceDataset(AudioDatasetIndex):
         folder = self.export_dir
         if (folder / _INDEX).is_file():
             return folder
-        self.root.mkdir(parents=True, exist_ok=True)
-        temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=self.root))
-        try:
+        # another process may finish first: its identical copy is kept
+        with atomic_directory(folder, is_complete=lambda f: (f / _INDEX).is_file()) as temporary:
             rows = self._write_clips(temporary)
             index = {**self._settings(), "key": self._key_of(), "rows": rows}
             (temporary / _INDEX).write_text(json.dumps(index), encoding="utf-8")
-            try:
-                os.replace(temporary, folder)
-            except OSError:  # another process finished first: keep its identical copy
-                if not (folder / _INDEX).is_file():
-                    raise
-                shutil.rmtree(temporary, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
         log.info("Exported %d clips of the dataset %r to %s", len(rows), self.path, folder)
         self._remove_stale_exports(folder)
         return folder

@@ -57,6 +57,7 @@ from typing import Literal
 import numpy as np
 import soundfile
 
+from add_lightning.atomic import atomic_path
 from add_lightning.data.datasets.base import (
     SPLITS,
     AudioDatasetIndex,
@@ -390,11 +391,6 @@ def _write_segments(
         return
     samples, rate = soundfile.read(str(recording), start=start, stop=end, always_2d=True)
     for offset, path in missing:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
+        with atomic_path(path) as temporary:
             segment = samples[offset - start : offset - start + frames]
             soundfile.write(str(temporary), segment, rate, subtype=info.subtype, format="WAV")
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import csv
 import logging
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import soundfile
 
+from add_lightning.atomic import atomic_directory
 from add_lightning.data.datasets.esc50 import ESC50
 
 log = logging.getLogger(__name__)
@@ -155,21 +153,11 @@ class SyntheticDataset(ESC50):
         """Writes the clips and metadata into a temporary folder, then renames it into place."""
         if self.data_root() is not None:
             return self.dataset_root
-        self.dataset_root.parent.mkdir(parents=True, exist_ok=True)
-        temporary = Path(
-            tempfile.mkdtemp(prefix=f".{self.dataset_root.name}.", dir=self.dataset_root.parent)
-        )
-        try:
+        # another process may finish first: its (identical) copy is kept
+        with atomic_directory(
+            self.dataset_root, is_complete=lambda _: self.data_root() is not None
+        ) as temporary:
             self._write(temporary)
-            try:
-                os.replace(temporary, self.dataset_root)
-            except OSError:  # another process finished first; keep its (identical) copy
-                if self.data_root() is None:
-                    raise
-                shutil.rmtree(temporary, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(temporary, ignore_errors=True)
-            raise
         log.info("Generated the synthetic dataset in %s", self.dataset_root)
         return self.dataset_root
 
