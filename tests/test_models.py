@@ -262,6 +262,42 @@ def test_test_heatmaps_in_tensorboard(tmp_path):
     assert {"test/geometry/class_mean", "test/geometry/class_cv"} <= set(events.Tags()["images"])
 
 
+def test_tensorboard_heatmaps_draw_pairs_without_samples_blank(tmp_path, monkeypatch):
+    """Test clips of classes a (2 clips) and b (1 clip) only: the pairs (b, b), (a, c), (b, c)
+    and (c, c) have no two distinct samples; they are masked, not drawn as distance 0."""
+    model = tiny_model()
+    logger = TensorBoardLogger(save_dir=str(tmp_path), name="", version="")
+    drawn = {}
+    monkeypatch.setattr(
+        logger.experiment, "add_figure", lambda tag, figure, step: drawn.setdefault(tag, figure)
+    )
+    data = ToyData(size=3)
+    data.eval_set.labels = torch.tensor([0, 1, 0])  # a, b, a: no clip of c
+    tiny_trainer(tmp_path, logger=logger).test(model, datamodule=data, verbose=False)
+    empty = np.zeros((3, 3), dtype=bool)
+    empty[1, 1] = True
+    empty[2, :] = empty[:, 2] = True
+    for key in ("class_mean", "class_cv"):
+        image = drawn[f"test/geometry/{key}"].axes[0].images[0].get_array()
+        np.testing.assert_array_equal(np.ma.getmaskarray(image), empty)
+    mean = drawn["test/geometry/class_mean"].axes[0].images[0].get_array()
+    assert mean[0, 0] > 0 and mean[0, 1] > 0  # the pairs with samples keep their distances
+
+
+def test_mask_empty_class_pairs_by_hand():
+    from add_lightning.metrics import mask_empty_class_pairs
+
+    matrix = torch.arange(9, dtype=torch.float32).reshape(3, 3)
+    masked = mask_empty_class_pairs(matrix, torch.tensor([2, 1, 0]))
+    nan = float("nan")
+    expected = torch.tensor(
+        [[0.0, 1.0, nan], [3.0, nan, nan], [nan, nan, nan]], dtype=torch.float64
+    )
+    torch.testing.assert_close(masked, expected, equal_nan=True)
+    with pytest.raises(ValueError, match=r"\[3, 3\].*got \[2, 2\]"):
+        mask_empty_class_pairs(torch.zeros(2, 2), torch.tensor([2, 1, 0]))
+
+
 def test_bf16_mixed_on_cpu(tmp_path):
     model = tiny_model()
     trainer = tiny_trainer(tmp_path, precision="bf16-mixed", fast_dev_run=1)

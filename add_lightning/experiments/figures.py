@@ -28,7 +28,12 @@ from matplotlib.figure import Figure
 from add_lightning.experiments.aggregate import markdown_table
 from add_lightning.experiments.atomic import atomic_path, write_text_atomic
 from add_lightning.experiments.runner import EMBEDDINGS_FILENAME
-from add_lightning.metrics import RETRIEVAL_SCALAR_KEYS, pairwise_geometry, pairwise_retrieval
+from add_lightning.metrics import (
+    RETRIEVAL_SCALAR_KEYS,
+    mask_empty_class_pairs,
+    pairwise_geometry,
+    pairwise_retrieval,
+)
 
 __all__ = [
     "PROPERTY_KEYS",
@@ -141,10 +146,8 @@ def run_geometry(run: RunEmbeddings) -> dict[str, np.ndarray]:
     result = {
         key: value.double().numpy() for key, value in geometry.items() if key != "class_count"
     }
-    count = geometry["class_count"].numpy()
-    pairs = np.outer(count, count) - np.diag(count)
     for key in ("class_mean", "class_cv"):
-        result[key] = np.where(pairs > 0, result[key], np.nan)
+        result[key] = mask_empty_class_pairs(geometry[key], geometry["class_count"]).numpy()
     return result
 
 

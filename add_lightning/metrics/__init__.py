@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from add_lightning.metrics.functional import GEOMETRY_SCALAR_KEYS, pairwise_geometry
+from add_lightning.metrics.functional import (
+    GEOMETRY_SCALAR_KEYS,
+    mask_empty_class_pairs,
+    pairwise_geometry,
+)
 from add_lightning.metrics.functional_retrieval import (
     RETRIEVAL_SCALAR_KEYS,
     pairwise_retrieval,
@@ -20,6 +24,7 @@ __all__ = [
     "RETRIEVAL_SCALAR_KEYS",
     "EmbeddingGeometry",
     "EmbeddingRetrieval",
+    "mask_empty_class_pairs",
     "pairwise_geometry",
     "pairwise_retrieval",
     "retrieval_keys",

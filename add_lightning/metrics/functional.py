@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-__all__ = ["GEOMETRY_SCALAR_KEYS", "pairwise_geometry"]
+__all__ = ["GEOMETRY_SCALAR_KEYS", "mask_empty_class_pairs", "pairwise_geometry"]
 
 # Keys of the scalar entries of :func:`pairwise_geometry`'s result, in a stable order for logging.
 GEOMETRY_SCALAR_KEYS: tuple[str, ...] = (
@@ -330,3 +330,27 @@ def pairwise_geometry(
     result = {key: value.to(compute_dtype) for key, value in result.items()}
     result["class_count"] = class_count
     return result
+
+
+def mask_empty_class_pairs(matrix: Tensor, class_count: Tensor) -> Tensor:
+    """``class_mean`` or ``class_cv`` of :func:`pairwise_geometry` as float64, NaN where class
+    pair ``(a, b)`` has no pair of distinct samples (a class without samples, or ``a = b`` with
+    one sample), where the matrix holds 0.
+
+    The one convention for drawing these matrices: an empty cell is NaN (drawn blank), never 0,
+    which would show a pair without samples as perfectly close.
+
+    Shape:
+        - matrix: ``[C, C]``
+        - class_count: ``[C]``, samples per class
+        - output: ``[C, C]``, float64
+    """
+    count = class_count.detach().cpu().to(torch.float64)
+    values = matrix.detach().cpu().to(torch.float64)
+    if values.shape != (count.numel(), count.numel()):
+        raise ValueError(
+            f"Expected `matrix` of shape [{count.numel()}, {count.numel()}] (one row per class "
+            f"of `class_count`) but got {list(values.shape)}"
+        )
+    pairs = torch.outer(count, count) - torch.diag(count)
+    return torch.where(pairs > 0, values, torch.full_like(values, float("nan")))

@@ -414,7 +414,8 @@ class AudioClassifier(LightningModule):
             ("class_cv", "coefficient of variation of the cosine distance", "std(d) / mean(d)"),
         ):
             names = self.class_names if self.unseen_class_names is None else self.unseen_class_names
-            figure = class_pair_heatmap(statistics[key], names, title, label)
+            count = statistics["class_count"]
+            figure = class_pair_heatmap(statistics[key], names, title, label, class_count=count)
             self.logger.experiment.add_figure(f"test/geometry/{key}", figure, step)
 
     # ------------------------------------------------------------- optimizers

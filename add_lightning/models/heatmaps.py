@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 from matplotlib.figure import Figure
 from torch import Tensor
+
+from add_lightning.metrics import mask_empty_class_pairs
 
 __all__ = ["class_pair_heatmap"]
 
@@ -16,6 +19,7 @@ def class_pair_heatmap(
     class_names: Sequence[str] | None = None,
     title: str = "",
     colorbar_label: str = "",
+    class_count: Tensor | None = None,
 ) -> Figure:
     """Render a ``C×C`` matrix over class pairs as a heat map.
 
@@ -28,10 +32,16 @@ def class_pair_heatmap(
         class_names: Tick labels, one per class; class indices when None.
         title: Figure title.
         colorbar_label: Label of the colour bar.
+        class_count: Samples per class (``pairwise_geometry``'s ``class_count``): cells without a
+            pair of samples, which ``pairwise_geometry`` fills with 0, are drawn blank
+            (:func:`~add_lightning.metrics.mask_empty_class_pairs`), not as distance 0.
 
     Shape:
         - matrix: ``[C, C]``
+        - class_count: ``[C]``
     """
+    if class_count is not None:
+        matrix = mask_empty_class_pairs(torch.as_tensor(matrix), class_count)
     values = matrix.detach().cpu().double().numpy() if isinstance(matrix, Tensor) else matrix
     values = np.asarray(values, dtype=np.float64)
     if values.ndim != 2 or values.shape[0] != values.shape[1]:
