@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor
 
 from add_lightning.losses.base import EmbeddingLoss, LossOutput
-from add_lightning.losses.distributed import gather_with_local_grad
+from add_lightning.losses.distributed import training_batch
 from add_lightning.losses.functional import add_terms
+from add_lightning.tensor_utils import check_weight
 
 
 class ADDLoss(EmbeddingLoss):
@@ -59,15 +58,11 @@ class ADDLoss(EmbeddingLoss):
             "mu": lambda_mu,
         }
         for name, weight in self.weights.items():
-            if not (math.isfinite(weight) and weight >= 0):  # NaN fails every comparison
-                raise ValueError(
-                    f"Expected argument `lambda_{name}` to be a finite number >= 0 but got {weight}"
-                )
+            check_weight(f"lambda_{name}", weight)
         self.gather_distributed = gather_distributed
 
     def compute(self, embeddings: Tensor, targets: Tensor) -> LossOutput:
-        if self.gather_distributed and self.training:
-            embeddings, targets = gather_with_local_grad(embeddings, targets)
+        embeddings, targets = training_batch(self, embeddings, targets)
         terms = add_terms(embeddings, targets)
         total = sum(self.weights[name] * value for name, value in terms.items())
         return LossOutput(total, terms)

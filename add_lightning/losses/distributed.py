@@ -4,20 +4,9 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
-
-class _ScaleGradient(torch.autograd.Function):
-    """Identity whose backward multiplies the gradient by a constant."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, scale: float) -> Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:
-        return grad * ctx.scale, None
+from add_lightning.tensor_utils import scale_gradient
 
 
 def is_distributed() -> bool:
@@ -54,8 +43,24 @@ def gather_with_local_grad(*tensors: Tensor) -> tuple[Tensor, ...]:
         dist.all_gather(parts, padded.contiguous())
         parts = [part[:size] for part, size in zip(parts, sizes)]
         if tensor.requires_grad:
-            parts[rank] = _ScaleGradient.apply(tensor, float(world_size))
+            parts[rank] = scale_gradient(tensor, float(world_size))
         else:
             parts[rank] = tensor
         gathered.append(torch.cat(parts))
     return tuple(gathered)
+
+
+def training_batch(loss: nn.Module, embeddings: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """The batch an embedding loss with a ``gather_distributed`` switch takes its statistics on.
+
+    In training mode with ``loss.gather_distributed``, all ranks' embeddings and targets
+    (:func:`gather_with_local_grad`); otherwise (evaluation, per-process statistics, or no
+    process group) the local batch.
+
+    Shape:
+        - embeddings: ``[B, D]``; targets: ``[B]`` or ``[B, C]``
+        - output: ``[B_global, D]`` and ``[B_global]`` or ``[B_global, C]``
+    """
+    if loss.gather_distributed and loss.training:
+        embeddings, targets = gather_with_local_grad(embeddings, targets)
+    return embeddings, targets

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from add_lightning.losses.base import LogitLoss
 from add_lightning.losses.functional import focal_loss
+from add_lightning.tensor_utils import check_weight
 
 
 class FocalLoss(LogitLoss):
@@ -29,10 +30,7 @@ class FocalLoss(LogitLoss):
         self, gamma: float = 2.0, alpha: list[float] | None = None, label_smoothing: float = 0.0
     ) -> None:
         super().__init__()
-        if not (math.isfinite(gamma) and gamma >= 0):  # NaN fails every comparison
-            raise ValueError(
-                f"Expected argument `gamma` to be a finite number >= 0 but got {gamma}"
-            )
+        check_weight("gamma", gamma)
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(
                 f"Expected argument `label_smoothing` to be in [0, 1) but got {label_smoothing}"

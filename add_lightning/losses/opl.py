@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor
 
 from add_lightning.losses.base import EmbeddingLoss, LossOutput
-from add_lightning.losses.distributed import gather_with_local_grad
+from add_lightning.losses.distributed import training_batch
 from add_lightning.losses.functional import opl_terms
+from add_lightning.tensor_utils import check_weight
 
 
 class OrthogonalProjectionLoss(EmbeddingLoss):
@@ -33,18 +32,14 @@ class OrthogonalProjectionLoss(EmbeddingLoss):
         self, gamma: float = 2.0, weight: float = 0.1, gather_distributed: bool = True
     ) -> None:
         super().__init__()
-        for name, value in (("gamma", gamma), ("weight", weight)):
-            if not (math.isfinite(value) and value >= 0):  # NaN fails every comparison
-                raise ValueError(
-                    f"Expected argument `{name}` to be a finite number >= 0 but got {value}"
-                )
+        check_weight("gamma", gamma)
+        check_weight("weight", weight)
         self.gamma = gamma
         self.weight = weight
         self.gather_distributed = gather_distributed
 
     def compute(self, embeddings: Tensor, targets: Tensor) -> LossOutput:
-        if self.gather_distributed and self.training:
-            embeddings, targets = gather_with_local_grad(embeddings, targets)
+        embeddings, targets = training_batch(self, embeddings, targets)
         terms = opl_terms(embeddings, targets)
         total = self.weight * (terms["intra"] + self.gamma * terms["inter"])
         return LossOutput(total, terms)

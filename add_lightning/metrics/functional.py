@@ -28,6 +28,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from add_lightning.tensor_utils import compute_dtype
+
 __all__ = ["GEOMETRY_SCALAR_KEYS", "mask_empty_class_pairs", "pairwise_geometry"]
 
 # Keys of the scalar entries of :func:`pairwise_geometry`'s result, in a stable order for logging.
@@ -261,9 +263,9 @@ def pairwise_geometry(
         _check_positive_int("chunk_size", chunk_size)
     num_samples = embeddings.shape[0]
     device = embeddings.device
-    compute_dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(embeddings)
     if chunk_size is None:
-        row_bytes = _BLOCK_COPIES * max(num_samples, 1) * torch.finfo(compute_dtype).bits // 8
+        row_bytes = _BLOCK_COPIES * max(num_samples, 1) * torch.finfo(dtype).bits // 8
         chunk_size = max(1, _DEFAULT_BLOCK_BYTES // row_bytes)
 
     # Sorting by class makes each block's rows one class and each class a contiguous segment.
@@ -271,7 +273,7 @@ def pairwise_geometry(
     order = torch.argsort(targets, stable=True)
     labels = targets[order]
     # One sorted copy, normalised in place.
-    z = normalize_rows(embeddings.index_select(0, order), compute_dtype)
+    z = normalize_rows(embeddings.index_select(0, order), dtype)
     class_count = torch.bincount(labels, minlength=num_classes)
     class_starts = [0, *torch.cumsum(class_count, 0).tolist()]
 
@@ -327,7 +329,7 @@ def pairwise_geometry(
         "class_mean": distance.mean,
         "class_cv": _cv(distance.mean, class_std),
     }
-    result = {key: value.to(compute_dtype) for key, value in result.items()}
+    result = {key: value.to(dtype) for key, value in result.items()}
     result["class_count"] = class_count
     return result
 

@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from add_lightning.metrics.functional import _check_positive_int, _validate, normalize_rows
+from add_lightning.tensor_utils import compute_dtype
 
 __all__ = ["RETRIEVAL_SCALAR_KEYS", "pairwise_retrieval", "retrieval_keys"]
 
@@ -148,12 +149,12 @@ def pairwise_retrieval(
         _check_positive_int("chunk_size", chunk_size)
     num_samples = embeddings.shape[0]
     device = embeddings.device
-    compute_dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
+    dtype = compute_dtype(embeddings)
     if chunk_size is None:
         chunk_size = max(1, _DEFAULT_BLOCK_BYTES // (_BYTES_PER_ENTRY * max(num_samples, 1)))
 
     labels = targets.to(device=device, dtype=torch.long)
-    z = normalize_rows(embeddings, compute_dtype)
+    z = normalize_rows(embeddings, dtype)
     # R_i: the other samples of the query's class.
     relevant = torch.bincount(labels, minlength=num_classes)[labels] - 1
     max_k = max(knn_k)
@@ -187,5 +188,5 @@ def pairwise_retrieval(
     for key, total in sums.items():
         count = num_samples if key.startswith("knn") else queries
         value = total / count if count > 0 and num_samples > 1 else total.new_zeros(())
-        result[key] = value.to(compute_dtype)
+        result[key] = value.to(dtype)
     return result

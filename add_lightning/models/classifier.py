@@ -20,6 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from add_lightning.losses import ClassificationLoss
 from add_lightning.metrics import EmbeddingGeometry, EmbeddingRetrieval
 from add_lightning.models.heatmaps import class_pair_heatmap
+from add_lightning.tensor_utils import hard_targets
 
 __all__ = ["BACKBONE_SOURCE_KEY", "AudioClassifier", "hard_targets", "padding_mask_from_lengths"]
 
@@ -31,16 +32,6 @@ BACKBONE_SOURCE_KEY = "add_lightning_backbone_source"
 # Authors' AST configs (docs/method.md, ESC-50 and ER): Adam, lr 6.7e-6, betas (0.95, 0.999),
 # weight decay 5e-6.
 _PAPER_ADAM = {"lr": 6.7e-6, "betas": (0.95, 0.999), "weight_decay": 5e-6}
-
-
-def hard_targets(target: Tensor) -> Tensor:
-    """Class ids of hard ``[B]`` targets or of soft ``[B, C]`` targets (argmax).
-
-    Shape:
-        - target: ``[B]`` int64 or ``[B, C]`` float
-        - output: ``[B]`` int64
-    """
-    return target.argmax(dim=-1) if target.ndim == 2 else target
 
 
 def padding_mask_from_lengths(num_frames: Tensor, frames: int) -> Tensor:

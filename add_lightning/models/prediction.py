@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from add_lightning.atomic import atomic_path
+from add_lightning.tensor_utils import hard_targets
 
 __all__ = ["EmbeddingWriter", "save_npz_atomic"]
 
@@ -82,8 +83,7 @@ class EmbeddingWriter(BasePredictionWriter):
         if target is None:
             targets = np.full(logits.shape[0], -1, dtype=np.int64)
         else:
-            target = target.argmax(dim=-1) if target.ndim == 2 else target
-            targets = target.detach().cpu().numpy().astype(np.int64)
+            targets = hard_targets(target).detach().cpu().numpy().astype(np.int64)
         clip_ids = prediction.get("clip_id")
         if clip_ids is None:
             clip_ids = [f"{dataloader_idx}-{batch_idx}-{i}" for i in range(logits.shape[0])]

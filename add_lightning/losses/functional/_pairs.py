@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from add_lightning.losses.functional._targets import checked_targets
+from add_lightning.tensor_utils import compute_dtype
 
 
 def check_embeddings_and_targets(embeddings: Tensor, targets: Tensor) -> tuple[bool, Tensor]:
@@ -44,11 +45,6 @@ def check_embeddings_and_targets(embeddings: Tensor, targets: Tensor) -> tuple[b
             f"Expected integer `targets` to have shape [B] but got shape {tuple(targets.shape)}"
         )
     return False, checked_targets(targets)
-
-
-def compute_dtype(tensor: Tensor) -> torch.dtype:
-    """float64 stays float64; everything else (bf16, fp16, float32) is computed in float32."""
-    return torch.promote_types(tensor.dtype, torch.float32)
 
 
 def normalized(embeddings: Tensor) -> Tensor:

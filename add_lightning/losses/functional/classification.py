@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from add_lightning.losses.functional._targets import checked_targets
+from add_lightning.tensor_utils import compute_dtype
 
 
 def _check_logits_and_targets(logits: Tensor, targets: Tensor) -> Tensor:
@@ -50,7 +51,7 @@ def cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0)
     """
     targets = _check_logits_and_targets(logits, targets)
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+        logits = logits.to(compute_dtype(logits))
         if logits.shape[0] == 0:  # an empty batch: 0 with a gradient, not the mean of nothing
             return logits.sum()
         if targets.is_floating_point():

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from add_lightning.tensor_utils import scale_gradient
 
 if TYPE_CHECKING:
     from add_lightning.models.backbones.beats_config import BEATsConfig
@@ -57,19 +59,6 @@ def relative_position_bucket(
     )
     large = (max_exact + (log_ratio * (half - max_exact)).long()).clamp(max=half - 1)
     return buckets + torch.where(distance < max_exact, distance, large)
-
-
-class _ScaleGradient(torch.autograd.Function):
-    """Identity forward, gradient multiplied by `scale` backward (layer-wise gradient decay)."""
-
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, scale: float) -> Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad * ctx.scale, None
 
 
 class WeightNormConv1d(nn.Module):
@@ -345,7 +334,7 @@ class BEATsEncoder(nn.Module):
         distributed = bool(dropped) and dist.is_available() and dist.is_initialized()
         for index, layer in enumerate(self.layers):
             if decay != 1.0:
-                x = _ScaleGradient.apply(x, decay)
+                x = scale_gradient(x, decay)
             if index in dropped:
                 trainable = [p.view(-1)[:1] for p in layer.parameters() if p.requires_grad]
                 if distributed and trainable:  # DDP needs a gradient for every parameter
