@@ -673,3 +673,35 @@ def test_folder_skips_hidden_files(tmp_path: Path) -> None:
     write_wav(root / "dog" / ".cache" / "copy.wav")
     clips = FolderDataset(str(root)).clips("train")
     assert len(clips) == 15 and not any("/." in c.clip_id for c in clips)
+
+
+def test_downloadable_datasets_share_their_missing_data_error_and_repr(tmp_path):
+    from add_lightning.data import SpeechCommands, SyntheticDataset
+    from add_lightning.data.datasets.downloadable import DownloadableDataset
+    from add_lightning.data.datasets.esc50 import ESC50LayoutIndex
+
+    absent = tmp_path / "absent"
+    esc50, speech = ESC50(str(absent)), SpeechCommands(str(absent), protocol="v2-12")
+    assert isinstance(esc50, DownloadableDataset) and isinstance(speech, DownloadableDataset)
+    with pytest.raises(FileNotFoundError) as error:
+        esc50.prepare()
+    assert str(error.value) == (
+        f"ESC50 metadata not found: expected {absent / 'meta' / 'esc50.csv'} (or the same under "
+        f"{absent / 'ESC-50-master'}); the folder {absent} does not exist. Set `download=True` "
+        "or point `root` at the dataset."
+    )
+    with pytest.raises(FileNotFoundError) as error:
+        speech.prepare()
+    assert str(error.value) == (
+        f"Speech Commands not found: expected {absent / 'testing_list.txt'} and "
+        f"{absent / 'validation_list.txt'} (or the same under "
+        f"{absent / 'speech_commands_v0.02'}); the folder {absent} does not exist. Set "
+        "`download=True` or point `root` at the dataset."
+    )
+    assert repr(esc50) == f"ESC50(root={str(absent)!r}, download=False)"
+    assert repr(speech) == f"SpeechCommands(root={str(absent)!r}, download=False, protocol='v2-12')"
+    # the synthetic data shares ESC-50's CSV reader, not its download
+    assert issubclass(SyntheticDataset, ESC50LayoutIndex) and not issubclass(
+        SyntheticDataset, ESC50
+    )
+    assert not issubclass(SyntheticDataset, DownloadableDataset)

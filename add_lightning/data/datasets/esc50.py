@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from add_lightning.data.datasets.base import AudioDatasetIndex, IndexEntry, read_metadata_text
-from add_lightning.data.download import download_and_extract
+from add_lightning.data.datasets.downloadable import DownloadableDataset
 
 log = logging.getLogger(__name__)
 
@@ -58,78 +58,21 @@ ESC10_CLASS_NAMES: tuple[str, ...] = (
 """The 10 ESC-10 categories (``esc10`` column ``True``), sorted: used before the download."""
 
 
-class ESC50(AudioDatasetIndex):
-    """Index of ESC-50 in its official layout.
+class ESC50LayoutIndex(AudioDatasetIndex):
+    """The reader of the ESC-50 layout (``meta/esc50.csv`` and ``audio/``), for ESC-50 and the
+    data sets written in it (:class:`~add_lightning.data.SyntheticDataset`).
 
-    Args:
-        root: The ``ESC-50-master`` folder (holding ``meta/`` and ``audio/``) or its parent.
-        download: Download and extract the GitHub archive into ``root`` when the data is absent.
-        url: Archive address (http, https or file URL).
-        sha256: Expected SHA-256 of the archive; ``None`` downloads unverified (see ``ESC50_URL``).
-        md5: Expected MD5 of the archive, as an alternative to ``sha256``.
-        classes: A class subset (category names), ``"esc10"`` for the ESC-10 clips of the
-            ``esc10`` column, or ``None`` for all 50 classes.
+    Subclasses provide ``data_root``/``_require_data_root``; ``_fallback_class_names`` and
+    ``_fallback_folds`` give names and folds before the data exists (``None``: read them), and
+    ``_selected_rows`` picks the CSV rows that belong to the data set (all by default).
     """
-
-    def __init__(
-        self,
-        root: str,
-        download: bool = False,
-        url: str = ESC50_URL,
-        sha256: str | None = None,
-        md5: str | None = None,
-        classes: Sequence[str] | Literal["esc10"] | None = None,
-    ) -> None:
-        if isinstance(classes, str) and classes != "esc10":
-            raise ValueError(
-                'Expected argument `classes` to be None, "esc10" or a list of category names but '
-                f"got {classes!r}."
-            )
-        self.esc10 = classes == "esc10"
-        super().__init__(root, classes=None if self.esc10 else classes)
-        self.download = download
-        self.url = url
-        self.sha256 = sha256
-        self.md5 = md5
-
-    def data_root(self) -> Path | None:
-        """The folder holding ``meta/esc50.csv``: ``root`` or ``root/ESC-50-master``, if any."""
-        for candidate in (self.root, self.root / ESC50_FOLDER):
-            if (candidate / ESC50_CSV).is_file():
-                return candidate
-        return None
-
-    def _require_data_root(self) -> Path:
-        data_root = self.data_root()
-        if data_root is None:
-            raise FileNotFoundError(
-                f"{type(self).__name__} metadata not found: expected {self.root / ESC50_CSV} or "
-                f"{self.root / ESC50_FOLDER / ESC50_CSV}"
-                + ("" if self.root.is_dir() else f" (the folder {self.root} does not exist)")
-                + ". Set `download=True` or point `root` at the dataset."
-            )
-        return data_root
 
     def _fallback_class_names(self) -> list[str] | None:
         """Class names before the data exists (when it can be fetched), else ``None``."""
-        return list(ESC50_CLASS_NAMES) if self.download else None
+        return None
 
     def _fallback_folds(self) -> tuple[int, ...] | None:
-        return ESC50_FOLDS if self.download else None
-
-    def prepare(self) -> None:
-        """Downloads and extracts the archive if needed (``download=True``), then checks it."""
-        if self.data_root() is None and self.download:
-            download_and_extract(
-                self.url,
-                self.root,
-                sha256=self.sha256,
-                md5=self.md5,
-                filename=f"{ESC50_FOLDER}.zip",
-                destination=self.root / ESC50_FOLDER,
-                strip_components=1,
-            )
-        super().prepare()
+        return None
 
     def _read_rows(self) -> tuple[Path, list[tuple[int, dict[str, str]]]]:
         """The CSV path and its rows with their line numbers, columns checked."""
@@ -153,25 +96,10 @@ class ESC50(AudioDatasetIndex):
                 )
         return csv_path, rows
 
-    @property
-    def class_names(self) -> list[str]:
-        """The sorted class names (of the subset, if any); class id = position in this list."""
-        if self.esc10 and self.classes is None:
-            self.classes = self._esc10_class_names()
-        return super().class_names
-
-    def _esc10_class_names(self) -> list[str]:
-        """The categories of the clips whose ``esc10`` column is true."""
-        if self.data_root() is None and self.download:
-            return list(ESC10_CLASS_NAMES)
-        csv_path, rows = self._read_rows()
-        names = sorted({row["category"].strip() for _, row in rows if _is_esc10(row, csv_path)})
-        if not names:
-            raise ValueError(
-                f"ESC-50 metadata {csv_path} marks no clip as ESC-10 (column `esc10` is never "
-                '"True"), so `classes="esc10"` selects nothing.'
-            )
-        return names
+    def _selected_rows(
+        self, rows: list[tuple[int, dict[str, str]]], csv_path: Path
+    ) -> list[tuple[int, dict[str, str]]]:
+        return rows
 
     def _read_class_names(self) -> list[str]:
         if self.data_root() is None and (names := self._fallback_class_names()) is not None:
@@ -187,9 +115,7 @@ class ESC50(AudioDatasetIndex):
 
     def _read_entries(self) -> list[IndexEntry]:
         csv_path, rows = self._read_rows()
-        if self.esc10:
-            self.class_names  # noqa: B018 (sets the subset)
-            rows = [(line, row) for line, row in rows if _is_esc10(row, csv_path)]
+        rows = self._selected_rows(rows, csv_path)
         data_root = csv_path.parent.parent
         audio = data_root / "audio"
         present = set(os.listdir(audio)) if audio.is_dir() else set()
@@ -213,8 +139,77 @@ class ESC50(AudioDatasetIndex):
         log.debug("Read %d ESC-50 clips from %s", len(entries), csv_path)
         return entries
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(root={str(self.root)!r}, download={self.download})"
+
+class ESC50(DownloadableDataset, ESC50LayoutIndex):
+    """Index of ESC-50 in its official layout.
+
+    Args:
+        root: The ``ESC-50-master`` folder (holding ``meta/`` and ``audio/``) or its parent.
+        download: Download and extract the GitHub archive into ``root`` when the data is absent.
+        url: Archive address (http, https or file URL).
+        sha256: Expected SHA-256 of the archive; ``None`` downloads unverified (see ``ESC50_URL``).
+        md5: Expected MD5 of the archive, as an alternative to ``sha256``.
+        classes: A class subset (category names), ``"esc10"`` for the ESC-10 clips of the
+            ``esc10`` column, or ``None`` for all 50 classes.
+    """
+
+    archive_folder = ESC50_FOLDER
+    data_files = (ESC50_CSV,)
+    data_name = "ESC50 metadata"
+    archive_filename = f"{ESC50_FOLDER}.zip"
+    strip_components = 1
+
+    def __init__(
+        self,
+        root: str,
+        download: bool = False,
+        url: str = ESC50_URL,
+        sha256: str | None = None,
+        md5: str | None = None,
+        classes: Sequence[str] | Literal["esc10"] | None = None,
+    ) -> None:
+        if isinstance(classes, str) and classes != "esc10":
+            raise ValueError(
+                'Expected argument `classes` to be None, "esc10" or a list of category names but '
+                f"got {classes!r}."
+            )
+        self.esc10 = classes == "esc10"
+        super().__init__(root, download, url, sha256, md5, None if self.esc10 else classes)
+
+    def _fallback_class_names(self) -> list[str] | None:
+        """Class names before the data exists (when it can be fetched), else ``None``."""
+        return list(ESC50_CLASS_NAMES) if self.download else None
+
+    def _fallback_folds(self) -> tuple[int, ...] | None:
+        return ESC50_FOLDS if self.download else None
+
+    @property
+    def class_names(self) -> list[str]:
+        """The sorted class names (of the subset, if any); class id = position in this list."""
+        if self.esc10 and self.classes is None:
+            self.classes = self._esc10_class_names()
+        return super().class_names
+
+    def _esc10_class_names(self) -> list[str]:
+        """The categories of the clips whose ``esc10`` column is true."""
+        if self.data_root() is None and self.download:
+            return list(ESC10_CLASS_NAMES)
+        csv_path, rows = self._read_rows()
+        names = sorted({row["category"].strip() for _, row in rows if _is_esc10(row, csv_path)})
+        if not names:
+            raise ValueError(
+                f"ESC-50 metadata {csv_path} marks no clip as ESC-10 (column `esc10` is never "
+                '"True"), so `classes="esc10"` selects nothing.'
+            )
+        return names
+
+    def _selected_rows(
+        self, rows: list[tuple[int, dict[str, str]]], csv_path: Path
+    ) -> list[tuple[int, dict[str, str]]]:
+        if not self.esc10:
+            return rows
+        self.class_names  # noqa: B018 (sets the subset)
+        return [(line, row) for line, row in rows if _is_esc10(row, csv_path)]
 
 
 def _is_esc10(row: dict[str, str], csv_path: Path) -> bool:

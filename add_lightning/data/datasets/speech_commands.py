@@ -60,11 +60,10 @@ import soundfile
 from add_lightning.atomic import atomic_path
 from add_lightning.data.datasets.base import (
     SPLITS,
-    AudioDatasetIndex,
     IndexEntry,
     read_metadata_text,
 )
-from add_lightning.data.download import download_and_extract
+from add_lightning.data.datasets.downloadable import DownloadableDataset
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +120,7 @@ def _holds_wav(folder: Path) -> bool:
     return next(_iter_wav_names(folder), None) is not None
 
 
-class SpeechCommands(AudioDatasetIndex):
+class SpeechCommands(DownloadableDataset):
     """Index of Speech Commands V2 with its official train/validation/test split.
 
     Args:
@@ -144,6 +143,10 @@ class SpeechCommands(AudioDatasetIndex):
             ``<data folder>/_silence_cut_`` (set it when the dataset folder is read-only).
         seed: ``v2-12``: seed of the ``_unknown_`` draw.
     """
+
+    archive_folder = SPEECH_COMMANDS_FOLDER
+    data_files = (TESTING_LIST, VALIDATION_LIST)
+    data_name = "Speech Commands"
 
     def __init__(
         self,
@@ -171,47 +174,13 @@ class SpeechCommands(AudioDatasetIndex):
                 raise ValueError(
                     f"Expected argument `{name}` to be a number >= 0 but got {value!r}."
                 )
-        super().__init__(root, classes=classes)
+        sha256 = None if md5 and sha256 == SPEECH_COMMANDS_SHA256 else sha256
+        super().__init__(root, download, url, sha256, md5, classes)
         self.protocol = protocol
         self.unknown_fraction = float(unknown_fraction)
         self.silence_fraction = float(silence_fraction)
         self.silence_dir = None if silence_dir is None else Path(silence_dir).expanduser()
         self.seed = seed
-        self.download = download
-        self.url = url
-        self.sha256 = None if md5 and sha256 == SPEECH_COMMANDS_SHA256 else sha256
-        self.md5 = md5
-
-    def data_root(self) -> Path | None:
-        """The folder holding ``testing_list.txt``: ``root`` or ``root/speech_commands_v0.02``."""
-        for candidate in (self.root, self.root / SPEECH_COMMANDS_FOLDER):
-            if (candidate / TESTING_LIST).is_file() and (candidate / VALIDATION_LIST).is_file():
-                return candidate
-        return None
-
-    def _require_data_root(self) -> Path:
-        data_root = self.data_root()
-        if data_root is None:
-            raise FileNotFoundError(
-                f"Speech Commands not found: expected {self.root / TESTING_LIST} and "
-                f"{self.root / VALIDATION_LIST} (or the same under "
-                f"{self.root / SPEECH_COMMANDS_FOLDER})"
-                + ("" if self.root.is_dir() else f"; the folder {self.root} does not exist")
-                + ". Set `download=True` or point `root` at the dataset."
-            )
-        return data_root
-
-    def prepare(self) -> None:
-        """Downloads and extracts the archive if needed (``download=True``), then checks it."""
-        if self.data_root() is None and self.download:
-            download_and_extract(
-                self.url,
-                self.root,
-                sha256=self.sha256,
-                md5=self.md5,
-                destination=self.root / SPEECH_COMMANDS_FOLDER,
-            )
-        super().prepare()
 
     def _read_class_names(self) -> list[str]:
         if self.protocol == "v2-12":
@@ -360,11 +329,8 @@ class SpeechCommands(AudioDatasetIndex):
                 )
         return entries
 
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(root={str(self.root)!r}, download={self.download}, "
-            f"protocol={self.protocol!r})"
-        )
+    def _repr_fields(self) -> str:
+        return f", protocol={self.protocol!r}"
 
 
 def _write_segments(

@@ -18,7 +18,7 @@ import numpy as np
 import soundfile
 
 from add_lightning.atomic import atomic_directory
-from add_lightning.data.datasets.esc50 import ESC50
+from add_lightning.data.datasets.esc50 import ESC50_CSV, ESC50LayoutIndex
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def synthesize_clip(
     return np.clip(clip, -1.0, 1.0).astype(np.float32)
 
 
-class SyntheticDataset(ESC50):
+class SyntheticDataset(ESC50LayoutIndex):
     """Generated, learnable audio classes in the ESC-50 layout (folds ``1..num_folds``).
 
     The data goes to ``root/synthetic-c{C}-n{N}-f{F}-d{duration}-sr{rate}-s{seed}/``, generated
@@ -142,6 +142,19 @@ class SyntheticDataset(ESC50):
 
     def _fallback_folds(self) -> tuple[int, ...]:
         return tuple(range(1, self.num_folds + 1))
+
+    def data_root(self) -> Path | None:
+        """The generated folder, once it holds ``meta/esc50.csv``."""
+        return self.root if (self.root / ESC50_CSV).is_file() else None
+
+    def _require_data_root(self) -> Path:
+        data_root = self.data_root()
+        if data_root is None:
+            raise FileNotFoundError(
+                f"SyntheticDataset metadata not found: expected {self.root / ESC50_CSV}; "
+                "`prepare()` generates it."
+            )
+        return data_root
 
     def prepare(self) -> None:
         """Generates the dataset unless a complete copy exists, then checks it."""
