@@ -463,12 +463,10 @@ def load_trained_model(
 
     The model is rebuilt from the hyperparameters stored in the checkpoint (its config under
     LightningCLI), its weights loaded, and put in eval mode. The checkpoint is self-contained:
-    a backbone trained from pretrained weights (an AST hub id or folder, a BEATs file) is stored
-    as its architecture (see ``AudioClassifier.on_save_checkpoint``), so it is rebuilt with
-    random weights that the checkpoint's overwrite; nothing is downloaded or read besides
-    ``path``. A speech encoder (``HFAudioEncoder``) is rebuilt from its arguments as given:
-    one built from ``config`` alone needs nothing else, one started from ``pretrained`` needs
-    that hub id (cached) or folder again.
+    a backbone trained from pretrained weights (an AST hub id or folder, a BEATs file, a speech
+    encoder's hub id or ``save_pretrained`` folder) is stored as its architecture (see
+    ``AudioClassifier.on_save_checkpoint``), so it is rebuilt with random weights that the
+    checkpoint's overwrite; nothing is downloaded or read besides ``path``.
 
     Args:
         path: The ``.ckpt`` file.

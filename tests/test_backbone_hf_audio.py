@@ -148,6 +148,73 @@ def test_save_pretrained_directory_loads_offline(family, tmp_path):
         )
 
 
+# Feature extractor settings that differ from the family's defaults (Whisper: another FFT
+# size; the 1 s input as the tiny config's 50 positions), so a rebuilt encoder must carry them.
+_SAVED_EXTRACTOR = {
+    "wav2vec2": lambda: Wav2Vec2FeatureExtractor(do_normalize=False),
+    "whisper": lambda: WhisperFeatureExtractor(feature_size=80, chunk_length=1, n_fft=256),
+}
+
+
+@pytest.mark.parametrize("family", [*FAMILIES, "whisper_full"])
+def test_checkpoint_init_args_rebuild_the_pretrained_encoder(family, tmp_path):
+    name = family.removesuffix("_full")
+    original = _encoder(name)
+    if family == "whisper_full":  # as hub checkpoints: encoder and decoder
+        fields = {k: v for k, v in TINY["whisper"].items() if k != "model_type"}
+        full = WhisperModel(WhisperConfig(**fields))
+        full.encoder.load_state_dict(original.model.state_dict())
+        full.save_pretrained(tmp_path)
+    else:
+        original.model.save_pretrained(tmp_path)
+    _SAVED_EXTRACTOR["whisper" if name == "whisper" else "wav2vec2"]().save_pretrained(tmp_path)
+    pretrained = HFAudioEncoder(pretrained=str(tmp_path), pooling="weighted").eval()
+    pretrained.layer_weights.data = torch.linspace(-1.0, 1.0, pretrained.layer_weights.numel())
+    init_args = pretrained.checkpoint_init_args()
+    for path in tmp_path.iterdir():
+        path.unlink()  # the source is gone: the arguments alone rebuild the encoder
+
+    rebuilt = HFAudioEncoder(**init_args).eval()
+    assert init_args["pretrained"] is None
+    assert init_args["config"]["model_type"] == TINY[name]["model_type"]
+    assert type(rebuilt.model) is type(pretrained.model)
+    assert list(rebuilt.state_dict()) == list(pretrained.state_dict())
+    rebuilt.load_state_dict(pretrained.state_dict(), strict=True)
+    if name == "whisper":
+        assert rebuilt.extractor.n_fft == 256 and rebuilt.extractor.chunk_length == 1
+    else:
+        assert rebuilt.normalize is False  # the saved do_normalize, not the default True
+        assert isinstance(rebuilt._group_norm, type(pretrained._group_norm))
+    waveforms, padding_mask = _padded([7000, 3000])
+    with torch.no_grad():
+        expected = pretrained(waveforms, padding_mask)
+        torch.testing.assert_close(rebuilt(waveforms, padding_mask), expected, atol=0, rtol=0)
+        # the saved settings matter: the defaults give another embedding (little for base
+        # models, whose first GroupNorm undoes most of the normalisation)
+        defaults = {
+            k: v for k, v in init_args.items() if k not in ("normalize", "feature_extractor")
+        }
+        default = HFAudioEncoder(**defaults).eval()
+        default.load_state_dict(pretrained.state_dict())
+        assert (default(waveforms, padding_mask) - expected).abs().max() > 1e-5
+
+
+def test_feature_extractor_settings_override_and_are_checked(tmp_path):
+    _encoder("wavlm").model.save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(tmp_path)
+    settings = {"do_normalize": True}
+    assert HFAudioEncoder(pretrained=str(tmp_path)).normalize is False
+    assert HFAudioEncoder(pretrained=str(tmp_path), feature_extractor=settings).normalize is True
+    assert (
+        HFAudioEncoder(config=TINY["wavlm"], feature_extractor={"do_normalize": False}).normalize
+        is False
+    )
+    with pytest.raises(ValueError, match=r"WhisperFeatureExtractor has no setting 'hop'; expected"):
+        HFAudioEncoder(config=TINY["whisper"], feature_extractor={"hop": 100})
+    with pytest.raises(ValueError, match=r"Wav2Vec2FeatureExtractor has no setting 'n_fft'"):
+        HFAudioEncoder(pretrained=str(tmp_path), feature_extractor={"n_fft": 400})
+
+
 def test_default_normalization_follows_the_feature_extractor(tmp_path):
     assert _encoder("wavlm").normalize is True  # Wav2Vec2FeatureExtractor's default
     assert _encoder("wavlm", normalize=False).normalize is False

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModel, PretrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoFeatureExtractor,
+    AutoModel,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.feature_extraction_utils import FeatureExtractionMixin
 from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING
 
@@ -20,6 +27,9 @@ Freeze = Literal["none", "feature_encoder", "encoder"]
 
 # Wav2Vec2FeatureExtractor.zero_mean_unit_var_norm adds this to the variance.
 _NORMALIZE_EPS = 1e-7
+
+# Config fields that checkpoint_init_args leaves out: no part of the encoder's architecture.
+_NOT_ARCHITECTURE = ("transformers_version", "id2label", "label2id")
 
 
 def conv_output_lengths(lengths: Tensor, kernels: list[int], strides: list[int]) -> Tensor:
@@ -99,21 +109,60 @@ def _offline_error(pretrained: str, error: Exception) -> OSError:
     )
 
 
+def _encoder_class(config: PretrainedConfig) -> type[PreTrainedModel] | None:
+    """The class of an encoder saved alone (``architectures: [WhisperEncoder]``), else None."""
+    architectures = getattr(config, "architectures", None) or []
+    if len(architectures) != 1 or not architectures[0].endswith("Encoder"):
+        return None
+    # not exported by transformers: in the modeling module beside the config's
+    modeling = type(config).__module__.replace(".configuration_", ".modeling_")
+    return getattr(importlib.import_module(modeling), architectures[0], None)
+
+
 def _load_model(pretrained: str, overrides: dict[str, Any]) -> nn.Module:
     """``AutoModel.from_pretrained``; an encoder saved alone (``WhisperEncoder``) as itself."""
-    config = AutoConfig.from_pretrained(pretrained)
-    architectures = getattr(config, "architectures", None) or []
-    if len(architectures) == 1 and architectures[0].endswith("Encoder"):
-        # not exported by transformers: in the modeling module beside the config's
-        modeling = type(config).__module__.replace(".configuration_", ".modeling_")
-        encoder_class = getattr(importlib.import_module(modeling), architectures[0], None)
-        if encoder_class is not None:
-            return encoder_class.from_pretrained(pretrained, **overrides)
+    encoder_class = _encoder_class(AutoConfig.from_pretrained(pretrained))
+    if encoder_class is not None:
+        return encoder_class.from_pretrained(pretrained, **overrides)
     return AutoModel.from_pretrained(pretrained, **overrides)
 
 
-def _default_extractor(config: PretrainedConfig) -> FeatureExtractionMixin:
-    """The family's feature extractor with its defaults (random init: no preprocessor file)."""
+def _model_from_config(config: PretrainedConfig) -> nn.Module:
+    """A randomly initialised model of ``config``: the class :func:`_load_model` would load."""
+    encoder_class = _encoder_class(config)
+    if encoder_class is not None:
+        return encoder_class._from_config(config)
+    return AutoModel.from_config(config)
+
+
+def _extractor_arguments(extractor_class: type[FeatureExtractionMixin]) -> list[str]:
+    """The named constructor arguments of a feature extractor class."""
+    parameters = inspect.signature(extractor_class.__init__).parameters.values()
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return [p.name for p in parameters if p.kind in kinds and p.name != "self"]
+
+
+def _checked_extractor_settings(
+    extractor_class: type[FeatureExtractionMixin], settings: dict[str, Any]
+) -> dict[str, Any]:
+    arguments = _extractor_arguments(extractor_class)
+    unknown = sorted(set(settings) - set(arguments))
+    if unknown:
+        raise ValueError(
+            f"Invalid argument `feature_extractor`: {extractor_class.__name__} has no setting "
+            f"{', '.join(map(repr, unknown))}; expected some of {', '.join(arguments)}"
+        )
+    return settings
+
+
+def _default_extractor(
+    config: PretrainedConfig, settings: dict[str, Any] | None = None
+) -> FeatureExtractionMixin:
+    """The family's feature extractor (random init: no preprocessor file), ``settings`` applied.
+
+    Whisper's defaults fit the encoder: ``feature_size = num_mel_bins`` and the
+    ``chunk_length`` (seconds) of its ``2 * max_source_positions`` input frames.
+    """
     try:
         extractor_class = FEATURE_EXTRACTOR_MAPPING[type(config)]
     except KeyError:
@@ -121,16 +170,37 @@ def _default_extractor(config: PretrainedConfig) -> FeatureExtractionMixin:
             f"Expected an audio encoder with a transformers feature extractor but model_type "
             f"{config.model_type!r} has none"
         ) from None
+    settings = _checked_extractor_settings(extractor_class, dict(settings or {}))
     if config.model_type != "whisper":
-        return extractor_class()
-    # Whisper's encoder takes exactly 2 * max_source_positions mel frames (30 s for real models)
-    samples = config.max_source_positions * 2 * 160  # hop of 160 samples at 16 kHz
-    if samples % 16000:
-        raise ValueError(
-            "Expected a Whisper config whose max_source_positions covers whole seconds (multiples "
-            f"of 50) but got max_source_positions={config.max_source_positions}"
-        )
-    return extractor_class(feature_size=config.num_mel_bins, chunk_length=samples // 16000)
+        return extractor_class(**settings)
+    defaults: dict[str, Any] = {"feature_size": config.num_mel_bins}
+    if "chunk_length" not in settings:
+        # the encoder takes exactly 2 * max_source_positions mel frames (30 s for real models)
+        samples = config.max_source_positions * 2 * 160  # hop of 160 samples at 16 kHz
+        if samples % 16000:
+            raise ValueError(
+                "Expected a Whisper config whose max_source_positions covers whole seconds "
+                f"(multiples of 50) but got max_source_positions={config.max_source_positions}"
+            )
+        defaults["chunk_length"] = samples // 16000
+    return extractor_class(**{**defaults, **settings})
+
+
+def _pretrained_extractor(
+    pretrained: str, config: PretrainedConfig, settings: dict[str, Any]
+) -> FeatureExtractionMixin:
+    """The ``preprocessor_config.json`` of ``pretrained`` (else the family's), ``settings``
+    applied."""
+    try:
+        extractor = AutoFeatureExtractor.from_pretrained(pretrained)
+    except OSError:  # a model without preprocessor_config.json: the family's defaults
+        return _default_extractor(config, settings)
+    if not settings:
+        return extractor
+    settings = _checked_extractor_settings(type(extractor), settings)
+    stored = extractor.to_dict()
+    del stored["feature_extractor_type"]
+    return type(extractor)(**{**stored, **settings})
 
 
 class HFAudioEncoder(nn.Module):
@@ -169,6 +239,14 @@ class HFAudioEncoder(nn.Module):
             the layer weights and the head train).
         normalize: Override the feature extractor's ``do_normalize``; ``None`` keeps it.
         sample_rate: Rate of the input waveforms; must equal the feature extractor's.
+        feature_extractor: Settings of the ``AutoFeatureExtractor`` (its constructor arguments,
+            e.g. ``do_normalize``, ``sampling_rate``; Whisper: ``feature_size``, ``n_fft``,
+            ``hop_length``, ``chunk_length``) that override those of ``pretrained``'s
+            ``preprocessor_config.json`` or, without it, the family's defaults.
+
+    :meth:`checkpoint_init_args` describes an encoder built from ``pretrained`` by ``config``
+    and ``feature_extractor`` alone, so that a checkpoint rebuilds it without the pretrained
+    weights.
 
     Shape:
         - features: ``[B, N]`` float waveforms, zero-padded
@@ -190,6 +268,7 @@ class HFAudioEncoder(nn.Module):
         freeze: Freeze = "none",
         normalize: bool | None = None,
         sample_rate: int = 16000,
+        feature_extractor: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if pooling not in ("mean", "weighted"):
@@ -214,18 +293,17 @@ class HFAudioEncoder(nn.Module):
                 model_config = AutoConfig.for_model(model_type, **overrides)
             except ValueError as error:
                 raise ValueError(f"Invalid argument `config`: {error}") from None
-            model = AutoModel.from_config(model_config)
-            extractor = _default_extractor(model_config)
+            model = _model_from_config(model_config)
+            extractor = _default_extractor(model_config, feature_extractor)
         else:
             pretrained = checked_pretrained(pretrained)
             try:
                 model = _load_model(pretrained, overrides)
             except OSError as error:
                 raise _offline_error(pretrained, error) from error
-            try:
-                extractor = AutoFeatureExtractor.from_pretrained(pretrained)
-            except OSError:  # a model without preprocessor_config.json: the family's defaults
-                extractor = _default_extractor(model.config)
+            extractor = _pretrained_extractor(
+                pretrained, model.config, dict(feature_extractor or {})
+            )
         if hasattr(model, "get_encoder") and model.main_input_name != "input_values":
             model = model.get_encoder()  # Whisper: the encoder alone
         self.model = model
@@ -280,6 +358,41 @@ class HFAudioEncoder(nn.Module):
                     f"Expected argument `freeze` to be 'none' or 'encoder' for "
                     f"{type(self.model).__name__}, which has no convolutional feature encoder"
                 )
+
+    def checkpoint_init_args(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this encoder with random weights.
+
+        ``pretrained=None``; ``config``: the model's whole transformers config with its
+        ``model_type`` (a pretrained model's own, its overrides applied; ``architectures`` names
+        an encoder saved alone, e.g. ``WhisperEncoder``, which is rebuilt as itself);
+        ``feature_extractor``: every constructor argument of the feature extractor as built
+        (``preprocessor_config.json``'s ``do_normalize``, ``sampling_rate``, Whisper's
+        ``feature_size``, ``hop_length``, ``chunk_length``, ...); ``normalize`` as applied;
+        ``pooling``, ``freeze`` and ``sample_rate``. ``AudioClassifier`` stores them in its
+        checkpoints, so that loading one (whose ``state_dict`` then fills the weights, the
+        layer weights included) neither downloads nor reads the pretrained encoder.
+        """
+        config = {
+            key: value
+            for key, value in self.model.config.to_dict().items()
+            # the source's path, version and the label names of a fine-tuned head are no
+            # part of the encoder (json keys: id2label's int keys are not valid arguments)
+            if not key.startswith("_") and key not in _NOT_ARCHITECTURE
+        }
+        extractor = {
+            name: getattr(self.extractor, name)
+            for name in _extractor_arguments(type(self.extractor))
+            if hasattr(self.extractor, name)
+        }
+        return {
+            "pretrained": None,
+            "config": config,
+            "pooling": self.pooling,
+            "freeze": self.freeze,
+            "normalize": self.normalize,
+            "sample_rate": self.sample_rate,
+            "feature_extractor": extractor,
+        }
 
     def train(self, mode: bool = True) -> HFAudioEncoder:
         super().train(mode)
