@@ -168,7 +168,9 @@ def test_checkpoint_init_args_rebuild_the_pretrained_encoder(family, tmp_path):
     else:
         original.model.save_pretrained(tmp_path)
     _SAVED_EXTRACTOR["whisper" if name == "whisper" else "wav2vec2"]().save_pretrained(tmp_path)
-    pretrained = HFAudioEncoder(pretrained=str(tmp_path), pooling="weighted").eval()
+    pretrained = HFAudioEncoder(pretrained=str(tmp_path), pooling="weighted")
+    assert pretrained.model.training  # as built from a config, not from_pretrained's eval mode
+    pretrained.eval()
     pretrained.layer_weights.data = torch.linspace(-1.0, 1.0, pretrained.layer_weights.numel())
     init_args = pretrained.checkpoint_init_args()
     for path in tmp_path.iterdir():

@@ -332,6 +332,9 @@ class HFAudioEncoder(nn.Module):
             self.layer_weights = nn.Parameter(torch.zeros(layers))  # uniform, as s3prl
         self._group_norm = self._restrict_group_norm()
         self._freeze(freeze)
+        # from_pretrained returns the model in eval mode: in training mode as a model built from
+        # `config` (and as the one rebuilt from a checkpoint), so dropout and SpecAugment train
+        self.train()
 
     def _restrict_group_norm(self) -> _ValidFramesGroupNorm | None:
         extractor = getattr(self.model, "feature_extractor", None)
