@@ -4,6 +4,8 @@ trained end to end through the console script (cv on the IEMOCAP layout, 2-proce
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,7 @@ import yaml
 from console_runs import run_console
 from test_backbone_hf_audio import TINY
 from test_data_datasets import make_iemocap
+from transformers import Wav2Vec2FeatureExtractor
 
 from add_lightning.cli import main
 from add_lightning.data import (
@@ -27,8 +30,14 @@ from add_lightning.data import (
 )
 from add_lightning.data.datamodule import PIPELINE_KEY
 from add_lightning.experiments.compare import describe_experiment
-from add_lightning.inference import TrainedModel, WaveformPipeline, concat_inputs
+from add_lightning.inference import (
+    TrainedModel,
+    WaveformPipeline,
+    concat_inputs,
+    load_trained_model,
+)
 from add_lightning.models import AudioClassifier, HFAudioEncoder
+from add_lightning.models.classifier import BACKBONE_SOURCE_KEY
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -343,3 +352,120 @@ def test_data_at_another_rate_than_the_encoder_is_refused(iemocap_root, tmp_path
     args += ["--trainer.default_root_dir", str(tmp_path / "run")]
     with pytest.raises(ValueError, match=r"`sample_rate` 8000 to equal the backbone's 16000"):
         AddLightningCLI(args=args, run=False)
+
+
+def _waveforms() -> tuple[torch.Tensor, torch.Tensor]:
+    """Two clips of 0.3 and 0.15 s, the second zero-padded, and the padding mask."""
+    waveforms = 0.1 * torch.randn(2, 4800, generator=torch.Generator().manual_seed(7))
+    padding_mask = torch.arange(4800) >= torch.tensor([4800, 2400])[:, None]
+    return waveforms.masked_fill(padding_mask, 0.0), padding_mask
+
+
+@pytest.fixture(scope="module")
+def pretrained_wavlm_run(iemocap_root, tmp_path_factory) -> dict:
+    """`fit` (console script) of a WavLM started from a `save_pretrained` folder whose feature
+    extractor does not normalise (the family's default does); then the folder is deleted.
+
+    Recorded before the deletion: the model as the training's config builds it (from the folder)
+    with the trained weights, its logits on fixed waveforms, and the weights of an
+    uninterrupted two-epoch run (the reference of the resumed one).
+    """
+    from add_lightning.lightning_cli import AddLightningCLI
+
+    folder = tmp_path_factory.mktemp("pretrained_wavlm")
+    source = folder / "wavlm_pretrained"
+    torch.manual_seed(1)
+    HFAudioEncoder(config=TINY["wavlm"]).model.save_pretrained(source)
+    Wav2Vec2FeatureExtractor(do_normalize=False).save_pretrained(source)
+    configs = {}
+    for epochs in (1, 2):
+        config = _config(iemocap_root, limit_train_batches=1, max_epochs=epochs)
+        backbone = config["model"]["init_args"]["backbone"]["init_args"]
+        backbone.pop("config")
+        backbone["pretrained"] = str(source)
+        configs[epochs] = folder / f"wavlm_{epochs}.yaml"
+        configs[epochs].write_text(yaml.safe_dump(config))
+    run = folder / "run"
+    run_console(["fit", "--config", str(configs[1]), "--trainer.default_root_dir", str(run)])
+    checkpoint = run / "checkpoints" / "last.ckpt"
+
+    args = ["--config", str(configs[1]), "--trainer.default_root_dir", str(folder / "x")]
+    model = AddLightningCLI(args=args, run=False).model
+    assert model.backbone.normalize is False  # the folder's setting, read from the folder
+    model.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
+    model.eval()
+    with torch.no_grad():
+        logits = model(*_waveforms())
+
+    uninterrupted = ["--config", str(configs[2]), "--trainer.default_root_dir", str(folder / "2")]
+    assert main(["fit", *uninterrupted]) == 0
+    two_epochs = torch.load(folder / "2" / "checkpoints" / "last.ckpt", weights_only=True)
+    shutil.rmtree(source)
+    return {
+        "source": source,
+        "run": run,
+        "checkpoint": checkpoint,
+        "model": model,
+        "logits": logits,
+        "two_epochs": two_epochs,
+    }
+
+
+def test_speech_encoder_checkpoint_loads_without_its_source(pretrained_wavlm_run, monkeypatch):
+    from transformers import AutoConfig, AutoFeatureExtractor, AutoModel
+
+    run = pretrained_wavlm_run
+    checkpoint = torch.load(run["checkpoint"], weights_only=True)
+    stored = checkpoint["hyper_parameters"]["backbone"]["init_args"]
+    assert stored["pretrained"] is None and stored["normalize"] is False
+    assert stored["config"]["model_type"] == "wavlm"
+    assert stored["config"]["num_buckets"] == TINY["wavlm"]["num_buckets"]
+    assert stored["feature_extractor"]["do_normalize"] is False
+    assert checkpoint[BACKBONE_SOURCE_KEY]["init_args"]["pretrained"] == str(run["source"])
+
+    def offline(*args, **kwargs):
+        raise AssertionError(f"from_pretrained{args} called while loading a checkpoint")
+
+    for loader in (AutoConfig, AutoFeatureExtractor, AutoModel):
+        monkeypatch.setattr(loader, "from_pretrained", offline)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = load_trained_model(run["checkpoint"]).model
+    assert loaded.backbone.normalize is False
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(*_waveforms()), run["logits"], rtol=0, atol=1e-6)
+        model = AudioClassifier.load_from_checkpoint(run["checkpoint"]).eval()
+        torch.testing.assert_close(model(*_waveforms()), run["logits"], rtol=0, atol=1e-6)
+
+
+def test_classify_a_speech_encoder_without_its_source(pretrained_wavlm_run, tmp_path):
+    run = pretrained_wavlm_run
+    files = [tmp_path / "a.wav", tmp_path / "b.flac"]
+    _write(files[0], 4000, seed=11)
+    soundfile.write(files[1], _write(tmp_path / "c.wav", 2500, seed=12), RATE)
+    output = tmp_path / "results.json"
+    arguments = ["classify", "--ckpt_path", str(run["checkpoint"]), *map(str, files)]
+    done = run_console([*arguments, "--batch_size", "2", "--output", str(output)])
+    assert "classified 2 of 2 files" in done.stderr
+    for path, row in zip(files, json.loads(output.read_text())["clips"], strict=True):
+        assert row["error"] is None
+        got = [row["probabilities"][name] for name in ("ang", "hap", "neu", "sad")]
+        np.testing.assert_allclose(got, _alone(run["model"], path), atol=1e-6)
+
+
+def test_fit_resumes_a_speech_encoder_without_its_source(pretrained_wavlm_run):
+    run = pretrained_wavlm_run["run"]
+    args = ["fit", "--config", str(run / "config.yaml"), "--trainer.default_root_dir", str(run)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"]) == 0
+    # the stored encoder replaces the config's `pretrained` folder without a warning
+    assert not [w for w in caught if "replaced by the checkpoint's" in str(w.message)]
+    resumed = torch.load(pretrained_wavlm_run["checkpoint"], weights_only=True)
+    reference = pretrained_wavlm_run["two_epochs"]
+    assert resumed["epoch"] == reference["epoch"] == 1
+    assert resumed["global_step"] == reference["global_step"]
+    assert resumed["state_dict"].keys() == reference["state_dict"].keys()
+    for name, weight in reference["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][name], weight, rtol=0, atol=1e-6)
+    source = resumed[BACKBONE_SOURCE_KEY]["init_args"]["pretrained"]
+    assert source == str(pretrained_wavlm_run["source"])

@@ -449,13 +449,15 @@ class AudioClassifier(LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Makes the checkpoint loadable without the backbone's pretrained weights.
 
-        A backbone with a ``checkpoint_init_args()`` method (``ASTBackbone``, ``BEATsBackbone``)
-        gets its stored hyperparameters replaced by those arguments: its architecture, with the
-        pretrained source (hub id, folder, file) set to None. Whatever rebuilds the model from
-        the checkpoint (``load_from_checkpoint``, ``add-lightning test --ckpt_path``) then builds
-        it with random weights, which the ``state_dict`` overwrites, instead of downloading or
-        reading the weights the training started from. The hyperparameters as given are kept
-        under :data:`BACKBONE_SOURCE_KEY`. The module's own ``hparams`` are left unchanged.
+        A backbone with a ``checkpoint_init_args()`` method (``ASTBackbone``, ``BEATsBackbone``,
+        ``HFAudioEncoder``) gets its stored hyperparameters replaced by those arguments: its
+        architecture (a speech encoder's whole transformers config and feature extractor
+        settings), with the pretrained source (hub id, folder, file) set to None. Whatever
+        rebuilds the model from the checkpoint (``load_from_checkpoint``, ``add-lightning test
+        --ckpt_path``) then builds it with random weights, which the ``state_dict`` overwrites,
+        instead of downloading or reading the weights the training started from. The
+        hyperparameters as given are kept under :data:`BACKBONE_SOURCE_KEY`. The module's own
+        ``hparams`` are left unchanged.
         """
         hparams = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
         backbone = hparams.get("backbone") if isinstance(hparams, Mapping) else None
