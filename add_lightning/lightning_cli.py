@@ -29,7 +29,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from add_lightning.models.classifier import BACKBONE_SOURCE_KEY, AudioClassifier
+from add_lightning.models.classifier import (
+    BACKBONE_SOURCE_KEY,
+    AudioClassifier,
+    hyperparameters_from_config,
+)
 from add_lightning.models.prediction import EmbeddingWriter
 from add_lightning.run_log import EpochSummary, is_terminal, log_to_console, quiet_lightning
 
@@ -40,6 +44,9 @@ _DESCRIPTION = (
     "fit/validate/test/predict train and evaluate one run (compose YAML files with --config); "
     "`add-lightning --help` lists every command."
 )
+
+# The config sections of the checkpoint callbacks (added in `add_arguments_to_parser`).
+_CHECKPOINT_KEYS = ("checkpoint", "last_checkpoint")
 
 # Two checkpoint callbacks with stable file names: the experiments runner and `--ckpt_path last`
 # rely on DIR/checkpoints/{last,best}.ckpt; no version counter, so a re-run overwrites them.
@@ -65,13 +72,18 @@ _CHECKPOINT_DEFAULTS = {
 }
 
 
-def _raised_by_jsonargparse(error: BaseException) -> bool:
-    frame = error.__traceback__
-    while frame is not None and frame.tb_next is not None:
-        frame = frame.tb_next
-    return (
-        frame is not None and f"{os.sep}jsonargparse{os.sep}" in frame.tb_frame.f_code.co_filename
-    )
+def _wraps_its_cause(error: BaseException) -> bool:
+    """Whether ``error`` is jsonargparse's wrapper of a constructor's error.
+
+    jsonargparse reports a value that fits no member of a Union (a class argument that may be
+    None, e.g. ``data``) with a plain ValueError listing each member's error as a line
+    ``  - <message>``, raised from the error of the constructor it called.
+    """
+    cause = error.__cause__
+    if type(error) is not ValueError or cause is None:
+        return False
+    first_line = (str(cause).splitlines() or [""])[0]
+    return f"  - {first_line}" in str(error)
 
 
 # `--ckpt_path` values that Lightning resolves itself rather than naming a file.
@@ -299,8 +311,10 @@ class AddLightningCLI(LightningCLI):
             compute_fn=_unseen_class_names,
             apply_on="instantiate",
         )
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-        parser.add_lightning_class_args(ModelCheckpoint, "last_checkpoint")
+        # As `add_lightning_class_args` adds them, but passed to the Trainer by
+        # `instantiate_trainer` (which leaves them out where they do not apply).
+        for key in _CHECKPOINT_KEYS:
+            parser.add_class_arguments(ModelCheckpoint, key, fail_untyped=False, sub_configs=True)
         parser.set_defaults(_CHECKPOINT_DEFAULTS)
 
     def instantiate_classes(self) -> None:
@@ -318,13 +332,14 @@ class AddLightningCLI(LightningCLI):
 
     def _instantiate_classes(self) -> None:
         try:
-            super().instantiate_classes()
+            with hyperparameters_from_config():  # the model saves the parsed config
+                super().instantiate_classes()
         except ValueError as error:
             # jsonargparse wraps errors of the constructors (missing data set, offline hub id,
             # bad argument) in a long "Does not validate against any of the Union subtypes"
             # message; raise the constructor's own error, which says what to do.
             root: BaseException = error
-            while root.__cause__ is not None and _raised_by_jsonargparse(root):
+            while root.__cause__ is not None and _wraps_its_cause(root):
                 root = root.__cause__
             if root is error:
                 raise
@@ -374,20 +389,23 @@ class AddLightningCLI(LightningCLI):
         return self.trainer.predict(**kwargs)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        trainer_config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
+        """LightningCLI's Trainer with the run's logger and checkpoint callbacks (see the class)."""
+        section = self.config_init[self.subcommand] if self.subcommand else self.config_init
+        trainer_config = {**section.get("trainer", {}), **kwargs}
+        overrides = dict(kwargs)
         if trainer_config.get("logger") in (None, True):
             root = trainer_config.get("default_root_dir")
             # default_hp_metric=False: no `hp_metric = -1` placeholder as the first card
             if root is not None:
                 # name="" and version="": log_dir == root, checkpoints in root/checkpoints
-                trainer_config["logger"] = TensorBoardLogger(
+                overrides["logger"] = TensorBoardLogger(
                     save_dir=root, name="", version="", default_hp_metric=False
                 )
             else:
-                trainer_config["logger"] = TensorBoardLogger(
+                overrides["logger"] = TensorBoardLogger(
                     os.getcwd(), name="lightning_logs", default_hp_metric=False
                 )
-        callback_keys = self._parser(self.subcommand).callback_keys
+        callback_keys = list(_CHECKPOINT_KEYS)
         if trainer_config.get("enable_checkpointing") is False:
             # `--trainer.enable_checkpointing false` means no checkpoint callback at all
             callback_keys = [
@@ -403,19 +421,22 @@ class AddLightningCLI(LightningCLI):
                     "Set --data.init_args.val_fraction 0.1 to validate on part of the training "
                     "folds and get best.ckpt."
                 )
-        callbacks = [self._get(self.config_init, key) for key in callback_keys]
+        given = trainer_config.get("callbacks") or []
+        callbacks = [*(given if isinstance(given, list) else [given])]
+        callbacks += [section[key] for key in callback_keys]
         if not is_terminal(sys.stderr) and not trainer_config.get("enable_progress_bar"):
             # Written to a file, a progress bar keeps only its last state: print one line per
             # epoch (with its time) instead. An explicit `enable_progress_bar true` keeps it.
-            trainer_config["enable_progress_bar"] = False
+            overrides["enable_progress_bar"] = False
             callbacks.append(EpochSummary())
+        overrides["callbacks"] = callbacks
         if self.subcommand == "fit" and _unbounded(trainer_config):
             rank_zero_warn(
                 "No `trainer.max_epochs` (nor max_steps or max_time) is set, so Lightning trains "
                 "for 1000 epochs. Set `--trainer.max_epochs N`, or compose a file of "
                 "configs/experiments/ that sets it."
             )
-        return self._instantiate_trainer(trainer_config, callbacks)
+        return super().instantiate_trainer(**overrides)
 
 
 _NULLS = ("null", "None", "~")

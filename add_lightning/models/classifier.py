@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
@@ -22,7 +23,13 @@ from add_lightning.metrics import EmbeddingGeometry, EmbeddingRetrieval
 from add_lightning.models.heatmaps import class_pair_heatmap
 from add_lightning.tensor_utils import hard_targets
 
-__all__ = ["BACKBONE_SOURCE_KEY", "AudioClassifier", "hard_targets", "padding_mask_from_lengths"]
+__all__ = [
+    "BACKBONE_SOURCE_KEY",
+    "AudioClassifier",
+    "hard_targets",
+    "hyperparameters_from_config",
+    "padding_mask_from_lengths",
+]
 
 #: Checkpoint key of the backbone's hyperparameters as given for training (e.g. its pretrained
 #: weights), kept beside the self-contained ones that replace them (``on_save_checkpoint``).
@@ -32,6 +39,30 @@ BACKBONE_SOURCE_KEY = "add_lightning_backbone_source"
 # Authors' AST configs (docs/method.md, ESC-50 and ER): Adam, lr 6.7e-6, betas (0.95, 0.999),
 # weight decay 5e-6.
 _PAPER_ADAM = {"lr": 6.7e-6, "betas": (0.95, 0.999), "weight_decay": 5e-6}
+
+# The arguments that are live objects when the model is built in Python (see AudioClassifier).
+_MODULE_ARGUMENTS = ("backbone", "loss", "optimizer", "scheduler")
+_FROM_CONFIG: ContextVar[bool] = ContextVar(
+    "add_lightning_hyperparameters_from_config", default=False
+)
+
+
+@contextlib.contextmanager
+def hyperparameters_from_config() -> Iterator[None]:
+    """Within it, an :class:`AudioClassifier` built saves ``backbone``, ``loss``, ``optimizer``
+    and ``scheduler`` as hyperparameters too.
+
+    For a model built from a parsed config (:class:`~add_lightning.lightning_cli.AddLightningCLI`
+    wraps its instantiation in it): LightningCLI then gives ``save_hyperparameters`` the config
+    (``class_path``/``init_args`` entries), which ``load_from_checkpoint`` rebuilds the modules
+    from. Outside it those four arguments are the live objects given in Python, which are not
+    hyperparameters, and are left out.
+    """
+    token = _FROM_CONFIG.set(True)
+    try:
+        yield
+    finally:
+        _FROM_CONFIG.reset(token)
 
 
 def padding_mask_from_lengths(num_frames: Tensor, frames: int) -> Tensor:
@@ -67,7 +98,10 @@ class AudioClassifier(LightningModule):
     ``AudioClassifier.load_from_checkpoint(path)``, with nothing but the file: the backbone is
     rebuilt from the architecture stored in it, not from the pretrained weights it started from
     (see :meth:`on_save_checkpoint`). Built in Python, the modules are not saved
-    as hyperparameters: pass them again, ``load_from_checkpoint(path, backbone=...)``.
+    as hyperparameters: pass them again, ``load_from_checkpoint(path, backbone=...)``. The rule:
+    the four module arguments are saved only when the model is built within
+    :func:`hyperparameters_from_config`, as ``AddLightningCLI`` builds it; under a LightningCLI
+    of your own, build it within that context too.
 
     Args:
         backbone: Embedding extractor with an ``embedding_dim`` attribute, ``[B, T, F] -> [B, D]``.
@@ -126,13 +160,11 @@ class AudioClassifier(LightningModule):
                 "Expected argument `backbone` to be an nn.Module with an int attribute "
                 f"`embedding_dim` but got {type(backbone).__name__} with {embedding_dim!r}"
             )
-        # Under LightningCLI the hyperparameters are the parsed config (class paths of the
-        # backbone, loss, optimizer, scheduler), enough for load_from_checkpoint to rebuild
-        # them; in plain Python they are live objects, which are not hyperparameters.
-        built_by_cli = _given_hyperparameters.get() is not None
-        self.save_hyperparameters(
-            ignore=[] if built_by_cli else ["backbone", "loss", "optimizer", "scheduler"]
-        )
+        # Built from a config (see hyperparameters_from_config) the hyperparameters are the
+        # parsed config (class paths of the backbone, loss, optimizer, scheduler), enough for
+        # load_from_checkpoint to rebuild them; in plain Python they are live objects, which
+        # are not hyperparameters.
+        self.save_hyperparameters(ignore=[] if _FROM_CONFIG.get() else list(_MODULE_ARGUMENTS))
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names is not None else None
         self.unseen_class_names = None if unseen_class_names is None else list(unseen_class_names)
@@ -433,9 +465,12 @@ class AudioClassifier(LightningModule):
         it is kept, with a warning (the schedule then ends before or after the run).
         """
         set_max_epochs = getattr(scheduler, "set_max_epochs", None)
-        if not callable(set_max_epochs) or self._trainer is None:
+        if not callable(set_max_epochs):
             return
-        run_epochs = self.trainer.max_epochs
+        try:
+            run_epochs = self.trainer.max_epochs
+        except (RuntimeError, AttributeError):  # no Trainer attached (or Fabric's, without one)
+            return
         if scheduler.max_epochs is None:
             set_max_epochs(run_epochs)
         elif scheduler.max_epochs != run_epochs:
