@@ -390,6 +390,14 @@ def test_invalid_config_is_named(overrides: dict, name: str) -> None:
         tiny_backbone(**overrides)
 
 
+def test_every_accepted_activation_is_implemented() -> None:
+    # the config validates names without importing the layers: the two lists must agree
+    from add_lightning.models.backbones.beats_config import ACTIVATION_NAMES
+    from add_lightning.models.backbones.beats_layers import ACTIVATIONS
+
+    assert sorted(ACTIVATION_NAMES) == sorted(ACTIVATIONS)
+
+
 def test_invalid_forward_arguments_are_named() -> None:
     model = tiny_backbone()
     with pytest.raises(ValueError, match="`pooling`"):

@@ -1,6 +1,6 @@
-"""Static checks of the package's structure: public Lightning/jsonargparse names only.
+"""Static checks of the package's structure: public Lightning/jsonargparse names, no import cycle.
 
-They read the sources of ``add_lightning/`` with :mod:`ast`; nothing is run but the imports of
+Both read the sources of ``add_lightning/`` with :mod:`ast`; nothing is run but the imports of
 the package's own modules (to find the Lightning base classes of its classes).
 """
 
@@ -11,6 +11,8 @@ import importlib
 import inspect
 import textwrap
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "add_lightning"
 
@@ -178,3 +180,87 @@ def test_package_uses_only_public_lightning_and_jsonargparse_names() -> None:
         use for name, path in _modules().items() for use in private_uses(path, module_name=name)
     ]
     assert found == [], "private Lightning/jsonargparse names used:\n" + "\n".join(found)
+
+
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """Module -> the package's modules it imports, at module level or inside functions.
+
+    ``from a.b import c`` is an edge to ``a.b.c`` when that is a module, else to ``a.b``;
+    relative imports are resolved. A package's implicit import by its submodules is no edge.
+    """
+    modules = _modules(package)
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        package_name = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                graph[name].update(alias.name for alias in node.names if alias.name in modules)
+            elif isinstance(node, ast.ImportFrom):
+                target = node.module
+                if node.level:
+                    parts = package_name.split(".")[: len(package_name.split(".")) - node.level + 1]
+                    target = ".".join([*parts, *([node.module] if node.module else [])])
+                if target is None:
+                    continue
+                for alias in node.names:
+                    if f"{target}.{alias.name}" in modules:
+                        graph[name].add(f"{target}.{alias.name}")
+                    elif target in modules:
+                        graph[name].add(target)
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle ``[a, b, ..., a]`` of the graph, None when it has none."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                return [*path[path.index(target) :], target]
+            if target not in state and (cycle := visit(target)) is not None:
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)) is not None:
+            return cycle
+    return None
+
+
+@pytest.mark.parametrize(
+    ("graph", "expected"),
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": set()}, None),
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]),
+        ({"a": {"a"}}, ["a", "a"]),
+        ({"a": {"b", "c"}, "b": {"c"}, "c": {"b"}}, ["b", "c", "b"]),
+    ],
+)
+def test_find_cycle(graph: dict[str, set[str]], expected: list[str] | None) -> None:
+    assert find_cycle(graph) == expected
+
+
+def test_import_graph_resolves_lazy_and_relative_imports(tmp_path: Path) -> None:
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("from pkg.a import thing\n")
+    (package / "a.py").write_text("def f():\n    from pkg.sub import b\n")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "b.py").write_text("from ..a import f\nimport pkg.sub\nimport os\n")
+    assert import_graph(package) == {
+        "pkg": {"pkg.a"},
+        "pkg.a": {"pkg.sub.b"},
+        "pkg.sub": set(),
+        "pkg.sub.b": {"pkg.a", "pkg.sub"},
+    }
+
+
+def test_package_import_graph_has_no_cycle() -> None:
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from add_lightning.experiments.atomic import write_text_atomic
+from add_lightning.experiments.files import EMBEDDINGS_FILENAME, METRICS_FILENAME
 
 __all__ = [
     "METRICS_FILENAME",
@@ -34,12 +35,11 @@ __all__ = [
     "markdown_table",
     "results_csv",
     "results_markdown",
+    "unit_is_finished",
     "write_results",
 ]
 
 log = logging.getLogger(__name__)
-
-METRICS_FILENAME = "test_metrics.json"
 
 
 @dataclass(frozen=True)
@@ -275,3 +275,15 @@ def write_results(
     write_text_atomic(csv_path, results_csv(summary))
     write_text_atomic(md_path, results_markdown(summary, title))
     return csv_path, md_path
+
+
+def unit_is_finished(run_dir: str | Path, expected_hash: str) -> bool:
+    """A unit is finished iff its ``test_metrics.json`` parses and carries ``expected_hash``,
+    and its ``test_embeddings.npz`` exists (a unit missing it is rerun: from its final
+    checkpoint that is only test and export)."""
+    result = load_unit_result(Path(run_dir) / METRICS_FILENAME)
+    return (
+        result is not None
+        and result.config_hash == expected_hash
+        and (Path(run_dir) / EMBEDDINGS_FILENAME).is_file()
+    )

@@ -25,8 +25,8 @@ from add_lightning.experiments.aggregate import (
     load_unit_results,
     markdown_table,
 )
-from add_lightning.experiments.config import EXPERIMENT_FILENAME, config_hash
-from add_lightning.experiments.sweep import SWEEP_FILENAME
+from add_lightning.experiments.config import config_hash
+from add_lightning.experiments.files import EXPERIMENT_FILENAME, SWEEP_FILENAME
 
 __all__ = [
     "ExperimentKey",

@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from add_lightning.experiments.files import EXPERIMENT_FILENAME
+
 __all__ = [
     "EXPERIMENT_FILENAME",
     "ExperimentConfigError",
@@ -26,7 +28,6 @@ __all__ = [
     "experiment_cli_class",
 ]
 
-EXPERIMENT_FILENAME = "experiment.yaml"
 # Config entries set per unit, hence not part of what identifies an experiment.
 _UNIT_KEYS = (
     ("seed_everything",),

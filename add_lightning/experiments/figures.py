@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 
 from add_lightning.experiments.aggregate import markdown_table
 from add_lightning.experiments.atomic import atomic_path, write_text_atomic
-from add_lightning.experiments.runner import EMBEDDINGS_FILENAME
+from add_lightning.experiments.files import EMBEDDINGS_FILENAME
 from add_lightning.metrics import (
     RETRIEVAL_SCALAR_KEYS,
     mask_empty_class_pairs,

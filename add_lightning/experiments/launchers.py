@@ -33,7 +33,8 @@ from typing import Any, Protocol
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
-from add_lightning.experiments.config import EXPERIMENT_FILENAME, ExperimentConfigError
+from add_lightning.experiments.config import ExperimentConfigError
+from add_lightning.experiments.files import EXPERIMENT_FILENAME, LOG_FILENAME
 from add_lightning.experiments.locks import lock_is_free
 from add_lightning.experiments.progress import Progress
 
@@ -49,7 +50,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-LOG_FILENAME = "unit.log"
 _UNIT_BUSY_STATUS = 75  # add_lightning.experiments.unit.UNIT_BUSY_STATUS (not imported: torch)
 _POLL_S = 0.2
 

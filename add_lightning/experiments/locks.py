@@ -20,9 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-__all__ = ["LOCK_FILENAME", "LockBusyError", "downgrade", "hold_lock", "lock_is_free"]
+from add_lightning.experiments.files import LOCK_FILENAME
 
-LOCK_FILENAME = ".lock"
+__all__ = ["LOCK_FILENAME", "LockBusyError", "downgrade", "hold_lock", "lock_is_free"]
 
 
 class LockBusyError(RuntimeError):

@@ -35,11 +35,10 @@ from typing import Any
 import yaml
 
 from add_lightning.experiments.aggregate import (
-    METRICS_FILENAME,
     Summary,
     aggregate,
-    load_unit_result,
     load_unit_results,
+    unit_is_finished,
     write_results,
 )
 from add_lightning.experiments.atomic import write_json_atomic, write_text_atomic
@@ -49,6 +48,7 @@ from add_lightning.experiments.config import (
     compose_config,
     config_hash,
 )
+from add_lightning.experiments.files import EMBEDDINGS_FILENAME, UNIT_FILENAME
 from add_lightning.experiments.launchers import (
     Failure,
     LocalBackend,
@@ -79,9 +79,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-EMBEDDINGS_FILENAME = "test_embeddings.npz"
-UNIT_FILENAME = "unit.json"
 
 
 @dataclass(frozen=True)
@@ -138,18 +135,6 @@ def plan_units(
     else:
         unit_folds = [configured]
     return [Unit(fold, seed) for seed in seeds for fold in unit_folds]
-
-
-def unit_is_finished(run_dir: str | Path, expected_hash: str) -> bool:
-    """A unit is finished iff its ``test_metrics.json`` parses and carries ``expected_hash``,
-    and its ``test_embeddings.npz`` exists (a unit missing it is rerun: from its final
-    checkpoint that is only test and export)."""
-    result = load_unit_result(Path(run_dir) / METRICS_FILENAME)
-    return (
-        result is not None
-        and result.config_hash == expected_hash
-        and (Path(run_dir) / EMBEDDINGS_FILENAME).is_file()
-    )
 
 
 def prepare_experiment(output: Path, config: dict[str, Any], force: bool = False) -> str:

@@ -42,10 +42,10 @@ from typing import Any
 import yaml
 
 from add_lightning.experiments.config import ExperimentConfigError
+from add_lightning.experiments.files import SWEEP_FILENAME
 
 __all__ = ["SWEEP_FILENAME", "Variant", "expand_sweep", "parse_grid", "read_variants"]
 
-SWEEP_FILENAME = "sweep.yaml"
 _UNSET: Any = object()
 _VARIANT_KEYS = {"config", "overrides", "folds", "seeds"}
 

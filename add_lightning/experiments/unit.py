@@ -27,10 +27,10 @@ import yaml
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from add_lightning.experiments.aggregate import METRICS_FILENAME
+from add_lightning.experiments.aggregate import unit_is_finished
 from add_lightning.experiments.atomic import write_json_atomic
 from add_lightning.experiments.config import experiment_cli_class
-from add_lightning.experiments.runner import EMBEDDINGS_FILENAME
+from add_lightning.experiments.files import EMBEDDINGS_FILENAME, METRICS_FILENAME
 
 __all__ = [
     "UNIT_BUSY_STATUS",
@@ -222,7 +222,6 @@ def execute_unit(
         0 when the unit is finished, :data:`UNIT_BUSY_STATUS` when another worker holds it.
     """
     from add_lightning.experiments.locks import LockBusyError, hold_lock
-    from add_lightning.experiments.runner import unit_is_finished
 
     if threads is not None:
         torch.set_num_threads(threads)

@@ -1,7 +1,8 @@
 """Losses: cross-entropy, focal, ADD and OPL, composed by :class:`ClassificationLoss`."""
 
 from add_lightning.losses.add import ADDLoss
-from add_lightning.losses.base import ClassificationLoss, EmbeddingLoss, LogitLoss, LossOutput
+from add_lightning.losses.base import EmbeddingLoss, LogitLoss, LossOutput
+from add_lightning.losses.classification import ClassificationLoss
 from add_lightning.losses.cross_entropy import CrossEntropyLoss
 from add_lightning.losses.focal import FocalLoss
 from add_lightning.losses.opl import OrthogonalProjectionLoss

@@ -7,7 +7,9 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from add_lightning.models.backbones.beats_layers import ACTIVATIONS
+#: The values of ``activation_fn`` (``beats_layers.ACTIVATIONS`` implements each).
+ACTIVATION_NAMES = ("gelu", "gelu_accurate", "relu", "tanh", "linear")
+
 
 #: The dropout probabilities of the config (each in [0, 1]; fine-tuning may override them).
 DROPOUT_FIELDS = (
@@ -87,7 +89,11 @@ class BEATsConfig:
                 f"a positive divisor of encoder_embed_dim={self.encoder_embed_dim}",
             ),
             (self.conv_pos > 0, "conv_pos", "a positive integer"),
-            (self.activation_fn in ACTIVATIONS, "activation_fn", f"one of {sorted(ACTIVATIONS)}"),
+            (
+                self.activation_fn in ACTIVATION_NAMES,
+                "activation_fn",
+                f"one of {sorted(ACTIVATION_NAMES)}",
+            ),
             (
                 not (self.deep_norm and self.layer_norm_first),
                 "deep_norm",

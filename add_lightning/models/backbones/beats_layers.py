@@ -29,6 +29,7 @@ def _at_least_float32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+#: ``BEATsConfig.activation_fn`` -> the function (one per name of ``ACTIVATION_NAMES``).
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": lambda x: F.gelu(_at_least_float32(x)).type_as(x),
     "gelu_accurate": lambda x: F.gelu(_at_least_float32(x), approximate="tanh").type_as(x),
