@@ -10,7 +10,8 @@ from add_lightning.data.augment import (
     sample_mixup_lambda,
 )
 from add_lightning.data.cache import CACHE_FORMAT_VERSION, FeatureCache
-from add_lightning.data.clip_dataset import Clip, ClipDataset
+from add_lightning.data.clip import Clip
+from add_lightning.data.clip_dataset import ClipDataset
 from add_lightning.data.datamodule import AudioDataModule, split_off_validation
 from add_lightning.data.datasets import (
     AUDIO_EXTENSIONS,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +13,7 @@ from torch.utils.data import Dataset
 from . import audio
 from .augment import SpecAugment, mix_fbanks, mix_waveforms, mixup_targets, sample_mixup_lambda
 from .cache import FeatureCache
+from .clip import Clip
 from .features import (
     FbankOptions,
     Normalization,
@@ -22,21 +21,6 @@ from .features import (
     load_fbank_frames,
     pad_or_crop,
 )
-
-
-@dataclass(frozen=True)
-class Clip:
-    """One labelled audio file.
-
-    Args:
-        path: The audio file.
-        label: Class index in ``[0, num_classes)`` (from sorted class names).
-        clip_id: Stable id, e.g. the path relative to the dataset root without suffix.
-    """
-
-    path: Path
-    label: int
-    clip_id: str
 
 
 class ClipDataset(Dataset[dict[str, object]]):

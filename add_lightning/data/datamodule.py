@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from add_lightning.atomic import write_text_atomic
 from add_lightning.data.cache import FeatureCache, file_fingerprints
-from add_lightning.data.clip_dataset import Clip, ClipDataset
+from add_lightning.data.clip import Clip
+from add_lightning.data.clip_dataset import ClipDataset
 from add_lightning.data.datasets.base import SPLITS, AudioDatasetIndex, Split
 from add_lightning.data.features import (
     NORMALIZATION_PRESETS,

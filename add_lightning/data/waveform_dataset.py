@@ -9,7 +9,8 @@ from torch import Tensor
 
 from . import audio
 from .augment import mix_waveforms, mixup_targets, sample_mixup_lambda
-from .clip_dataset import Clip, ClipDataset
+from .clip import Clip
+from .clip_dataset import ClipDataset
 from .features import FbankOptions
 
 __all__ = ["WaveformClipDataset", "collate_waveforms"]

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, NamedTuple
 
-from add_lightning.data.clip_dataset import Clip
+from add_lightning.data.clip import Clip
 
 log = logging.getLogger(__name__)
 
