@@ -34,6 +34,7 @@ from add_lightning.models.classifier import (
     AudioClassifier,
     hyperparameters_from_config,
 )
+from add_lightning.models.heatmaps import ClassPairHeatmaps
 from add_lightning.models.prediction import EmbeddingWriter
 from add_lightning.run_log import EpochSummary, is_terminal, log_to_console, quiet_lightning
 
@@ -242,6 +243,7 @@ class AddLightningCLI(LightningCLI):
     ``data.unseen_class_names`` where the data module has them) linked into the model, two
     configurable ModelCheckpoints: ``checkpoint`` (``best.ckpt`` by ``val/acc``) and
     ``last_checkpoint`` (``last.ckpt``, the end of every training epoch),
+    :class:`~add_lightning.models.ClassPairHeatmaps` (the test's heat maps in TensorBoard),
     a TensorBoard logger whose directory is ``trainer.default_root_dir`` when given, and
     ``seed_everything: 0``. The optimizer and scheduler are the model's own arguments
     (``model.init_args.optimizer``/``scheduler``), not LightningCLI's top-level ones.
@@ -424,6 +426,7 @@ class AddLightningCLI(LightningCLI):
         given = trainer_config.get("callbacks") or []
         callbacks = [*(given if isinstance(given, list) else [given])]
         callbacks += [section[key] for key in callback_keys]
+        callbacks.append(ClassPairHeatmaps())  # the test's heat maps in TensorBoard
         if not is_terminal(sys.stderr) and not trainer_config.get("enable_progress_bar"):
             # Written to a file, a progress bar keeps only its last state: print one line per
             # epoch (with its time) instead. An explicit `enable_progress_bar true` keeps it.

@@ -365,6 +365,18 @@ def test_no_placeholder_metric_and_no_checkpoint_under_fast_dev_run(tiny_config,
     assert not (quick / "checkpoints").exists() or not any((quick / "checkpoints").iterdir())
 
 
+def test_test_draws_the_class_pair_heatmaps(tiny_config, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    main(["fit", *_base(tiny_config, run), "--trainer.max_epochs", "1"])
+    images = EventAccumulator(str(run), size_guidance={"images": 0}).Reload().Tags()["images"]
+    assert images == []  # drawn by `test` alone
+    main(["test", *_base(tiny_config, run), "--ckpt_path", str(run / "checkpoints" / "last.ckpt")])
+    images = EventAccumulator(str(run), size_guidance={"images": 0}).Reload().Tags()["images"]
+    assert sorted(images) == ["test/geometry/class_cv", "test/geometry/class_mean"]
+
+
 def test_num_classes_contradicting_the_data_is_refused(tiny_config, tmp_path):
     arguments = ["fit", *_base(tiny_config, tmp_path / "run"), "--trainer.max_epochs", "1"]
     with pytest.raises(ValueError, match=r"data's 3 classes but got 5"):

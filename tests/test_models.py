@@ -13,7 +13,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 
 from add_lightning.losses import ADDLoss, ClassificationLoss
-from add_lightning.models import ASTBackbone, AudioClassifier, EmbeddingWriter
+from add_lightning.models import ASTBackbone, AudioClassifier, ClassPairHeatmaps, EmbeddingWriter
 
 NUM_CLASSES, FRAMES, BINS = 3, 32, 32
 
@@ -255,7 +255,7 @@ def test_test_heatmaps_in_tensorboard(tmp_path):
 
     model = tiny_model()
     logger = TensorBoardLogger(save_dir=str(tmp_path), name="", version="")
-    trainer = tiny_trainer(tmp_path, logger=logger)
+    trainer = tiny_trainer(tmp_path, logger=logger, callbacks=[ClassPairHeatmaps()])
     trainer.test(model, datamodule=ToyData(), verbose=False)
     logger.experiment.flush()
     events = EventAccumulator(str(tmp_path), size_guidance={"images": 0}).Reload()

@@ -11,7 +11,6 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.optim.lr_scheduler import ReduceLROnPlateau
@@ -20,7 +19,6 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from add_lightning.losses import ClassificationLoss
 from add_lightning.metrics import EmbeddingGeometry, EmbeddingRetrieval
-from add_lightning.models.heatmaps import class_pair_heatmap
 from add_lightning.tensor_utils import hard_targets
 
 __all__ = [
@@ -86,8 +84,9 @@ class AudioClassifier(LightningModule):
     statistics ``{val,test}/geometry/<key>`` of :class:`~add_lightning.metrics.EmbeddingGeometry`,
     the retrieval metrics ``{val,test}/retrieval/<key>`` of
     :class:`~add_lightning.metrics.EmbeddingRetrieval` (``precision_at_1``, ``r_precision``,
-    ``map_at_r``, ``knn<k>_acc``) and, at test time with a TensorBoard logger, the two
-    class-pair heat maps.
+    ``map_at_r``, ``knn<k>_acc``). The class-pair statistics of the last test epoch are kept
+    in :attr:`last_test_statistics`, which :class:`~add_lightning.models.ClassPairHeatmaps`
+    (a callback that ``AddLightningCLI`` adds) draws into TensorBoard.
 
     With ``unseen_class_names`` (classes held out of training, linked from the data module by
     the CLI) the test batches hold only those classes, with ids in that list: the test epoch
@@ -193,6 +192,10 @@ class AudioClassifier(LightningModule):
         # the epoch's compute, where torchmetrics synchronises them once; not checkpointed.
         self.train_means = nn.ModuleDict()
         self._train_epoch_logged = False  # set by the epoch's first training step
+        #: EmbeddingGeometry's output of the last test epoch (None before one) and the training
+        #: step it belongs to.
+        self.last_test_statistics: dict[str, Tensor] | None = None
+        self.last_test_step_number = 0
 
     # ------------------------------------------------------------------ model
     def embed(
@@ -428,18 +431,8 @@ class AudioClassifier(LightningModule):
         self._evaluation_step_number()
 
     def on_test_epoch_end(self) -> None:
-        statistics = self._log_geometry("test")
-        step = self._evaluation_step_number()
-        if not isinstance(self.logger, TensorBoardLogger) or not self.trainer.is_global_zero:
-            return
-        for key, title, label in (
-            ("class_mean", "mean cosine distance between classes", "mean of d = 1 - cos"),
-            ("class_cv", "coefficient of variation of the cosine distance", "std(d) / mean(d)"),
-        ):
-            names = self.class_names if self.unseen_class_names is None else self.unseen_class_names
-            count = statistics["class_count"]
-            figure = class_pair_heatmap(statistics[key], names, title, label, class_count=count)
-            self.logger.experiment.add_figure(f"test/geometry/{key}", figure, step)
+        self.last_test_statistics = self._log_geometry("test")
+        self.last_test_step_number = self._evaluation_step_number()
 
     # ------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> Any:

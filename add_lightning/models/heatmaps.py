@@ -1,4 +1,7 @@
-"""Figures of the class-pair geometry (the paper's analysis figure) for TensorBoard."""
+"""Figures of the class-pair geometry (the paper's analysis figure) for TensorBoard.
+
+:class:`ClassPairHeatmaps` draws them from what the model's test epoch computed.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +9,20 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
 from matplotlib.figure import Figure
 from torch import Tensor
 
 from add_lightning.metrics import mask_empty_class_pairs
 
-__all__ = ["class_pair_heatmap"]
+__all__ = ["ClassPairHeatmaps", "class_pair_heatmap"]
+
+# statistic of EmbeddingGeometry -> (title, colour bar label)
+_HEATMAPS = {
+    "class_mean": ("mean cosine distance between classes", "mean of d = 1 - cos"),
+    "class_cv": ("coefficient of variation of the cosine distance", "std(d) / mean(d)"),
+}
 
 
 def class_pair_heatmap(
@@ -62,3 +73,28 @@ def class_pair_heatmap(
     axes.set_yticks(range(num_classes), names, fontsize=fontsize)
     axes.set_title(title)
     return figure
+
+
+class ClassPairHeatmaps(Callback):
+    """After ``test``, the images ``test/geometry/{class_mean,class_cv}`` in TensorBoard.
+
+    Draws the two class-pair heat maps of the model's ``last_test_statistics`` (its
+    ``EmbeddingGeometry`` output; see ``AudioClassifier``) at the step of that test, for the
+    test classes (``unseen_class_names`` when classes were held out of training). Does nothing
+    without a TensorBoard logger (the first logger) or on processes other than rank 0.
+    """
+
+    def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        statistics = getattr(pl_module, "last_test_statistics", None)
+        logger = trainer.logger
+        if statistics is None or not isinstance(logger, TensorBoardLogger):
+            return
+        if not trainer.is_global_zero:
+            return
+        unseen = getattr(pl_module, "unseen_class_names", None)
+        names = getattr(pl_module, "class_names", None) if unseen is None else unseen
+        step = getattr(pl_module, "last_test_step_number", trainer.global_step)
+        for key, (title, label) in _HEATMAPS.items():
+            count = statistics["class_count"]
+            figure = class_pair_heatmap(statistics[key], names, title, label, class_count=count)
+            logger.experiment.add_figure(f"test/geometry/{key}", figure, step)
