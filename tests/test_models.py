@@ -273,7 +273,8 @@ def test_tensorboard_heatmaps_draw_pairs_without_samples_blank(tmp_path, monkeyp
     )
     data = ToyData(size=3)
     data.eval_set.labels = torch.tensor([0, 1, 0])  # a, b, a: no clip of c
-    tiny_trainer(tmp_path, logger=logger).test(model, datamodule=data, verbose=False)
+    trainer = tiny_trainer(tmp_path, logger=logger, callbacks=[ClassPairHeatmaps()])
+    trainer.test(model, datamodule=data, verbose=False)
     empty = np.zeros((3, 3), dtype=bool)
     empty[1, 1] = True
     empty[2, :] = empty[:, 2] = True
