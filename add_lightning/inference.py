@@ -59,6 +59,7 @@ import torch
 import torchaudio.functional
 from torch import Tensor
 
+from add_lightning.checks import check_int
 from add_lightning.data.datamodule import PIPELINE_KEY, parse_pipeline
 from add_lightning.data.features import (
     FbankOptions,
@@ -113,11 +114,8 @@ def to_mono(waveform: Tensor | np.ndarray, sample_rate: int, target_rate: int) -
         ValueError: If the waveform is not 1-D or 2-D, is empty, holds non-finite samples, or
             a rate is not a positive integer.
     """
-    for name, rate in (("sample_rate", sample_rate), ("target_rate", target_rate)):
-        if isinstance(rate, bool) or not isinstance(rate, int) or rate <= 0:
-            raise ValueError(
-                f"Expected argument `{name}` to be a positive integer but got {rate!r}."
-            )
+    check_int("sample_rate", sample_rate)
+    check_int("target_rate", target_rate)
     waveform = torch.as_tensor(waveform)
     if waveform.dim() not in (1, 2) or waveform.shape[-1] == 0 or waveform.numel() == 0:
         raise ValueError(
@@ -178,10 +176,7 @@ def waveform_windows(
     """
     target = features.target_frames
     hop = max(1, target // 2) if hop_frames is None else hop_frames
-    if isinstance(hop, bool) or not isinstance(hop, int) or hop < 1:
-        raise ValueError(
-            f"Expected argument `hop_frames` to be a positive integer but got {hop_frames!r}."
-        )
+    check_int("hop_frames", hop)
     frames = compute_fbank_frames(to_mono(waveform, sample_rate, features.sample_rate), features)
     starts = window_starts(frames.shape[0], target, hop)
     windows = torch.stack([pad_or_crop(frames[start : start + target], target) for start in starts])
@@ -275,11 +270,8 @@ class WaveformPipeline:
     min_samples: int = 1
 
     def __post_init__(self) -> None:
-        for name, value in (("sample_rate", self.sample_rate), ("min_samples", self.min_samples)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(
-                    f"Expected argument `{name}` to be a positive integer but got {value!r}."
-                )
+        check_int("sample_rate", self.sample_rate)
+        check_int("min_samples", self.min_samples)
         duration = self.max_duration
         if duration is not None and (
             isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0

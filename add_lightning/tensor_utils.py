@@ -5,13 +5,12 @@ Imports nothing from the package, so that any module can use it.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["check_weight", "compute_dtype", "hard_targets", "scale_gradient"]
+__all__ = ["compute_dtype", "hard_targets", "scale_gradient"]
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:
@@ -47,14 +46,3 @@ def scale_gradient(x: Tensor, scale: float) -> Tensor:
     """``x`` unchanged, whose gradient is multiplied by ``scale`` on the way back (BEATs'
     layer-wise gradient decay; the world-size factor of a gathered DDP batch)."""
     return _ScaleGradient.apply(x, scale)
-
-
-def check_weight(name: str, value: float) -> None:
-    """Raises ``ValueError`` naming argument ``name`` unless ``value`` is a finite number >= 0
-    (a loss weight or exponent).
-
-    Raises:
-        ValueError: If ``value`` is negative, infinite or NaN.
-    """
-    if not (math.isfinite(value) and value >= 0):  # NaN fails every comparison
-        raise ValueError(f"Expected argument `{name}` to be a finite number >= 0 but got {value}")

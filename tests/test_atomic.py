@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import ast
 import os
 import stat
-from pathlib import Path
 
 import pytest
 
-import add_lightning.atomic
 from add_lightning.atomic import atomic_directory, atomic_path, write_text_atomic
-
-
-def test_the_module_imports_nothing_from_the_package():
-    tree = ast.parse(Path(add_lightning.atomic.__file__).read_text())
-    imported = [
-        node.module if isinstance(node, ast.ImportFrom) else alias.name
-        for node in ast.walk(tree)
-        if isinstance(node, ast.Import | ast.ImportFrom)
-        for alias in node.names
-    ]
-    assert imported and not [name for name in imported if name and "add_lightning" in name]
-    assert not [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level > 0]
 
 
 def test_atomic_directory_renames_the_finished_folder(tmp_path):

@@ -11,6 +11,8 @@ import torch
 import torchaudio.functional
 from torch import Tensor
 
+from add_lightning.checks import check_int
+
 
 class AudioError(ValueError):
     """An audio file is missing, unreadable, corrupt or empty. The message names the file."""
@@ -38,10 +40,7 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000) -> Tensor
             non-finite samples.
         ValueError: If ``sample_rate`` is not a positive integer.
     """
-    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
-        raise ValueError(
-            f"Expected argument `sample_rate` to be a positive integer but got {sample_rate!r}."
-        )
+    check_int("sample_rate", sample_rate)
     path = Path(path)
     if not path.is_file():
         raise AudioError(f"Audio file {path} does not exist (or is not a regular file).")

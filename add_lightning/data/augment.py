@@ -9,15 +9,12 @@ import torch
 import torchaudio.transforms
 from torch import Tensor, nn
 
+from add_lightning.checks import check_int
+
 MIXUP_ALPHA = 10.0
 """Mixup's lambda ~ Beta(alpha, alpha) with the authors' alpha = 10 (docs/method.md)."""
 
 _LOG_POWER_FLOOR = math.log(torch.finfo(torch.float32).eps)  # Kaldi floors mel power at eps
-
-
-def _check_width(name: str, value: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ValueError(f"Expected argument `{name}` to be an integer >= 0 but got {value!r}.")
 
 
 class SpecAugment(nn.Module):
@@ -40,8 +37,8 @@ class SpecAugment(nn.Module):
 
     def __init__(self, freq_mask: int = 0, time_mask: int = 0, mask_value: float = 0.0) -> None:
         super().__init__()
-        _check_width("freq_mask", freq_mask)
-        _check_width("time_mask", time_mask)
+        check_int("freq_mask", freq_mask, minimum=0)
+        check_int("time_mask", time_mask, minimum=0)
         self.freq_mask = freq_mask
         self.time_mask = time_mask
         self.mask_value = mask_value

@@ -10,6 +10,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from add_lightning.checks import check_int
+
 from . import audio
 from .augment import SpecAugment, mix_fbanks, mix_waveforms, mixup_targets, sample_mixup_lambda
 from .cache import FeatureCache
@@ -81,12 +83,8 @@ class ClipDataset(Dataset[dict[str, object]]):
         cache: FeatureCache | None = None,
         seed: int = 0,
     ) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(
-                f"Expected argument `num_classes` to be a positive integer but got {num_classes!r}."
-            )
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise ValueError(f"Expected argument `seed` to be an integer >= 0 but got {seed!r}.")
+        check_int("num_classes", num_classes)
+        check_int("seed", seed, minimum=0)
         if not isinstance(mixup_rate, (int, float)) or not 0.0 <= mixup_rate <= 1.0:
             raise ValueError(
                 f"Expected argument `mixup_rate` to be in [0, 1] but got {mixup_rate!r}."
@@ -138,8 +136,7 @@ class ClipDataset(Dataset[dict[str, object]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the augmentation of ``epoch`` (>= 0) for all later items, in every worker."""
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"Expected argument `epoch` to be an integer >= 0 but got {epoch!r}.")
+        check_int("epoch", epoch, minimum=0)
         self._epoch.fill_(epoch)
 
     def raw_features(self, index: int) -> Tensor:

@@ -15,6 +15,8 @@ import numpy as np
 import torch.distributed
 from torch.utils.data import DistributedSampler, Sampler
 
+from add_lightning.checks import check_int
+
 T = TypeVar("T")
 
 
@@ -37,8 +39,7 @@ class _EpochCounter:
         self._completed = False  # the pass over `epoch` finished: the next one draws epoch + 1
 
     def set(self, epoch: int) -> None:
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"Expected argument `epoch` to be an integer >= 0 but got {epoch!r}.")
+        check_int("epoch", epoch, minimum=0)
         self.epoch, self._completed = epoch, False
 
     def start(self) -> int:

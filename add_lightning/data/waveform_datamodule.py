@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from add_lightning.checks import check_int
 from add_lightning.data.clip_dataset import ClipDataset
 from add_lightning.data.datamodule import PIPELINE_KEY, AudioDataModule
 from add_lightning.data.datasets.base import AudioDatasetIndex, Split
@@ -59,10 +60,7 @@ class WaveformDataModule(AudioDataModule):
         predict_split: Split = "test",
         pin_memory: bool = False,
     ) -> None:
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1:
-            raise ValueError(
-                f"Expected argument `sample_rate` to be a positive integer but got {sample_rate!r}."
-            )
+        check_int("sample_rate", sample_rate)
         if max_duration is not None and not (
             isinstance(max_duration, (int, float)) and max_duration * sample_rate >= 1
         ):

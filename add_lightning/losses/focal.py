@@ -7,9 +7,9 @@ import math
 import torch
 from torch import Tensor
 
+from add_lightning.checks import check_weight
 from add_lightning.losses.base import LogitLoss
 from add_lightning.losses.functional import focal_loss
-from add_lightning.tensor_utils import check_weight
 
 
 class FocalLoss(LogitLoss):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from add_lightning.checks import check_weight
 from add_lightning.losses.base import EmbeddingLoss, LossOutput
 from add_lightning.losses.distributed import training_batch
 from add_lightning.losses.functional import opl_terms
-from add_lightning.tensor_utils import check_weight
 
 
 class OrthogonalProjectionLoss(EmbeddingLoss):

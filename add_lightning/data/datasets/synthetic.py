@@ -18,6 +18,7 @@ import numpy as np
 import soundfile
 
 from add_lightning.atomic import atomic_directory
+from add_lightning.checks import check_int
 from add_lightning.data.datasets.esc50 import ESC50_CSV, ESC50LayoutIndex
 
 log = logging.getLogger(__name__)
@@ -116,10 +117,7 @@ class SyntheticDataset(ESC50LayoutIndex):
             ("clips_per_class", clips_per_class, num_folds),
             ("sample_rate", sample_rate, 8000),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-                raise ValueError(
-                    f"Expected argument `{name}` to be an integer >= {lowest} but got {value!r}."
-                )
+            check_int(name, value, minimum=lowest)
         if not 0.1 <= duration_s <= 60:
             raise ValueError(
                 "Expected argument `duration_s` to be within [0.1, 60] seconds but got "
