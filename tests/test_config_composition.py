@@ -7,6 +7,7 @@ its differences (docs/method.md, the authors' recipes), written out by hand.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,56 +122,91 @@ def _add(mu_p: float, sigma_p: float, mu_n: float, sigma_n: float) -> dict:
     return {**ADD_1111, **{key + name: value for name, value in weights.items()}}
 
 
-# (the --config files in order, the values they parse to) for the docs' and sweeps' commands
+# sweeps/table2.yaml: each cell's values (data file, experiment file) ...
+TABLE2_CELLS = {
+    "esc50_ast": {**AST_RECIPE, **ESC50, "model.init_args.backbone.init_args.max_length": 512},
+    "esc50_beats": {**ESC50, **BEATS_RECIPE},
+    "ks2_ast": {
+        **AST_RECIPE,
+        **KS2,
+        "model.init_args.backbone.init_args.max_length": 128,
+        "model.init_args.optimizer.init_args.lr": 6.25e-5,
+        "trainer.max_epochs": 30,
+    },
+    "ks2_beats": {**KS2, **BEATS_KS2},
+    "er_ast": {**AST_RECIPE, **ER, "model.init_args.backbone.init_args.max_length": 256},
+    "er_beats": {**ER, **BEATS_RECIPE, "data.init_args.features.window_type": "hanning"},
+}
+# ... and each row's (the loss files of the README's --grid)
+TABLE2_LOSSES = {
+    "ce": {
+        "model.init_args.loss.init_args.classifier.class_path": (
+            "add_lightning.losses.CrossEntropyLoss"
+        ),
+        "model.init_args.loss.init_args.embedding": None,
+    },
+    "focal": {
+        "model.init_args.loss.init_args.classifier.class_path": "add_lightning.losses.FocalLoss",
+        "model.init_args.loss.init_args.classifier.init_args.gamma": 2.0,
+        "model.init_args.loss.init_args.embedding": None,
+    },
+    "opl": {
+        "model.init_args.loss.init_args.embedding.class_path": (
+            "add_lightning.losses.OrthogonalProjectionLoss"
+        ),
+        "model.init_args.loss.init_args.embedding.init_args.gamma": 2.0,
+        "model.init_args.loss.init_args.embedding.init_args.weight": 0.1,
+    },
+    "add": ADD_1111,
+}
+# sweeps/ablation.yaml: docs/method.md's six lambda settings on ESC-50 with AST
+ABLATION = {
+    f"esc50_ast_add_{code}": {**AST_RECIPE, **ESC50, **_add(*(float(c) for c in code))}
+    for code in ("1000", "0100", "0010", "0001", "1010", "1111")
+}
+# the README's commands: its --config files before the sweep's
+SWEEP_COMMANDS = {
+    "table2": (["trainer/gpu"], [f"configs/loss/{loss}.yaml" for loss in TABLE2_LOSSES]),
+    "ablation": (["data/esc50", "experiments/ast_esc50", "trainer/gpu"], []),
+}
+
+
+def _sweep_members() -> list[tuple[str, list[str]]]:
+    from add_lightning.experiments.sweep import expand_sweep, parse_grid, read_variants
+
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the sweep files' paths are relative to the repository root
+    try:
+        members = []
+        for sweep, (configs, grid) in SWEEP_COMMANDS.items():
+            variants = read_variants(REPO / "sweeps" / f"{sweep}.yaml")
+            grid_variants = parse_grid(["config=" + ",".join(grid)]) if grid else []
+            for member in expand_sweep(variants, grid_variants):
+                files = [str(path) for path in _files(configs)]
+                members.append((member.name, files + [str(REPO / c) for c in member.configs]))
+    finally:
+        os.chdir(cwd)
+    return members
+
+
+def _sweep_expectation(name: str) -> dict:
+    if name in ABLATION:
+        return ABLATION[name]
+    cell, loss = name.rsplit("_", 1)
+    return {**TABLE2_CELLS[cell], **TABLE2_LOSSES[loss]}
+
+
+def test_every_sweep_member_parses_to_the_values_of_the_full_files():
+    members = _sweep_members()
+    assert len(members) == 24 + 6  # Table 2's cells x losses, the ablation's six settings
+    for name, files in members:
+        config = compose_config(files)
+        for key, value in _sweep_expectation(name).items():
+            assert _get(config, key) == value, (name, key)
+
+
+# (the --config files in order, the values they parse to) for the README's other commands
 CASES = {
-    # sweeps/table2.yaml cells (README: trainer file, then each cell's data and experiment file)
-    "esc50_ast": (
-        ["trainer/gpu", "data/esc50", "experiments/ast_esc50", "loss/add"],
-        {**AST_RECIPE, **ESC50, "model.init_args.backbone.init_args.max_length": 512, **ADD_1111},
-    ),
-    "ks2_ast": (
-        ["trainer/gpu", "data/speech_commands", "experiments/ast_ks2", "loss/add"],
-        {
-            **AST_RECIPE,
-            **KS2,
-            "model.init_args.backbone.init_args.max_length": 128,
-            "model.init_args.optimizer.init_args.lr": 6.25e-5,
-            "trainer.max_epochs": 30,
-        },
-    ),
-    "er_ast": (
-        ["trainer/gpu", "data/iemocap", "experiments/ast_er", "loss/ce"],
-        {
-            **AST_RECIPE,
-            **ER,
-            "model.init_args.backbone.init_args.max_length": 256,
-            "model.init_args.loss.init_args.embedding": None,
-        },
-    ),
-    "esc50_beats": (
-        ["trainer/gpu", "data/esc50", "experiments/beats_esc50", "loss/opl"],
-        {
-            **ESC50,
-            **BEATS_RECIPE,
-            "model.init_args.loss.init_args.embedding.class_path": (
-                "add_lightning.losses.OrthogonalProjectionLoss"
-            ),
-        },
-    ),
-    "ks2_beats": (
-        ["trainer/gpu", "data/speech_commands", "experiments/beats_ks2", "loss/focal"],
-        {
-            **KS2,
-            **BEATS_KS2,
-            "model.init_args.loss.init_args.classifier.class_path": (
-                "add_lightning.losses.FocalLoss"
-            ),
-        },
-    ),
-    "er_beats": (
-        ["trainer/gpu", "data/iemocap", "experiments/beats_er", "loss/add"],
-        {**ER, **BEATS_RECIPE, "data.init_args.features.window_type": "hanning", **ADD_1111},
-    ),
     # README: ESC-10 and Speech Commands V2-12 with the paper's AST recipes
     "esc10_ast": (
         ["data/esc10", "experiments/ast_esc50", "loss/add", "trainer/gpu"],
@@ -227,12 +263,6 @@ CASES = {
         {"model.init_args.loss.init_args.embedding": None},
     ),
 }
-# sweeps/ablation.yaml on the README's command line: docs/method.md's six lambda settings
-for _code in ("1000", "0100", "0010", "0001", "1010", "1111"):
-    CASES[f"ablation_{_code}"] = (
-        ["data/esc50", "experiments/ast_esc50", "trainer/gpu", f"loss/ablation/add_{_code}"],
-        {**AST_RECIPE, **ESC50, **_add(*(float(c) for c in _code))},
-    )
 
 
 def _get(config: dict, dotted: str):
