@@ -70,7 +70,8 @@ def _hand_means(steps: list[dict], epoch: int, name: str, returned: bool = False
     return float((values * sizes).sum() / sizes.sum())
 
 
-def test_epoch_means_equal_the_hand_average_of_the_steps(tmp_path):
+def _fit_two_epochs(tmp_path: Path, log_every_n_steps: int):
+    """A tiny model for 2 epochs of batches 7, 7, 7, 3, with a CSV logger and a StepRecorder."""
     recorder = StepRecorder()
     logger = CSVLogger(str(tmp_path), name="run")
     trainer = tiny_trainer(
@@ -78,12 +79,17 @@ def test_epoch_means_equal_the_hand_average_of_the_steps(tmp_path):
         max_epochs=2,
         logger=logger,
         callbacks=[recorder],
-        log_every_n_steps=1,
+        log_every_n_steps=log_every_n_steps,
         limit_val_batches=0,
     )
-    trainer.fit(tiny_model(), datamodule=ToyData(size=24, batch_size=7))  # batches 7, 7, 7, 3
+    trainer.fit(tiny_model(), datamodule=ToyData(size=24, batch_size=7))
+    return trainer, recorder, Path(logger.log_dir) / "metrics.csv"
+
+
+def test_epoch_means_equal_the_hand_average_of_the_steps(tmp_path):
+    trainer, recorder, metrics_csv = _fit_two_epochs(tmp_path, log_every_n_steps=1)
     assert [s["size"] for s in recorder.steps] == [7, 7, 7, 3] * 2
-    epochs = _epoch_rows(Path(logger.log_dir) / "metrics.csv")
+    epochs = _epoch_rows(metrics_csv)
     assert sorted(epochs) == [0, 1]
     for epoch in (0, 1):
         assert set(TERMS) <= set(epochs[epoch])
@@ -106,23 +112,13 @@ def test_steps_between_logging_steps_count_in_the_epoch_means(tmp_path):
     # self.log is called only at the steps the logger writes (every 3rd here) and at an epoch's
     # first step; the epoch values still average every step, and the logged step values are
     # those steps' own.
-    recorder = StepRecorder()
-    logger = CSVLogger(str(tmp_path), name="run")
-    trainer = tiny_trainer(
-        tmp_path,
-        max_epochs=2,
-        logger=logger,
-        callbacks=[recorder],
-        log_every_n_steps=3,
-        limit_val_batches=0,
-    )
-    trainer.fit(tiny_model(), datamodule=ToyData(size=24, batch_size=7))  # batches 7, 7, 7, 3
-    epochs = _epoch_rows(Path(logger.log_dir) / "metrics.csv")
+    _, recorder, metrics_csv = _fit_two_epochs(tmp_path, log_every_n_steps=3)
+    epochs = _epoch_rows(metrics_csv)
     for epoch in (0, 1):
         assert epochs[epoch]["loss"] == pytest.approx(
             _hand_means(recorder.steps, epoch, "", returned=True), rel=1e-6
         )
-    with (Path(logger.log_dir) / "metrics.csv").open() as handle:
+    with metrics_csv.open() as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("train/loss_step")]
     # Lightning writes step values at steps 3, 6 (1-based), i.e. global steps 2 and 5
     assert [int(row["step"]) for row in rows] == [2, 5]
