@@ -10,7 +10,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["compute_dtype", "hard_targets", "scale_gradient"]
+__all__ = [
+    "compute_dtype",
+    "hard_targets",
+    "padding_mask_from_lengths",
+    "scale_gradient",
+    "valid_positions",
+]
 
 
 def compute_dtype(tensor: Tensor) -> torch.dtype:
@@ -27,6 +33,28 @@ def hard_targets(target: Tensor) -> Tensor:
         - output: ``[B]`` int64
     """
     return target.argmax(dim=-1) if target.ndim == 2 else target
+
+
+def valid_positions(lengths: Tensor, size: int) -> Tensor:
+    """True at the valid positions of padded rows: position ``t`` of row ``b`` when
+    ``t < lengths[b]``.
+
+    Shape:
+        - lengths: ``[B]`` int
+        - output: ``[B, size]`` bool, on the device of ``lengths``
+    """
+    return torch.arange(size, device=lengths.device) < lengths.reshape(-1, 1)
+
+
+def padding_mask_from_lengths(num_frames: Tensor, frames: int) -> Tensor:
+    """True at padding: frame ``t`` of clip ``b`` when ``t >= num_frames[b]``
+    (the negation of :func:`valid_positions`).
+
+    Shape:
+        - num_frames: ``[B]`` int
+        - output: ``[B, frames]`` bool
+    """
+    return ~valid_positions(num_frames, frames)
 
 
 class _ScaleGradient(torch.autograd.Function):

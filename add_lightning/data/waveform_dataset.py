@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..tensor_utils import padding_mask_from_lengths
 from . import audio
 from .augment import mix_waveforms, mixup_targets, sample_mixup_lambda
 from .clip import Clip
@@ -111,7 +112,7 @@ def collate_waveforms(items: Sequence[dict[str, object]]) -> dict[str, object]:
     waveforms = [item["waveform"] for item in items]
     lengths = torch.tensor([w.shape[0] for w in waveforms], dtype=torch.int64)
     features = torch.nn.utils.rnn.pad_sequence(waveforms, batch_first=True)
-    padding_mask = torch.arange(features.shape[1]) >= lengths[:, None]
+    padding_mask = padding_mask_from_lengths(lengths, features.shape[1])
     return {
         "features": features,
         "padding_mask": padding_mask,

@@ -19,7 +19,7 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from add_lightning.losses import ClassificationLoss
 from add_lightning.metrics import EmbeddingGeometry, EmbeddingRetrieval
-from add_lightning.tensor_utils import hard_targets
+from add_lightning.tensor_utils import hard_targets, padding_mask_from_lengths
 
 __all__ = [
     "BACKBONE_SOURCE_KEY",
@@ -61,17 +61,6 @@ def hyperparameters_from_config() -> Iterator[None]:
         yield
     finally:
         _FROM_CONFIG.reset(token)
-
-
-def padding_mask_from_lengths(num_frames: Tensor, frames: int) -> Tensor:
-    """True at padding: frame ``t`` of clip ``b`` when ``t >= num_frames[b]``.
-
-    Shape:
-        - num_frames: ``[B]`` int
-        - output: ``[B, frames]`` bool
-    """
-    positions = torch.arange(frames, device=num_frames.device)
-    return positions.unsqueeze(0) >= num_frames.reshape(-1, 1)
 
 
 class AudioClassifier(LightningModule):

@@ -19,6 +19,7 @@ from transformers.feature_extraction_utils import FeatureExtractionMixin
 from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING
 
 from add_lightning.hub import checked_pretrained, offline_hint
+from add_lightning.tensor_utils import valid_positions
 
 __all__ = ["HFAudioEncoder", "conv_output_lengths", "masked_mean", "normalize_waveforms"]
 
@@ -67,7 +68,7 @@ def normalize_waveforms(waveforms: Tensor, lengths: Tensor) -> Tensor:
         - waveforms: ``[B, N]``; lengths: ``[B]`` int64
         - output: ``[B, N]``
     """
-    valid = torch.arange(waveforms.shape[1], device=waveforms.device) < lengths.unsqueeze(1)
+    valid = valid_positions(lengths, waveforms.shape[1])
     count = lengths.clamp_min(1).to(waveforms.dtype).unsqueeze(1)
     masked = waveforms * valid
     mean = masked.sum(dim=1, keepdim=True) / count
@@ -89,7 +90,7 @@ class _ValidFramesGroupNorm(nn.GroupNorm):
     def forward(self, hidden: Tensor) -> Tensor:
         if self.valid_frames is None:
             return super().forward(hidden)
-        valid = torch.arange(hidden.shape[-1], device=hidden.device) < self.valid_frames[:, None]
+        valid = valid_positions(self.valid_frames, hidden.shape[-1])
         weights = valid.to(hidden.dtype).unsqueeze(1)  # [B, 1, T]
         count = weights.sum(dim=-1, keepdim=True).clamp_min(1.0)
         mean = (hidden * weights).sum(dim=-1, keepdim=True) / count
@@ -452,7 +453,7 @@ class HFAudioEncoder(nn.Module):
             hidden = torch.einsum("l,lbth->bth", weights, torch.stack(hidden_states))
         else:
             hidden = hidden_states[-1]
-        valid = torch.arange(hidden.shape[1], device=hidden.device) < frames.unsqueeze(1)
+        valid = valid_positions(frames, hidden.shape[1])
         return masked_mean(hidden, valid)
 
     def _waveform_encoder(self, waveforms: Tensor, lengths: Tensor) -> tuple[list[Tensor], Tensor]:
@@ -467,8 +468,7 @@ class HFAudioEncoder(nn.Module):
         waveforms = waveforms.float()
         if self.normalize:
             waveforms = normalize_waveforms(waveforms, lengths)
-        positions = torch.arange(waveforms.shape[1], device=waveforms.device)
-        attention_mask = positions < lengths[:, None]
+        attention_mask = valid_positions(lengths, waveforms.shape[1])
         if self._group_norm is not None:
             self._group_norm.valid_frames = conv_output_lengths(
                 lengths, config.conv_kernel[:1], config.conv_stride[:1]
