@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from test_backbone_beats import TINY
 
 from add_lightning.data import AudioDataModule, FbankOptions, FolderDataset
 from add_lightning.inference import TrainedModel
@@ -16,18 +17,7 @@ from add_lightning.models import ASTBackbone, AudioClassifier, BEATsBackbone
 TARGET_FRAMES, BINS, RATE = 64, 32, 16000
 # Kaldi framing (25 ms window, 10 ms shift at 16 kHz): k frames need 400 + 160 (k - 1) samples.
 FRAMES = {"a/short": 16, "a/mid": 32, "a/odd": 20, "a/long": 80, "b/x": 48, "b/y": 64, "b/z": 40}
-TINY_BEATS = {
-    "encoder_layers": 2,
-    "encoder_embed_dim": 32,
-    "encoder_ffn_embed_dim": 48,
-    "encoder_attention_heads": 4,
-    "embed_dim": 24,
-    "conv_pos": 16,
-    "conv_pos_groups": 4,
-    "num_buckets": 16,
-    "max_distance": 32,
-    "encoder_layerdrop": 0.0,
-}
+TINY_BEATS = TINY  # the released architecture in miniature (DeepNorm, relative bias)
 
 
 def _samples(frames: int) -> int:
