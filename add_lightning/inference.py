@@ -67,6 +67,7 @@ from add_lightning.data.features import (
     compute_fbank_frames,
     pad_or_crop,
 )
+from add_lightning.data.waveform_datamodule import parse_waveform_pipeline
 from add_lightning.models.classifier import AudioClassifier
 
 __all__ = [
@@ -494,7 +495,8 @@ def load_trained_model(
             "expected a checkpoint written by `add-lightning fit`."
         )
     if isinstance(pipeline, dict) and "waveform" in pipeline:
-        waveform, class_names = _parse_waveform_pipeline(pipeline, f"checkpoint {path}")
+        rate, max_duration, class_names = parse_waveform_pipeline(pipeline, f"checkpoint {path}")
+        waveform = WaveformPipeline(rate, max_duration)
         features = normalization = None
     else:
         features, normalization, class_names = parse_pipeline(pipeline, f"checkpoint {path}")
@@ -517,20 +519,3 @@ def load_trained_model(
         minimum = getattr(model.backbone, "min_samples", 1)
         waveform = dataclasses.replace(waveform, min_samples=minimum)
     return TrainedModel(model, features, normalization, class_names, waveform)
-
-
-def _parse_waveform_pipeline(
-    pipeline: dict[str, Any], source: str
-) -> tuple[WaveformPipeline, list[str]]:
-    """The :class:`WaveformPipeline` and class names of ``WaveformDataModule.state_dict``."""
-    try:
-        settings = pipeline["waveform"]
-        waveform = WaveformPipeline(settings["sample_rate"], settings.get("max_duration"))
-        class_names = [str(name) for name in pipeline["class_names"]]
-    except (KeyError, TypeError, AttributeError, ValueError) as error:
-        raise ValueError(
-            f"The waveform pipeline stored in {source} is damaged ({type(error).__name__}: "
-            f"{error}); expected the waveform settings and class_names that `add-lightning fit` "
-            "stores."
-        ) from None
-    return waveform, class_names

@@ -469,3 +469,17 @@ def test_fit_resumes_a_speech_encoder_without_its_source(pretrained_wavlm_run):
         torch.testing.assert_close(resumed["state_dict"][name], weight, rtol=0, atol=1e-6)
     source = resumed[BACKBONE_SOURCE_KEY]["init_args"]["pretrained"]
     assert source == str(pretrained_wavlm_run["source"])
+
+
+def test_waveform_pipeline_is_parsed_or_named_damaged():
+    from add_lightning.data.waveform_datamodule import parse_waveform_pipeline
+
+    stored = {"waveform": {"sample_rate": 16000, "max_duration": 6}, "class_names": ["a", "b"]}
+    assert parse_waveform_pipeline(stored, "x.ckpt") == (16000, 6.0, ["a", "b"])
+    for damaged in (
+        {"class_names": ["a"]},
+        {"waveform": {}, "class_names": ["a"]},
+        {"waveform": {"sample_rate": 16000}},
+    ):
+        with pytest.raises(ValueError, match=r"stored in x\.ckpt is damaged"):
+            parse_waveform_pipeline(damaged, "x.ckpt")

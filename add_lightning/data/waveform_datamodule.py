@@ -11,11 +11,38 @@ from add_lightning.data.datasets.base import AudioDatasetIndex, Split
 from add_lightning.data.features import FbankOptions, Normalization
 from add_lightning.data.waveform_dataset import WaveformClipDataset, collate_waveforms
 
-__all__ = ["WaveformDataModule"]
+__all__ = ["WaveformDataModule", "parse_waveform_pipeline"]
 
 # Waveforms are not normalised by the data module (the encoder does it): identity statistics
 # keep AudioDataModule from computing fbank statistics.
 _IDENTITY = Normalization(mean=0.0, std=0.5)
+
+
+def parse_waveform_pipeline(pipeline: Any, source: str) -> tuple[int, float | None, list[str]]:
+    """Sample rate, training crop and class names of a stored waveform pipeline.
+
+    The counterpart of ``parse_pipeline`` for :meth:`WaveformDataModule.state_dict`.
+
+    Args:
+        pipeline: The value stored under :data:`PIPELINE_KEY`, with a ``"waveform"`` entry.
+        source: What holds it, for error messages (e.g. the checkpoint's path).
+
+    Raises:
+        ValueError: If an entry is missing or invalid.
+    """
+    try:
+        settings = pipeline["waveform"]
+        sample_rate = int(settings["sample_rate"])
+        max_duration = settings.get("max_duration")
+        max_duration = None if max_duration is None else float(max_duration)
+        class_names = [str(name) for name in pipeline["class_names"]]
+    except (KeyError, TypeError, AttributeError, ValueError) as error:
+        raise ValueError(
+            f"The waveform pipeline stored in {source} is damaged ({type(error).__name__}: "
+            f"{error}); expected the waveform settings and class_names that `add-lightning fit` "
+            "stores."
+        ) from None
+    return sample_rate, max_duration, class_names
 
 
 class WaveformDataModule(AudioDataModule):
@@ -141,14 +168,13 @@ class WaveformDataModule(AudioDataModule):
                 "The checkpoint was trained on fbank features (AudioDataModule), not waveforms; "
                 "use the data module it was trained with."
             )
-        class_names = [str(name) for name in pipeline.get("class_names", [])]
+        stored_rate, _, class_names = parse_waveform_pipeline(pipeline, "the checkpoint")
         if class_names != list(self.class_names):
             raise ValueError(
                 f"The checkpoint was trained on the classes {class_names[:5]}... but "
                 f"{self.dataset!r} has {list(self.class_names)[:5]}...: class ids would not mean "
                 "the same classes; use the dataset the checkpoint was trained on."
             )
-        stored_rate = int(pipeline["waveform"]["sample_rate"])
         if stored_rate != self.sample_rate:
             raise ValueError(
                 f"The checkpoint was trained on waveforms at {stored_rate} Hz but "
