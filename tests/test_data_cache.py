@@ -13,11 +13,12 @@ import pytest
 import soundfile
 import torch
 import torchaudio.compliance.kaldi
+from torch.utils.data import DataLoader, default_collate
 
 from add_lightning.data import audio
 from add_lightning.data.audio import AudioError
 from add_lightning.data.cache import FeatureCache
-from add_lightning.data.clip_dataset import Clip, ClipDataset
+from add_lightning.data.clip_dataset import Clip, ClipDataset, collate_clips
 from add_lightning.data.features import (
     AUDIOSET_NORMALIZATION,
     FbankOptions,
@@ -347,6 +348,62 @@ def test_non_finite_row_in_a_complete_cache_names_the_file(tmp_path: Path, paths
     with pytest.raises(AudioError, match="non-finite values") as info:
         reopened.features(reopened.paths[2])
     assert str(cache.array_path) in str(info.value) and reopened.paths[2] in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "augmentation",
+    [{}, {"train": True}, {"train": True, "time_mask": 8, "mixup_rate": 0.5}],
+    ids=["evaluation", "training", "augmented"],
+)
+def test_batches_read_at_once_equal_the_items_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, augmentation: dict
+):
+    # A DataLoader fetches each batch with ClipDataset.__getitems__ (one read of the cache
+    # when nothing is drawn); the batches are those of the items one by one, and of the
+    # Kaldi reference normalised.
+    paths = _write_clips(tmp_path / "audio", 5)
+    cache = FeatureCache(tmp_path / "cache", paths, OPTIONS, progress=False)
+    clips = [Clip(path=p, label=i % 3, clip_id=p.stem) for i, p in enumerate(paths)]
+    dataset = ClipDataset(clips, 3, OPTIONS, AUDIOSET_NORMALIZATION, cache=cache, **augmentation)
+    references = [_reference(path, OPTIONS) for path in paths]
+    _forbid_decoding(monkeypatch)
+    order = [3, 0, 4, 1, 2]
+    for collate in (collate_clips, default_collate):  # the module's, and a user's own loader
+        loader = DataLoader(dataset, batch_size=2, sampler=order, collate_fn=collate)
+        batches = list(loader)
+        assert [len(b["clip_id"]) for b in batches] == [2, 2, 1]
+        for batch, indices in zip(batches, [order[0:2], order[2:4], order[4:]]):
+            one_by_one = default_collate([dataset[i] for i in indices])
+            assert batch.keys() == one_by_one.keys()
+            assert batch["clip_id"] == one_by_one["clip_id"] == [clips[i].clip_id for i in indices]
+            for key in ("features", "target", "num_frames"):
+                assert batch[key].dtype == one_by_one[key].dtype
+                assert torch.equal(batch[key], one_by_one[key]), key
+            if not augmentation.get("mixup_rate"):
+                reference = torch.stack([references[i] for i in indices])
+                torch.testing.assert_close(
+                    batch["features"],
+                    AUDIOSET_NORMALIZATION.apply(reference),
+                    atol=2e-2 / (2 * AUDIOSET_NORMALIZATION.std),  # float16 storage
+                    rtol=0,
+                )
+                assert batch["target"].tolist() == [i % 3 for i in indices]
+
+
+def test_non_finite_row_in_a_batch_read_names_the_file(tmp_path: Path, paths: list[Path]):
+    cache = FeatureCache(tmp_path / "cache", paths, OPTIONS)
+    cache.build()
+    damaged = np.load(cache.array_path, mmap_mode="r+")
+    damaged[2, 0, 0] = np.inf
+    damaged.flush()
+    del damaged
+    reopened = FeatureCache(tmp_path / "cache", paths, OPTIONS)
+    clips = [Clip(path=p, label=0, clip_id=Path(p).stem) for p in reopened.paths]
+    dataset = ClipDataset(clips, 1, OPTIONS, None, cache=reopened)
+    assert len(dataset.__getitems__([0, 1, 3])) == 3
+    with pytest.raises(AudioError, match="non-finite values") as info:
+        dataset.__getitems__([1, 2, 3])
+    assert reopened.paths[2] in str(info.value) and reopened.paths[1] not in str(info.value)
 
 
 def test_rebuild_after_files_changed_removes_the_stale_cache(tmp_path: Path, paths: list[Path]):

@@ -127,6 +127,83 @@ def test_steps_between_logging_steps_count_in_the_epoch_means(tmp_path):
         assert float(row["train/loss_step"]) == pytest.approx(returned, rel=1e-6)
 
 
+class LogitRecorder(StepRecorder):
+    """A StepRecorder that also keeps the logits of every training step (a hook on the head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.logits: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+
+    def on_train_start(self, trainer, module) -> None:
+        def keep(head, inputs, output):
+            if module.training:
+                self.logits.append(output.detach().double().numpy())
+
+        module.head.register_forward_hook(keep)
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.labels.append(batch["target"].numpy())
+
+    def on_train_epoch_end(self, trainer, module) -> None:
+        # what a callback reads at the epoch's end (EpochSummary prints it)
+        self.epoch_values = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+def _hand_accuracy_and_f1(logits: list[np.ndarray], labels: list[np.ndarray]) -> tuple:
+    predicted, truth = np.concatenate(logits).argmax(1), np.concatenate(labels)
+    f1s = []
+    for c in np.union1d(predicted, truth):  # macro F1 over the classes that occur (torchmetrics)
+        tp = np.sum((predicted == c) & (truth == c))
+        f1s.append(2 * tp / (np.sum(predicted == c) + np.sum(truth == c)))
+    return float(np.mean(predicted == truth)), float(np.mean(f1s))
+
+
+@pytest.mark.parametrize(
+    ("max_epochs", "max_steps", "epoch_steps"),
+    [(2, -1, [4, 4]), (1, 3, [3])],
+    ids=["two-epochs", "stopped-in-the-epoch"],
+)
+def test_train_accuracy_f1_and_means_count_every_step_of_the_epoch(
+    tmp_path, max_epochs, max_steps, epoch_steps
+):
+    # Between logging steps (every 2nd here) the values are kept and reach the epoch metrics
+    # at the epoch's last step, also when `max_steps` ends the epoch early.
+    recorder = LogitRecorder()
+    logger = CSVLogger(str(tmp_path), name="run")
+    trainer = tiny_trainer(
+        tmp_path,
+        max_epochs=max_epochs,
+        max_steps=max_steps,
+        logger=logger,
+        callbacks=[recorder],
+        log_every_n_steps=2,
+        limit_val_batches=0,
+    )
+    trainer.fit(tiny_model(), datamodule=ToyData(size=24, batch_size=7))
+    assert [sum(s["epoch"] == e for s in recorder.steps) for e in range(max_epochs)] == epoch_steps
+    metrics_csv = Path(logger.log_dir) / "metrics.csv"
+    epochs = _epoch_rows(metrics_csv)
+    with metrics_csv.open() as handle:  # train/acc and train/f1 are epoch values only
+        for row in csv.DictReader(handle):
+            for name in ("acc", "f1"):
+                if row.get(f"train/{name}"):
+                    epochs[int(row["epoch"])][name] = float(row[f"train/{name}"])
+    start = 0
+    for epoch, count in enumerate(epoch_steps):
+        span = slice(start, start + count)
+        accuracy, f1 = _hand_accuracy_and_f1(recorder.logits[span], recorder.labels[span])
+        start += count
+        assert epochs[epoch]["acc"] == pytest.approx(accuracy, abs=1e-6)
+        assert epochs[epoch]["f1"] == pytest.approx(f1, abs=1e-6)
+        assert epochs[epoch]["loss"] == pytest.approx(
+            _hand_means(recorder.steps, epoch, "", returned=True), rel=1e-6
+        )
+    # callbacks see the whole epoch's values too (the last epoch's here)
+    assert recorder.epoch_values["train/acc"] == pytest.approx(epochs[epoch]["acc"], abs=1e-6)
+    assert recorder.epoch_values["train/loss_epoch"] == pytest.approx(epochs[epoch]["loss"])
+
+
 def test_two_process_epoch_means_are_the_mean_over_both_ranks_steps(tmp_path):
     config = {**TINY_CONFIG, "data": {**TINY_CONFIG["data"]}}
     config["data"]["init_args"] = {"size": 24, "batch_size": 5}  # per rank 12: 5, 5, 2

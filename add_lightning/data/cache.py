@@ -19,7 +19,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -135,24 +135,39 @@ class FeatureCache:
         Raises:
             AudioError: If the stored row is not finite (a damaged cache file).
         """
-        row = self.row(path)
-        array, _ = self._open()
-        # np.array copies: the memmap rows are read-only
-        features = np.array(array[row], dtype=np.float32)
-        # Every row was finite when it was written. numpy, not torch, on this per-item path: a
-        # 512 x 128 lookup takes 174 us with np.isfinite and took 412 us with torch.isfinite.
-        if not np.isfinite(features).all():
-            raise AudioError(
-                f"The feature cache {self.array_path} holds non-finite values for {path}: the "
-                "file is damaged. Delete it to rebuild the cache."
-            )
-        return torch.from_numpy(features)
+        return self.read([self.row(path)])[0][0]
 
     def num_frames(self, path: str | os.PathLike[str]) -> int:
         """Frames of ``path``'s fbank before padding or cropping to ``target_frames``."""
         row = self.row(path)
         _, num_frames = self._open()
         return num_frames[row]
+
+    def read(self, rows: Sequence[int]) -> tuple[Tensor, list[int]]:
+        """The fbanks of ``rows`` (see :meth:`row`) in one read, and their frame counts.
+
+        One batch of a DataLoader costs one copy out of the memory map instead of one per clip.
+
+        Shape:
+            - Output: ``[len(rows), target_frames, num_mel_bins]``, float32.
+
+        Raises:
+            AudioError: If a stored row is not finite (a damaged cache file), naming its file.
+        """
+        array, num_frames = self._open()
+        # A fancy index copies the rows out of the read-only memory map; torch converts float16
+        # to float32 about 4 times faster than numpy.
+        features = torch.from_numpy(array[np.asarray(rows, dtype=np.intp)]).float()
+        # Every row was finite when it was written. numpy's isfinite, not torch's: on a batch of
+        # 32 x 128 x 128 it takes 0.08 ms, torch's 1.1 ms.
+        finite = np.isfinite(features.numpy()).all(axis=(1, 2))
+        if not finite.all():
+            path = self.paths[rows[int(np.argmin(finite))]]
+            raise AudioError(
+                f"The feature cache {self.array_path} holds non-finite values for {path}: the "
+                "file is damaged. Delete it to rebuild the cache."
+            )
+        return features, [num_frames[row] for row in rows]
 
     def is_valid(self) -> bool:
         """Whether complete, matching cache files exist (without building them)."""

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from add_lightning.checks import check_int
 
@@ -23,6 +23,25 @@ from .features import (
     load_fbank_frames,
     pad_or_crop,
 )
+
+
+class ClipItems(list):
+    """The items of one batch as a list of dicts, together with their collated ``batch``.
+
+    ``default_collate`` of the list gives ``batch``; :func:`collate_clips` returns it as is.
+    """
+
+    def __init__(self, batch: dict[str, Any]) -> None:
+        keys = list(batch)
+        super().__init__(dict(zip(keys, values)) for values in zip(*(batch[key] for key in keys)))
+        self.batch = batch
+
+
+def collate_clips(items: list[dict[str, object]]) -> dict[str, Any]:
+    """``default_collate``, or the batch that a ``ClipItems`` list already holds."""
+    if isinstance(items, ClipItems):
+        return items.batch
+    return default_collate(items)
 
 
 class ClipDataset(Dataset[dict[str, object]]):
@@ -114,6 +133,7 @@ class ClipDataset(Dataset[dict[str, object]]):
                     f"missing, e.g. {missing[0]}."
                 )
             cache.build()  # here, in the main process, not in every DataLoader worker
+        self._cache_rows = None if cache is None else [cache.row(clip.path) for clip in clips]
         self.clips = clips
         self.num_classes = num_classes
         self.features = features
@@ -124,6 +144,8 @@ class ClipDataset(Dataset[dict[str, object]]):
         self.seed = seed
         self.spec_augment = SpecAugment(freq_mask, time_mask)
         self.soft_targets = train and mixup_rate > 0
+        # whether items draw random numbers at all (without, an item is a pure read)
+        self._augments = train and (self.soft_targets or len(self.spec_augment.masks) > 0)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
@@ -145,21 +167,47 @@ class ClipDataset(Dataset[dict[str, object]]):
         Shape:
             - Output: ``[target_frames, num_mel_bins]``, float32.
         """
-        return self._fbank(self.clips[index].path)[0]
+        return self._fbank(index)[0]
 
     def __getitem__(self, index: int) -> dict[str, object]:
         clip = self.clips[index]
-        if self.train:
+        if self._augments:
             generator = self._generator(index)
             fbank, target, num_frames = self._mixup(index, generator)
             fbank = self.spec_augment(fbank, generator=generator)
         else:
-            fbank, num_frames = self._fbank(clip.path)
+            fbank, num_frames = self._fbank(index)
             target = torch.tensor(clip.label, dtype=torch.int64)
         if self.normalization is not None:
             fbank = self.normalization.apply(fbank)
         valid = torch.tensor(min(num_frames, self.features.target_frames), dtype=torch.int64)
         return {"features": fbank, "target": target, "num_frames": valid, "clip_id": clip.clip_id}
+
+    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, object]]:
+        """The items ``indices``, equal to ``[self[i] for i in indices]``.
+
+        A DataLoader calls it with the indices of each batch. Unaugmented items of a cached
+        dataset are read from the cache in one copy and normalised together, and the list
+        returned also holds them collated (``ClipItems.batch``), which :func:`collate_clips`
+        hands on without stacking them again. Otherwise (audio to decode, or augmentation,
+        which draws per item) the items are made one by one.
+        """
+        if self._cache_rows is None or self._augments:
+            return [self[index] for index in indices]
+        rows = [self._cache_rows[index] for index in indices]
+        fbanks, num_frames = self.cache.read(rows)  # a new tensor: normalised in place
+        if self.normalization is not None:
+            self.normalization.apply_(fbanks)
+        target_frames = self.features.target_frames
+        batch = {
+            "features": fbanks,
+            "target": torch.tensor([self.clips[i].label for i in indices], dtype=torch.int64),
+            "num_frames": torch.tensor(
+                [min(n, target_frames) for n in num_frames], dtype=torch.int64
+            ),
+            "clip_id": [self.clips[i].clip_id for i in indices],
+        }
+        return ClipItems(batch)
 
     def _generator(self, index: int) -> torch.Generator:
         state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)
@@ -175,11 +223,12 @@ class ClipDataset(Dataset[dict[str, object]]):
                 if self.soft_targets
                 else torch.tensor(clip.label, dtype=torch.int64)
             )
-            fbank, num_frames = self._fbank(clip.path)
+            fbank, num_frames = self._fbank(index)
             return fbank, target, num_frames
         # another clip, uniformly among the len - 1 others
         other_index = int(torch.randint(len(self.clips) - 1, (), generator=generator))
-        other = self.clips[other_index + (other_index >= index)]
+        other_index += other_index >= index
+        other = self.clips[other_index]
         lam = sample_mixup_lambda(generator)
         if self.cache is None:
             rate = self.features.sample_rate
@@ -192,17 +241,19 @@ class ClipDataset(Dataset[dict[str, object]]):
                 raise audio.AudioError(f"Audio file {clip.path}: {err}") from err
             fbank, frames_a = pad_or_crop(frames, self.features.target_frames), frames.shape[0]
         else:
-            fbank_a, frames_a = self._fbank(clip.path)
-            fbank_b, frames_b = self._fbank(other.path)
+            fbank_a, frames_a = self._fbank(index)
+            fbank_b, frames_b = self._fbank(other_index)
             fbank = mix_fbanks(fbank_a, fbank_b, lam, frames_a, frames_b)
         return fbank, mixup_targets(clip.label, other.label, lam, self.num_classes), frames_a
 
-    def _fbank(self, path: str | os.PathLike[str]) -> tuple[Tensor, int]:
-        """Un-normalised padded fbank of ``path`` and its frame count before padding."""
-        if self.cache is not None:
-            return self.cache.features(path), self.cache.num_frames(path)
+    def _fbank(self, index: int) -> tuple[Tensor, int]:
+        """Un-normalised padded fbank of clip ``index`` and its frame count before padding."""
+        if self._cache_rows is not None:
+            fbanks, num_frames = self.cache.read([self._cache_rows[index]])
+            return fbanks[0], num_frames[0]
+        path = self.clips[index].path
         frames = load_fbank_frames(path, self.features)
         return pad_or_crop(frames, self.features.target_frames), frames.shape[0]
 
 
-__all__ = ["Clip", "ClipDataset"]
+__all__ = ["Clip", "ClipDataset", "ClipItems", "collate_clips"]

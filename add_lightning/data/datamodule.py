@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from add_lightning.atomic import write_text_atomic
 from add_lightning.data.cache import FeatureCache, file_fingerprints
 from add_lightning.data.clip import Clip
-from add_lightning.data.clip_dataset import ClipDataset
+from add_lightning.data.clip_dataset import ClipDataset, collate_clips
 from add_lightning.data.datasets.base import SPLITS, AudioDatasetIndex, Split
 from add_lightning.data.features import (
     NORMALIZATION_PRESETS,
@@ -601,6 +601,7 @@ class AudioDataModule(LightningDataModule):
 
     def _loader_options(self) -> dict[str, Any]:
         return {
+            "collate_fn": collate_clips,
             "num_workers": self.num_workers,
             "pin_memory": self.pin_memory,
             "persistent_workers": self.num_workers > 0,

@@ -242,6 +242,10 @@ class Normalization:
         """Normalises features of any shape."""
         return (features - self.mean) / (2 * self.std)
 
+    def apply_(self, features: Tensor) -> Tensor:
+        """Normalises ``features`` in place (the values of :meth:`apply`) and returns them."""
+        return features.sub_(self.mean).div_(2 * self.std)
+
     @classmethod
     def from_preset(cls, name: str) -> Normalization:
         """The statistics named ``name`` in ``NORMALIZATION_PRESETS``."""
