@@ -22,7 +22,8 @@ Usage::
     python benchmarks/bench_train.py --part pipeline --config configs/quickstart.yaml \
         --data.init_args.cache_dir null          # fbank computed in the loop, no cache
 
-Prints one JSON object per measurement.
+Prints one JSON object per measurement, and with both CPU parts their ratio (`fit_vs_model`:
+fit time over model-alone time per clip).
 """
 
 from __future__ import annotations
@@ -229,6 +230,19 @@ def main() -> None:
             )
     if args.part in ("pipeline", "all"):
         results.append(pipeline_throughput(args.config, args.batches, args.epochs, extra))
+    cpu_model = [
+        r for r in results if r["measurement"] == "model" and r["device"].startswith("cpu")
+    ]
+    pipeline = [r for r in results if r["measurement"] == "pipeline"]
+    if cpu_model and pipeline and pipeline[0]["device"] == "cpu":
+        model, fit = cpu_model[0]["clips_per_s"], pipeline[0]["clips_per_s"]
+        results.append(
+            {
+                "measurement": "fit_vs_model",
+                "fit_time_over_model_time": model / fit,  # issue target: <= 1.10
+                "fit_throughput_fraction": fit / model,
+            }
+        )
     for result in results:
         print(json.dumps(result))
 
