@@ -11,21 +11,11 @@ from transformers import ASTConfig, ASTModel
 
 from add_lightning.hub import checked_pretrained, offline_hint
 
-__all__ = ["DEFAULT_AST_CHECKPOINT", "ASTBackbone", "adapt_position_embeddings", "patch_grid"]
+__all__ = ["DEFAULT_AST_CHECKPOINT", "ASTBackbone", "adapt_position_embeddings"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_AST_CHECKPOINT = "MIT/ast-finetuned-audioset-10-10-0.4593"
-
-
-def patch_grid(config: ASTConfig) -> tuple[int, int]:
-    """Return the (frequency, time) grid of patches that ``config`` produces.
-
-    Same arithmetic as ``ASTEmbeddings.get_shape`` (a strided convolution without padding).
-    """
-    f_dim = (config.num_mel_bins - config.patch_size) // config.frequency_stride + 1
-    t_dim = (config.max_length - config.patch_size) // config.time_stride + 1
-    return f_dim, t_dim
 
 
 def adapt_position_embeddings(
@@ -201,10 +191,11 @@ class ASTBackbone(nn.Module):
             )
         if max_length == config.max_length:
             return
-        f_dim, t_old = patch_grid(config)
-        config.max_length = max_length
-        _, t_new = patch_grid(config)
         embeddings = self.ast.embeddings
+        # transformers' own patch-grid arithmetic (a strided convolution without padding)
+        f_dim, t_old = embeddings.get_shape(config)
+        config.max_length = max_length
+        _, t_new = embeddings.get_shape(config)
         with torch.no_grad():
             adapted = adapt_position_embeddings(embeddings.position_embeddings, f_dim, t_old, t_new)
         embeddings.position_embeddings = nn.Parameter(adapted.contiguous())
