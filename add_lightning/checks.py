@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["check_int", "check_weight"]
+__all__ = ["check_int", "check_range", "check_weight"]
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> None:
@@ -21,6 +21,28 @@ def check_int(name: str, value: object, minimum: int = 1) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         expected = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ValueError(f"Expected argument `{name}` to be {expected} but got {value!r}.")
+
+
+def check_range(
+    name: str,
+    value: float,
+    low: float,
+    high: float,
+    *,
+    include_low: bool = True,
+    include_high: bool = True,
+) -> None:
+    """Raises ``ValueError`` naming argument ``name`` unless ``low <= value <= high`` (``<`` at
+    an end that is not included): "... to be in (0, 1] but got 1.5".
+
+    Raises:
+        ValueError: If ``value`` is outside the interval or NaN.
+    """
+    above_low = value >= low if include_low else value > low
+    below_high = value <= high if include_high else value < high
+    if not (above_low and below_high):  # NaN fails every comparison
+        interval = f"{'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}"
+        raise ValueError(f"Expected argument `{name}` to be in {interval} but got {value!r}")
 
 
 def check_weight(name: str, value: float) -> None:

@@ -11,7 +11,7 @@ import pytest
 import add_lightning.atomic
 import add_lightning.checks
 import add_lightning.tensor_utils
-from add_lightning.checks import check_int, check_weight
+from add_lightning.checks import check_int, check_range, check_weight
 
 
 @pytest.mark.parametrize(
@@ -60,3 +60,26 @@ def test_check_weight_refuses(value):
 def test_check_weight_accepts():
     for value in (0.0, 0, 2.5):
         check_weight("gamma", value)
+
+
+@pytest.mark.parametrize(
+    ("value", "include", "message"),
+    [
+        (1.5, (True, True), "Expected argument `x` to be in [0, 1] but got 1.5"),
+        (-0.5, (True, True), "Expected argument `x` to be in [0, 1] but got -0.5"),
+        (0.0, (False, True), "Expected argument `x` to be in (0, 1] but got 0.0"),
+        (1, (True, False), "Expected argument `x` to be in [0, 1) but got 1"),
+        (math.nan, (True, True), "Expected argument `x` to be in [0, 1] but got nan"),
+    ],
+)
+def test_check_range_refuses(value, include, message):
+    with pytest.raises(ValueError) as error:
+        check_range("x", value, 0, 1, include_low=include[0], include_high=include[1])
+    assert str(error.value) == message
+
+
+def test_check_range_accepts():
+    for value in (0, 0.5, 1.0):
+        check_range("x", value, 0, 1)
+    check_range("x", 1e-9, 0, 1, include_low=False)
+    check_range("x", 0.999, 0, 1, include_high=False)

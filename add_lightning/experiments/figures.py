@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from add_lightning.checks import check_int
 from add_lightning.experiments.aggregate import markdown_table
 from add_lightning.experiments.atomic import atomic_path, write_text_atomic
 from add_lightning.experiments.files import EMBEDDINGS_FILENAME
@@ -198,10 +199,7 @@ def select_classes(
         return list(class_ids)
     if first is None:
         return list(range(num_classes))
-    if first < 1:
-        raise ValueError(
-            f"Expected argument `classes` to be a positive number of classes, got {first}"
-        )
+    check_int("classes", first)
     return list(range(min(first, num_classes)))
 
 

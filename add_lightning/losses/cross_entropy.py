@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from add_lightning.checks import check_range
 from add_lightning.losses.base import LogitLoss
 from add_lightning.losses.functional import cross_entropy
 
@@ -19,10 +20,7 @@ class CrossEntropyLoss(LogitLoss):
 
     def __init__(self, label_smoothing: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(
-                f"Expected argument `label_smoothing` to be in [0, 1) but got {label_smoothing}"
-            )
+        check_range("label_smoothing", label_smoothing, 0, 1, include_high=False)
         self.label_smoothing = label_smoothing
 
     def forward(self, logits: Tensor, targets: Tensor) -> Tensor:

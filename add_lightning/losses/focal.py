@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from add_lightning.checks import check_weight
+from add_lightning.checks import check_range, check_weight
 from add_lightning.losses.base import LogitLoss
 from add_lightning.losses.functional import focal_loss
 
@@ -31,10 +31,7 @@ class FocalLoss(LogitLoss):
     ) -> None:
         super().__init__()
         check_weight("gamma", gamma)
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ValueError(
-                f"Expected argument `label_smoothing` to be in [0, 1) but got {label_smoothing}"
-            )
+        check_range("label_smoothing", label_smoothing, 0, 1, include_high=False)
         if alpha is not None and not all(math.isfinite(a) and a >= 0 for a in alpha):
             raise ValueError(
                 f"Expected argument `alpha` to hold finite weights >= 0 but got {alpha}"

@@ -18,6 +18,7 @@ from torch.optim.lr_scheduler import ReduceLROnPlateau
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
+from add_lightning.checks import check_int
 from add_lightning.losses import ClassificationLoss
 from add_lightning.metrics import EmbeddingGeometry, EmbeddingRetrieval
 from add_lightning.tensor_utils import hard_targets, padding_mask_from_lengths
@@ -135,10 +136,7 @@ class AudioClassifier(LightningModule):
         val_retrieval: bool = True,
     ) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(
-                f"Expected argument `num_classes` to be an int >= 2 but got {num_classes!r}"
-            )
+        check_int("num_classes", num_classes, minimum=2)
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(
                 f"Expected {num_classes} `class_names` (one per class) but got {len(class_names)}"

@@ -19,19 +19,9 @@ import warnings
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from add_lightning.checks import check_int, check_range
+
 __all__ = ["WarmupConstantLR", "WarmupCosineLR", "WarmupExponentialLR"]
-
-
-def _check_warmup(warmup_epochs: int, warmup_start_factor: float) -> None:
-    if not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-        raise ValueError(
-            f"Expected argument `warmup_epochs` to be a non-negative int but got {warmup_epochs!r}"
-        )
-    if not 0.0 < warmup_start_factor <= 1.0:
-        raise ValueError(
-            "Expected argument `warmup_start_factor` to be in (0, 1] "
-            f"but got {warmup_start_factor!r}"
-        )
 
 
 class _WarmupLR(LRScheduler):
@@ -44,7 +34,8 @@ class _WarmupLR(LRScheduler):
         warmup_start_factor: float = 1e-5,
         last_epoch: int = -1,
     ) -> None:
-        _check_warmup(warmup_epochs, warmup_start_factor)
+        check_int("warmup_epochs", warmup_epochs, minimum=0)
+        check_range("warmup_start_factor", warmup_start_factor, 0, 1, include_low=False)
         self.warmup_epochs = warmup_epochs
         self.warmup_start_factor = warmup_start_factor
         super().__init__(optimizer, last_epoch)
@@ -86,8 +77,7 @@ class WarmupExponentialLR(_WarmupLR):
         gamma: float = 0.85,
         last_epoch: int = -1,
     ) -> None:
-        if not 0.0 < gamma <= 1.0:
-            raise ValueError(f"Expected argument `gamma` to be in (0, 1] but got {gamma!r}")
+        check_range("gamma", gamma, 0, 1, include_low=False)
         self.gamma = gamma
         super().__init__(optimizer, warmup_epochs, warmup_start_factor, last_epoch)
 
@@ -134,10 +124,7 @@ class WarmupCosineLR(_WarmupLR):
                 "Expected argument `max_epochs` to be None (the trainer's max_epochs) or an int "
                 f"larger than `warmup_epochs` ({warmup_epochs}) but got {max_epochs!r}"
             )
-        if not 0.0 <= final_factor <= 1.0:
-            raise ValueError(
-                f"Expected argument `final_factor` to be in [0, 1] but got {final_factor!r}"
-            )
+        check_range("final_factor", final_factor, 0, 1)
         self.max_epochs = max_epochs
         self.final_factor = final_factor
         super().__init__(optimizer, warmup_epochs, warmup_start_factor, last_epoch)
