@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from add_lightning.tensor_utils import compute_dtype, hard_targets, scale_gradient
+from add_lightning.tensor_utils import compute_dtype, hard_targets, normalize_rows, scale_gradient
 
 
 @pytest.mark.parametrize(
@@ -34,3 +34,28 @@ def test_hard_targets():
     torch.testing.assert_close(hard_targets(torch.tensor([2, 0])), torch.tensor([2, 0]))
     soft = torch.tensor([[0.2, 0.7, 0.1], [0.6, 0.0, 0.4]])
     torch.testing.assert_close(hard_targets(soft), torch.tensor([1, 0]))
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-30, 1e30], ids=["unit", "tiny", "huge"])
+def test_normalize_rows_against_float64(scale):
+    """Unit rows at any float32 scale (the squared norm would under/overflow), zero rows zero,
+    the input untouched; the gradient is F.normalize's in float64."""
+    torch.manual_seed(0)
+    reference = torch.randn(5, 3, dtype=torch.float64)
+    reference[2] = 0
+    rows = (reference * scale).float()
+    before = rows.clone()
+    z = normalize_rows(rows)
+    expected = reference / reference.norm(dim=1, keepdim=True).clamp_min(1e-300)
+    assert z.dtype == torch.float32
+    torch.testing.assert_close(z.double(), expected, rtol=0, atol=1e-6)
+    assert torch.equal(rows, before)
+    assert normalize_rows(rows, torch.float64).dtype == torch.float64
+    leaf = reference.clone().requires_grad_()
+    weight = torch.randn(5, 3, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((normalize_rows(leaf) * weight).sum(), leaf)
+    leaf_ref = reference.clone().requires_grad_()
+    (expected_grad,) = torch.autograd.grad(
+        (torch.nn.functional.normalize(leaf_ref, dim=1) * weight).sum(), leaf_ref
+    )
+    torch.testing.assert_close(grad, expected_grad)

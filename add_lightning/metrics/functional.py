@@ -28,7 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from add_lightning.tensor_utils import compute_dtype
+from add_lightning.tensor_utils import compute_dtype, normalize_rows
 
 __all__ = ["GEOMETRY_SCALAR_KEYS", "mask_empty_class_pairs", "pairwise_geometry"]
 
@@ -51,9 +51,6 @@ GEOMETRY_SCALAR_KEYS: tuple[str, ...] = (
 _BLOCK_COPIES = 2
 # Default budget for one row block, so that the peak stays far below 4 GB at N = 100,000.
 _DEFAULT_BLOCK_BYTES = 256 * 1024**2
-
-# Zero rows divided by this stay zero (rows are scaled to a largest |entry| of 1 before).
-_NORMALIZE_EPS = 1e-12
 
 
 class _Moments(NamedTuple):
@@ -145,31 +142,19 @@ def _merge_row_(moments: _Moments, row: _Moments, index: int) -> None:
         field[index] = value
 
 
-def normalize_rows(embeddings: Tensor, dtype: torch.dtype) -> Tensor:
-    """A copy of ``embeddings`` in ``dtype`` with every non-zero row at unit length.
-
-    Rows are divided by their largest ``|entry|`` first, so that the squared norm neither
-    overflows (entries above ~1.8e19 in float32) nor underflows; zero rows stay zero.
-
-    Shape:
-        - embeddings: ``[N, D]``
-        - output: ``[N, D]``
-    """
-    z = embeddings.to(dtype, copy=True)
-    z.div_(z.abs().amax(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny))
-    z.div_(torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min(_NORMALIZE_EPS))
-    return z
-
-
 def _check_positive_int(name: str, value: object) -> None:
     """Raises ``ValueError`` naming argument ``name`` unless ``value`` is a positive int."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"Expected argument `{name}` to be a positive int, got {value!r}")
 
 
-def _validate(embeddings: Tensor, targets: Tensor, num_classes: int) -> None:
+def _validate(
+    embeddings: Tensor, targets: Tensor, num_classes: int, chunk_size: int | None = None
+) -> None:
     """Raises ``ValueError`` naming the argument when the inputs break the contract."""
     _check_positive_int("num_classes", num_classes)
+    if chunk_size is not None:
+        _check_positive_int("chunk_size", chunk_size)
     if embeddings.ndim != 2:
         raise ValueError(
             "Expected argument `embeddings` to have shape [N, D], "
@@ -258,9 +243,7 @@ def pairwise_geometry(
         ValueError: If ``num_classes`` or ``chunk_size`` is not a positive int, or if the shapes,
             dtypes or class ids of ``embeddings`` and ``targets`` are not as described.
     """
-    _validate(embeddings, targets, num_classes)
-    if chunk_size is not None:
-        _check_positive_int("chunk_size", chunk_size)
+    _validate(embeddings, targets, num_classes, chunk_size)
     num_samples = embeddings.shape[0]
     device = embeddings.device
     dtype = compute_dtype(embeddings)

@@ -31,8 +31,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from add_lightning.metrics.functional import _check_positive_int, _validate, normalize_rows
-from add_lightning.tensor_utils import compute_dtype
+from add_lightning.metrics.functional import _check_positive_int, _validate
+from add_lightning.tensor_utils import compute_dtype, normalize_rows
 
 __all__ = ["RETRIEVAL_SCALAR_KEYS", "pairwise_retrieval", "retrieval_keys"]
 
@@ -143,10 +143,8 @@ def pairwise_retrieval(
             distinct positive ints, or the shapes, dtypes or class ids of ``embeddings`` and
             ``targets`` are not as described.
     """
-    _validate(embeddings, targets, num_classes)
+    _validate(embeddings, targets, num_classes, chunk_size)
     knn_k = _check_knn_k(knn_k)
-    if chunk_size is not None:
-        _check_positive_int("chunk_size", chunk_size)
     num_samples = embeddings.shape[0]
     device = embeddings.device
     dtype = compute_dtype(embeddings)

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from add_lightning.losses.functional._targets import checked_targets
-from add_lightning.tensor_utils import compute_dtype
 
 
 def check_embeddings_and_targets(embeddings: Tensor, targets: Tensor) -> tuple[bool, Tensor]:
@@ -45,20 +43,6 @@ def check_embeddings_and_targets(embeddings: Tensor, targets: Tensor) -> tuple[b
             f"Expected integer `targets` to have shape [B] but got shape {tuple(targets.shape)}"
         )
     return False, checked_targets(targets)
-
-
-def normalized(embeddings: Tensor) -> Tensor:
-    """L2-normalise rows in the compute dtype: non-zero rows get unit length, zero rows stay 0.
-
-    Each row is first divided by its largest absolute entry (a constant for autograd: the
-    normalisation does not depend on scale, so the gradient is unchanged). Without it the
-    float32 squared norm overflows for entries above about 1.8e19, where ``F.normalize``
-    returns a zero vector, and rows shorter than its ``eps`` (1e-12) are shrunk, not normalised.
-    """
-    z = embeddings.to(compute_dtype(embeddings))
-    scale = z.detach().abs().amax(dim=1, keepdim=True)
-    z = z / torch.where(scale > 0, scale, torch.ones_like(scale))
-    return F.normalize(z, p=2.0, dim=1)
 
 
 def off_diagonal(size: int, device: torch.device) -> Tensor:

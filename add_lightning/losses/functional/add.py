@@ -11,10 +11,10 @@ from torch import Tensor
 from add_lightning.losses.functional._pairs import (
     check_embeddings_and_targets,
     masked_mean_std,
-    normalized,
     off_diagonal,
     sqrt0,
 )
+from add_lightning.tensor_utils import normalize_rows
 
 #: Two normalised label vectors closer than this (cosine distance) count as the same class.
 SAME_LABEL_TOLERANCE = 1e-3
@@ -58,11 +58,11 @@ def add_terms(embeddings: Tensor, targets: Tensor) -> dict[str, Tensor]:
     """
     soft, targets = check_embeddings_and_targets(embeddings, targets)
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        z = normalized(embeddings)
+        z = normalize_rows(embeddings)
         if soft:
             distance = 1.0 - z @ z.T
             pairs = off_diagonal(z.shape[0], z.device)
-            y = normalized(targets)
+            y = normalize_rows(targets)
             label_distance = 1.0 - y @ y.T
             same = (label_distance < SAME_LABEL_TOLERANCE) & pairs
             num_pairs = pairs.sum().clamp_min(1)

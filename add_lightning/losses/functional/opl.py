@@ -7,9 +7,9 @@ from torch import Tensor
 
 from add_lightning.losses.functional._pairs import (
     check_embeddings_and_targets,
-    normalized,
     off_diagonal,
 )
+from add_lightning.tensor_utils import normalize_rows
 
 
 def _weighted_mean(values: Tensor, weights: Tensor) -> Tensor:
@@ -44,11 +44,11 @@ def opl_terms(embeddings: Tensor, targets: Tensor) -> dict[str, Tensor]:
     """
     soft, targets = check_embeddings_and_targets(embeddings, targets)
     with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        z = normalized(embeddings)
+        z = normalize_rows(embeddings)
         cosine = z @ z.T
         pairs = off_diagonal(z.shape[0], z.device).to(cosine.dtype)
         if soft:
-            y = normalized(targets).to(cosine.dtype)
+            y = normalize_rows(targets).to(cosine.dtype)
             same = y @ y.T
         else:
             same = (targets[:, None] == targets[None, :]).to(cosine.dtype)
