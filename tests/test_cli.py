@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 from console_runs import run_console
+from tiny_runs import tiny_ast
 
 from add_lightning.cli import main
 from add_lightning.lightning_cli import AddLightningCLI
@@ -30,18 +31,9 @@ TINY_CONFIG = {
         "init_args": {
             "backbone": {
                 "class_path": "add_lightning.models.ASTBackbone",
-                "init_args": {
-                    "pretrained": None,
-                    "max_length": 32,
-                    "num_mel_bins": 32,
-                    "hidden_size": 32,
-                    "num_hidden_layers": 2,
-                    "num_attention_heads": 2,
-                    "intermediate_size": 37,
-                    "patch_size": 8,
-                    "frequency_stride": 8,
-                    "time_stride": 8,
-                },
+                "init_args": tiny_ast(
+                    32, 32, num_hidden_layers=2, patch_size=8, frequency_stride=8, time_stride=8
+                ),
             },
             "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 3e-3}},
             "scheduler": {
@@ -270,9 +262,9 @@ def _audio_config(root: Path, cache: Path) -> str:
     """The synthetic-audio config of the cv tests with every epoch-dependent randomness on
     (shuffling, mixup, SpecAugment), so that an epoch replayed in the wrong order changes the
     weights."""
-    from test_experiments import TINY_CONFIG
+    from test_experiments import tiny_cv_config
 
-    config = yaml.safe_load(TINY_CONFIG.format(root=root))
+    config = yaml.safe_load(tiny_cv_config(root))
     data = config["data"]["init_args"]
     data["dataset"]["init_args"]["clips_per_class"] = 6
     data.update(batch_size=3, mixup_rate=0.5, time_mask=8, cache_dir=str(cache))

@@ -10,6 +10,7 @@ import yaml
 from config_files import resolved
 from lightning.pytorch import Trainer
 from test_backbone_hf_audio import TINY
+from tiny_runs import tiny_ast
 from transformers import ASTConfig, ASTModel
 
 from add_lightning.lightning_cli import AddLightningCLI
@@ -27,15 +28,7 @@ TINY_MODEL = {
         "init_args": {
             "backbone": {
                 "class_path": "add_lightning.models.ASTBackbone",
-                "init_args": {
-                    "pretrained": None,
-                    "max_length": 128,
-                    "num_mel_bins": 128,
-                    "hidden_size": 32,
-                    "num_hidden_layers": 1,
-                    "num_attention_heads": 2,
-                    "intermediate_size": 37,
-                },
+                "init_args": tiny_ast(128, 128),
             }
         }
     },

@@ -18,6 +18,7 @@ import yaml
 from console_runs import run_console
 from lightning.pytorch import Callback
 from test_backbone_beats import TINY as TINY_BEATS
+from tiny_runs import synthetic_dataset, tiny_run_config
 
 from add_lightning.cli import main
 from add_lightning.data import EvaluationSampler, SeededShuffleSampler
@@ -209,40 +210,16 @@ def test_beats_with_layer_drop_trains_under_ddp(tmp_path) -> None:
 
 # --------------------------------------- synthetic audio: items 2 (evaluation), 3, 4 and 5
 
-AUDIO = """\
-data:
-  class_path: add_lightning.data.AudioDataModule
-  init_args:
-    dataset:
-      class_path: add_lightning.data.SyntheticDataset
-      init_args: {{root: {root}, num_classes: 3, clips_per_class: 9, num_folds: 3, duration_s: 0.5}}
-    fold: 1
-    features: {{num_mel_bins: 32, target_frames: 48}}
-    batch_size: {batch_size}
-    mixup_rate: 0.5
-    time_mask: 8
-model:
-  class_path: add_lightning.models.AudioClassifier
-  init_args:
-    backbone:
-      class_path: add_lightning.models.ASTBackbone
-      init_args:
-        pretrained: null
-        max_length: 48
-        num_mel_bins: 32
-        hidden_size: 32
-        num_hidden_layers: 1
-        num_attention_heads: 2
-        intermediate_size: 37
-    optimizer: {{class_path: torch.optim.SGD, init_args: {{lr: 0.5, momentum: 0.9}}}}
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_epochs: 2
-  enable_progress_bar: false
-  enable_model_summary: false
-  log_every_n_steps: 1
-"""
+
+def _audio_config(root: Path, batch_size: int) -> str:
+    """3 classes x 9 synthetic clips (3 folds), mixup and time masking, a one-layer AST, SGD."""
+    return tiny_run_config(
+        synthetic_dataset(root, clips_per_class=9, num_folds=3),
+        max_epochs=2,
+        batch_size=batch_size,
+        optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.5, "momentum": 0.9}},
+        data_args={"mixup_rate": 0.5, "time_mask": 8},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -257,7 +234,7 @@ def audio_runs(tmp_path_factory) -> dict[str, Path]:
     configs = {}
     for batch_size in (3, 6):
         configs[batch_size] = root / f"audio{batch_size}.yaml"
-        configs[batch_size].write_text(AUDIO.format(root=data, batch_size=batch_size))
+        configs[batch_size].write_text(_audio_config(data, batch_size))
 
     def fit(config: Path, run: str, *extra: str) -> list[str]:
         return ["fit", "--config", str(config), "--config", str(REPO / "configs/loss/add.yaml"),

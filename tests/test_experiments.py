@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from tiny_runs import synthetic_dataset, tiny_run_config
 
 from add_lightning.experiments import cli
 from add_lightning.experiments.aggregate import (
@@ -492,44 +493,13 @@ def test_figures_errors(tmp_path):
 
 # ------------------------------------------------------------------------------ end to end
 
-TINY_CONFIG = """\
-# Synthetic data (3 classes x 4 clips of 0.5 s, 2 folds), a one-layer random AST, CE + ADD.
-data:
-  class_path: add_lightning.data.AudioDataModule
-  init_args:
-    dataset:
-      class_path: add_lightning.data.SyntheticDataset
-      init_args: {{root: {root}, num_classes: 3, clips_per_class: 4, num_folds: 2, duration_s: 0.5}}
-    fold: 1
-    features: {{num_mel_bins: 32, target_frames: 48}}
-    batch_size: 4
-model:
-  class_path: add_lightning.models.AudioClassifier
-  init_args:
-    backbone:
-      class_path: add_lightning.models.ASTBackbone
-      init_args:
-        pretrained: null
-        max_length: 48
-        num_mel_bins: 32
-        hidden_size: 32
-        num_hidden_layers: 1
-        num_attention_heads: 2
-        intermediate_size: 37
-    loss:
-      class_path: add_lightning.losses.ClassificationLoss
-      init_args:
-        embedding: {{class_path: add_lightning.losses.ADDLoss}}
-    optimizer: {{class_path: torch.optim.Adam, init_args: {{lr: 1.0e-3}}}}
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_epochs: 2
-  deterministic: true
-  enable_progress_bar: false
-  enable_model_summary: false
-  log_every_n_steps: 1
-"""
+
+def tiny_cv_config(root: Path) -> str:
+    """Synthetic data (3 classes x 4 clips of 0.5 s, 2 folds), a one-layer random AST, CE + ADD."""
+    dataset = synthetic_dataset(root)
+    return tiny_run_config(dataset, max_epochs=2, add_loss=True, deterministic=True)
+
+
 UNITS = ("fold1_seed0", "fold2_seed0", "fold1_seed1", "fold2_seed1")
 
 
@@ -553,7 +523,7 @@ def _cv_args(config: Path, output: Path) -> list[str]:
 def tiny_config(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny")
     path = root / "tiny.yaml"
-    path.write_text(TINY_CONFIG.format(root=root / "synthetic"))
+    path.write_text(tiny_cv_config(root / "synthetic"))
     return path
 
 

@@ -14,7 +14,7 @@ import pytest
 import soundfile
 import torch
 from test_backbone_beats import TINY as TINY_BEATS
-from tiny_runs import synthetic_dataset, tiny_run_config
+from tiny_runs import synthetic_dataset, tiny_ast, tiny_run_config
 
 from add_lightning.cli import console_main, main
 from add_lightning.data.audio import load_audio
@@ -38,18 +38,7 @@ TESTS = Path(__file__).resolve().parent
 CLASSES = ["bark", "chirp", "rain"]
 FEATURES = FbankOptions(num_mel_bins=32, target_frames=48)
 NORMALIZATION = Normalization(-5.0, 3.0)
-TINY_AST = {
-    "pretrained": None,
-    "max_length": 48,
-    "num_mel_bins": 32,
-    "hidden_size": 32,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-    "intermediate_size": 37,
-    "patch_size": 8,
-    "frequency_stride": 6,
-    "time_stride": 8,
-}
+TINY_AST = tiny_ast(48, 32, num_hidden_layers=2, patch_size=8, frequency_stride=6, time_stride=8)
 
 
 def _trained(backbone, features=FEATURES, normalization=NORMALIZATION, seed=0):

@@ -15,6 +15,7 @@ import pytest
 import torch
 from test_metrics_retrieval import accuracy_calculator
 from test_models import ToyData, tiny_model, tiny_trainer
+from tiny_runs import synthetic_dataset, tiny_run_config
 
 from add_lightning.data import AudioDataModule, SyntheticDataset
 from add_lightning.experiments.figures import load_run_embeddings
@@ -130,43 +131,6 @@ def test_model_with_unseen_classes_tests_embeddings_only(tmp_path):
     assert model.test_geometry.num_classes == model.test_retrieval.num_classes == 3
 
 
-TINY_UNSEEN_CONFIG = """\
-data:
-  class_path: add_lightning.data.AudioDataModule
-  init_args:
-    dataset:
-      class_path: add_lightning.data.SyntheticDataset
-      init_args: {{root: {root}, num_classes: 6, clips_per_class: 6, num_folds: 2, duration_s: 0.5}}
-    features: {{num_mel_bins: 32, target_frames: 48}}
-    batch_size: 8
-model:
-  class_path: add_lightning.models.AudioClassifier
-  init_args:
-    backbone:
-      class_path: add_lightning.models.ASTBackbone
-      init_args:
-        pretrained: null
-        max_length: 48
-        num_mel_bins: 32
-        hidden_size: 32
-        num_hidden_layers: 1
-        num_attention_heads: 2
-        intermediate_size: 37
-    loss:
-      class_path: add_lightning.losses.ClassificationLoss
-      init_args:
-        embedding: {{class_path: add_lightning.losses.ADDLoss}}
-    optimizer: {{class_path: torch.optim.Adam, init_args: {{lr: 1.0e-3}}}}
-trainer:
-  accelerator: cpu
-  devices: 1
-  max_epochs: 1
-  enable_progress_bar: false
-  enable_model_summary: false
-  log_every_n_steps: 1
-"""
-
-
 def _console(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
     return subprocess.run(
@@ -177,7 +141,8 @@ def _console(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 @pytest.mark.skipif(not CONSOLE_SCRIPT.is_file(), reason="console script not installed")
 def test_cv_with_unseen_classes_reports_retrieval_on_them(synthetic, tmp_path):
     config = tmp_path / "tiny.yaml"
-    config.write_text(TINY_UNSEEN_CONFIG.format(root=synthetic.root))
+    dataset = synthetic_dataset(synthetic.root, num_classes=6, clips_per_class=6)
+    config.write_text(tiny_run_config(dataset, batch_size=8, add_loss=True))
     output = tmp_path / "unseen"
     common = ["--config", str(config), "--folds", "2", "--seeds", "0", "--output", str(output)]
     done = _console("cv", *common, "--unseen-classes", "2", "--unseen-seed", "3", cwd=tmp_path)

@@ -11,18 +11,35 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["tiny_run_config"]
+__all__ = ["synthetic_dataset", "tiny_ast", "tiny_run_config"]
 
 
-def synthetic_dataset(root: str | Path, num_classes: int = 3, clips_per_class: int = 4) -> dict:
-    """A ``SyntheticDataset`` block: 0.5-s clips, 2 folds."""
+def tiny_ast(max_length: int = 48, num_mel_bins: int = 32, **changes: object) -> dict:
+    """Init args of a randomly initialised ``ASTBackbone`` of width 32 with one layer, for
+    ``[B, max_length, num_mel_bins]`` features; ``changes`` replace or add arguments."""
+    return {
+        "pretrained": None,
+        "max_length": max_length,
+        "num_mel_bins": num_mel_bins,
+        "hidden_size": 32,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "intermediate_size": 37,
+        **changes,
+    }
+
+
+def synthetic_dataset(
+    root: str | Path, num_classes: int = 3, clips_per_class: int = 4, num_folds: int = 2
+) -> dict:
+    """A ``SyntheticDataset`` block: 0.5-s clips, 2 folds by default."""
     return {
         "class_path": "add_lightning.data.SyntheticDataset",
         "init_args": {
             "root": str(root),
             "num_classes": num_classes,
             "clips_per_class": clips_per_class,
-            "num_folds": 2,
+            "num_folds": num_folds,
             "duration_s": 0.5,
         },
     }
@@ -35,23 +52,22 @@ def tiny_run_config(
     lr: float = 1e-3,
     max_epochs: int = 1,
     add_loss: bool = False,
+    batch_size: int = 4,
+    optimizer: dict | None = None,
+    data_args: dict | None = None,
     **trainer: object,
 ) -> str:
-    """YAML of a fit config: ``dataset`` (fold 1 held out), 32 mel bins x ``frames``, tiny AST."""
+    """YAML of a fit config: ``dataset`` (fold 1 held out), 32 mel bins x ``frames``, tiny AST.
+
+    ``optimizer`` replaces the default Adam with learning rate ``lr``; ``data_args`` are more
+    arguments of the data module (``mixup_rate``, ...), ``trainer`` more of the trainer.
+    """
     model: dict = {
         "backbone": {
             "class_path": "add_lightning.models.ASTBackbone",
-            "init_args": {
-                "pretrained": None,
-                "max_length": frames,
-                "num_mel_bins": 32,
-                "hidden_size": 32,
-                "num_hidden_layers": 1,
-                "num_attention_heads": 2,
-                "intermediate_size": 37,
-            },
+            "init_args": tiny_ast(frames, 32),
         },
-        "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": lr}},
+        "optimizer": optimizer or {"class_path": "torch.optim.Adam", "init_args": {"lr": lr}},
     }
     if add_loss:
         model["loss"] = {
@@ -62,7 +78,8 @@ def tiny_run_config(
         "dataset": dataset,
         "fold": 1,
         "features": {"num_mel_bins": 32, "target_frames": frames},
-        "batch_size": 4,
+        "batch_size": batch_size,
+        **(data_args or {}),
     }
     if cache is not None:
         data["cache_dir"] = str(cache)
