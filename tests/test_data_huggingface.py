@@ -14,6 +14,7 @@ import pytest
 import soundfile
 import torch
 import torchaudio
+from reference_features import reference_fbank
 from tiny_runs import tiny_run_config
 
 from add_lightning import cli
@@ -154,27 +155,6 @@ def test_undecodable_audio_names_the_row(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ end to end
-
-
-def reference_fbank(path: Path, options: FbankOptions) -> torch.Tensor:
-    """Padded Kaldi fbank of ``path`` with torchaudio, without the package's features."""
-    samples, rate = soundfile.read(path, dtype="float32")
-    waveform = torch.from_numpy(samples - samples.mean())[None]
-    fbank = torchaudio.compliance.kaldi.fbank(
-        waveform,
-        sample_frequency=rate,
-        num_mel_bins=options.num_mel_bins,
-        frame_length=options.frame_length_ms,
-        frame_shift=options.frame_shift_ms,
-        window_type=options.window_type,
-        dither=0.0,
-        htk_compat=True,
-        use_energy=False,
-    )
-    padded = torch.zeros(options.target_frames, options.num_mel_bins)
-    frames = min(len(fbank), options.target_frames)
-    padded[:frames] = fbank[:frames]
-    return padded
 
 
 def test_cv_trains_on_a_saved_dataset_and_the_cache_follows_it(tmp_path: Path, caplog) -> None:

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-import torchaudio
 import yaml
 from config_files import resolved
 from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from reference_features import reference_fbank
 from test_data_datasets import make_iemocap
 from test_data_huggingface import make_hf_esc50
 from test_data_subsets import make_esc50 as make_esc10
@@ -59,24 +59,8 @@ def reference_statistics(paths: list[Path], options: FbankOptions) -> tuple[floa
     """Float64 mean/std over padded Kaldi fbanks, computed without the package's features."""
     values = []
     for path in paths:
-        samples, rate = soundfile.read(path, dtype="float32")
-        assert rate == options.sample_rate
-        waveform = torch.from_numpy(samples - samples.mean())[None]
-        fbank = torchaudio.compliance.kaldi.fbank(
-            waveform,
-            sample_frequency=rate,
-            num_mel_bins=options.num_mel_bins,
-            frame_length=options.frame_length_ms,
-            frame_shift=options.frame_shift_ms,
-            window_type=options.window_type,
-            dither=0.0,
-            htk_compat=True,
-            use_energy=False,
-        ).double()
-        padded = torch.zeros(options.target_frames, options.num_mel_bins, dtype=torch.float64)
-        frames = min(len(fbank), options.target_frames)
-        padded[:frames] = fbank[:frames]
-        values.append(padded.flatten())
+        assert soundfile.info(str(path)).samplerate == options.sample_rate
+        values.append(reference_fbank(path, options, torch.float64).flatten())
     every = torch.cat(values)
     return every.mean().item(), every.std(unbiased=False).item()
 
