@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from dataset_files import write_esc50_meta, write_manifest
 
 from add_lightning.data import (
     ESC50,
@@ -51,11 +52,7 @@ def make_esc50(root: Path, clips_per_fold: int = 2) -> Path:
                 name = f"{fold}-{source}-{'AB'[take]}-{target}.wav"
                 write_wav(folder / "audio" / name, seed=len(rows))
                 rows.append([name, fold, target, category, "False", source, "AB"[take]])
-    (folder / "meta").mkdir()
-    with open(folder / "meta" / "esc50.csv", "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
-        writer.writerows(rows)
+    write_esc50_meta(folder, rows)
     return folder
 
 
@@ -366,14 +363,6 @@ def test_class_folders_stratified_folds(tmp_path: Path, fold: int) -> None:
     assert [sum(c.label == k for c in test) for k in range(3)] == [2, 2, 2]
     again = FolderDataset(str(tmp_path), num_folds=3, seed=1).clips("test", fold)
     assert again == test
-
-
-def write_manifest(path: Path, rows: list[list[object]], header: list[str]) -> Path:
-    with open(path, "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(header)
-        writer.writerows(rows)
-    return path
 
 
 def test_manifest_with_relative_paths_and_folds(tmp_path: Path) -> None:

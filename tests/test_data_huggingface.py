@@ -39,6 +39,12 @@ def make_folded(folder: Path, per_class_fold: int = 2, seed: int = 0) -> list[di
             for k in range(per_class_fold):
                 path = write_wav(folder / f"src/{label}_{fold}_{k}.wav", seed=seed + len(rows))
                 rows.append({"audio": str(path), "label": label, "fold": fold})
+    save_folded(rows, folder / "saved")
+    return rows
+
+
+def save_folded(rows: list[dict], directory: Path) -> None:
+    """Saves the rows of :func:`make_folded` (audio file, ClassLabel id, fold) to ``directory``."""
     features = datasets.Features(
         {
             "audio": datasets.Value("string"),
@@ -48,8 +54,7 @@ def make_folded(folder: Path, per_class_fold: int = 2, seed: int = 0) -> list[di
     )
     table = {key: [row[key] for row in rows] for key in ("audio", "label", "fold")}
     dataset = datasets.Dataset.from_dict(table, features=features)
-    dataset.cast_column("audio", datasets.Audio()).save_to_disk(str(folder / "saved"))
-    return rows
+    dataset.cast_column("audio", datasets.Audio()).save_to_disk(str(directory))
 
 
 def test_folded_dataset_index_and_exported_audio(tmp_path: Path) -> None:
@@ -208,16 +213,7 @@ def test_cv_trains_on_a_saved_dataset_and_the_cache_follows_it(tmp_path: Path, c
     old_export_dir = old_export.export_dir
     replacement = write_wav(tmp_path / "new0.wav", seed=1234)
     rows[0]["audio"] = str(replacement)
-    features = datasets.Features(
-        {
-            "audio": datasets.Value("string"),
-            "label": datasets.ClassLabel(names=NAMES),
-            "fold": datasets.Value("int64"),
-        }
-    )
-    table = {key: [row[key] for row in rows] for key in ("audio", "label", "fold")}
-    changed = datasets.Dataset.from_dict(table, features=features)
-    changed.cast_column("audio", datasets.Audio()).save_to_disk(str(tmp_path / "saved2"))
+    save_folded(rows, tmp_path / "saved2")
     shutil.rmtree(tmp_path / "saved")
     (tmp_path / "saved2").rename(tmp_path / "saved")
     caplog.clear()

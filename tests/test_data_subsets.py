@@ -3,7 +3,6 @@ copies of the official layouts; counts are worked out by hand from the generator
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import shutil
@@ -13,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from dataset_files import write_esc50_meta
 
 from add_lightning.data import ESC50, IEMOCAP, FolderDataset, SpeechCommands
 from add_lightning.data.datasets.esc50 import ESC10_CLASS_NAMES
@@ -188,11 +188,7 @@ def make_esc50(root: Path) -> Path:
             name = f"{fold}-{1000 + target}-A-{target}.wav"
             write_wav(folder / "audio" / name, seed=len(rows))
             rows.append([name, fold, target, category, str(esc10), 1000 + target, "A"])
-    (folder / "meta").mkdir()
-    with open(folder / "meta" / "esc50.csv", "w", newline="") as stream:
-        writer = csv.writer(stream)
-        writer.writerow(["filename", "fold", "target", "category", "esc10", "src_file", "take"])
-        writer.writerows(rows)
+    write_esc50_meta(folder, rows)
     return folder
 
 
