@@ -20,7 +20,7 @@ import sys
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, Trainer
@@ -29,6 +29,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
+from add_lightning.data.replaced_arguments import replacement_hints
 from add_lightning.models.classifier import (
     BACKBONE_SOURCE_KEY,
     AudioClassifier,
@@ -236,6 +237,21 @@ def _unseen_class_names(data: LightningDataModule) -> list[str] | None:
     return getattr(data, "unseen_class_names", None)
 
 
+class _ArgumentParser(LightningArgumentParser):
+    """LightningArgumentParser whose errors also say what replaces a replaced argument.
+
+    jsonargparse refuses an argument a class no longer takes ("Option 'freq_mask' is not
+    accepted"); for the data modules' replaced arguments the error then ends with the YAML to
+    write instead (:data:`~add_lightning.data.replaced_arguments.REPLACED_ARGUMENTS`).
+    """
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        hints = [hint for hint in replacement_hints(message) if hint not in message]
+        if hints:
+            message = "\n".join([message, *hints])
+        super().error(message, ex)
+
+
 class AddLightningCLI(LightningCLI):
     """LightningCLI for :class:`~add_lightning.models.AudioClassifier` and any LightningDataModule.
 
@@ -265,6 +281,7 @@ class AddLightningCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             parser_kwargs={"description": _DESCRIPTION},
+            parser_class=_ArgumentParser,
             args=(
                 nested_nulls_as_objects(list(args))
                 if isinstance(args, Sequence) and not isinstance(args, str)

@@ -267,13 +267,27 @@ def _audio_config(root: Path, cache: Path) -> str:
     config = yaml.safe_load(tiny_cv_config(root))
     data = config["data"]["init_args"]
     data["dataset"]["init_args"]["clips_per_class"] = 6
-    data.update(batch_size=3, mixup_rate=0.5, time_mask=8, cache_dir=str(cache))
+    data.update(batch_size=3, cache_dir=str(cache))
+    data["mixup"] = {"class_path": "add_lightning.data.Mixup", "init_args": {"rate": 0.5}}
+    data["spec_augment"] = {
+        "class_path": "add_lightning.data.SpecAugment",
+        "init_args": {"time_mask": 8},
+    }
     del config["trainer"]["max_epochs"]
     return yaml.safe_dump(config)
 
 
 @pytest.mark.parametrize(
-    "sampling", [[], ["--data.init_args.balanced_batches", "[3, 2]"]], ids=["shuffle", "balanced"]
+    "sampling",
+    [
+        [],
+        [
+            "--data.init_args.train_batches",
+            "{class_path: add_lightning.data.ClassBalancedBatches, "
+            "init_args: {classes_per_batch: 3, clips_per_class: 2}}",
+        ],
+    ],
+    ids=["shuffle", "balanced"],
 )
 def test_resume_with_workers_equals_an_uninterrupted_run(tmp_path, sampling):
     # With DataLoader workers the index iterator is created twice before the first batch, and

@@ -19,6 +19,15 @@ from add_lightning.experiments.config import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+def _spec_augment(freq_mask: int, time_mask: int) -> dict:
+    """The parsed ``spec_augment`` of a data file (one value, which BEATs' null replaces)."""
+    return {
+        "class_path": "add_lightning.data.SpecAugment",
+        "init_args": {"freq_mask": freq_mask, "time_mask": time_mask, "mask_value": 0.0},
+    }
+
+
 AST = "add_lightning.models.ASTBackbone"
 BEATS = "add_lightning.models.BEATsBackbone"
 # model/ast.yaml and the authors' AST optimizer/schedule (docs/method.md)
@@ -64,8 +73,7 @@ BEATS_RECIPE = {
     "data.init_args.features.waveform_scale": 32768.0,
     "data.init_args.features.num_mel_bins": 128,
     "data.init_args.normalization": "beats",
-    "data.init_args.freq_mask": 0,
-    "data.init_args.time_mask": 0,
+    "data.init_args.spec_augment": None,  # freq_mask 0, time_mask 0
     "data.init_args.batch_size": 16,
 }
 # configs/experiments/beats_ks2.yaml: the authors' KS2 learning rate, constant schedule, epochs
@@ -81,16 +89,14 @@ ESC50 = {
     "data.init_args.dataset.init_args.classes": None,
     "data.init_args.fold": 1,
     "data.init_args.features.target_frames": 512,
-    "data.init_args.freq_mask": 24,
-    "data.init_args.time_mask": 96,
+    "data.init_args.spec_augment": _spec_augment(freq_mask=24, time_mask=96),
     "data.init_args.cache_dir": "data/cache/esc50",
 }
 KS2 = {
     "data.init_args.dataset.class_path": "add_lightning.data.SpeechCommands",
     "data.init_args.fold": None,
     "data.init_args.features.target_frames": 128,
-    "data.init_args.freq_mask": 48,
-    "data.init_args.time_mask": 48,
+    "data.init_args.spec_augment": _spec_augment(freq_mask=48, time_mask=48),
     "data.init_args.cache_features": False,
     "data.init_args.cache_dir": "data/cache/speech_commands",
 }
@@ -98,8 +104,7 @@ ER = {
     "data.init_args.dataset.class_path": "add_lightning.data.IEMOCAP",
     "data.init_args.dataset.init_args.label_set": "superb",
     "data.init_args.features.target_frames": 256,
-    "data.init_args.freq_mask": 24,
-    "data.init_args.time_mask": 96,
+    "data.init_args.spec_augment": _spec_augment(freq_mask=24, time_mask=96),
     "data.init_args.cache_dir": "data/cache/iemocap",
 }
 ADD_1111 = {

@@ -13,13 +13,7 @@ import soundfile
 import torch
 from torch.utils.data import DataLoader, Sampler, default_collate
 
-from add_lightning.data.augment import (
-    SpecAugment,
-    mix_fbanks,
-    mix_waveforms,
-    mixup_targets,
-    sample_mixup_lambda,
-)
+from add_lightning.data.augment import Mixup, SpecAugment, mix_fbanks, mix_waveforms, mixup_targets
 from add_lightning.data.clip_dataset import Clip, ClipDataset
 from add_lightning.data.features import ESC50_NORMALIZATION, FbankOptions, compute_fbank_frames
 
@@ -95,6 +89,7 @@ def test_spec_augment_zero_widths_disable():
     [
         ({"freq_mask": -1}, "`freq_mask` to be an integer >= 0 but got -1"),
         ({"time_mask": 2.5}, "`time_mask` to be an integer >= 0 but got 2.5"),
+        ({"freq_mask": -2}, "`freq_mask` to be an integer >= 0 but got -2"),  # was ClipDataset's
     ],
 )
 def test_spec_augment_rejects_bad_widths(kwargs: dict, match: str):
@@ -112,18 +107,39 @@ def test_spec_augment_rejects_bad_shapes():
 
 def test_mixup_lambda_is_beta_10_10():
     generator = torch.Generator().manual_seed(0)
-    samples = np.array([sample_mixup_lambda(generator) for _ in range(20000)])
+    mixup = Mixup(rate=1.0)  # the default alpha: the authors' 10
+    samples = np.array([mixup.sample_lambda(generator) for _ in range(20000)])
     assert samples.min() > 0 and samples.max() < 1
     # Beta(10, 10): mean 1/2, variance ab / ((a+b)^2 (a+b+1)) = 100 / (400 * 21) = 1/84
     assert samples.mean() == pytest.approx(0.5, abs=3e-3)
     assert samples.var() == pytest.approx(1 / 84, rel=0.05)
     again = torch.Generator().manual_seed(0)
-    assert sample_mixup_lambda(again) == samples[0]
+    assert mixup.sample_lambda(again) == samples[0]
 
 
 def test_mixup_lambda_rejects_bad_alpha():
     with pytest.raises(ValueError, match="`alpha` to be a positive number but got 0"):
-        sample_mixup_lambda(alpha=0)
+        Mixup(rate=1.0, alpha=0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"rate": 1.5}, r"`rate` to be in \[0, 1\] but got 1.5"),  # was ClipDataset's `mixup_rate`
+        ({"rate": True}, r"`rate` to be in \[0, 1\] but got True"),
+        ({"rate": 0.5, "alpha": float("inf")}, "`alpha` to be a positive number but got inf"),
+    ],
+)
+def test_mixup_rejects_bad_arguments(kwargs: dict, match: str):
+    with pytest.raises(ValueError, match=match):
+        Mixup(**kwargs)
+
+
+def test_mixup_alpha_sets_the_spread_of_lambda():
+    generator = torch.Generator().manual_seed(0)
+    samples = np.array([Mixup(1.0, alpha=2.0).sample_lambda(generator) for _ in range(20000)])
+    # Beta(2, 2): variance ab / ((a+b)^2 (a+b+1)) = 4 / (16 * 5) = 1/20
+    assert samples.var() == pytest.approx(1 / 20, rel=0.05)
 
 
 def test_mix_waveforms_pads_and_crops_the_other_clip():
@@ -208,7 +224,12 @@ def _read(clip: Clip) -> np.ndarray:
 def test_evaluation_items_are_never_augmented(tmp_path: Path):
     clips = _clips(tmp_path)
     dataset = ClipDataset(
-        clips, 6, OPTIONS, ESC50_NORMALIZATION, freq_mask=24, time_mask=24, mixup_rate=1.0
+        clips,
+        6,
+        OPTIONS,
+        ESC50_NORMALIZATION,
+        spec_augment=SpecAugment(24, 24),
+        mixup=Mixup(rate=1.0),
     )
     for epoch in range(2):
         dataset.set_epoch(epoch)
@@ -224,7 +245,7 @@ def test_evaluation_items_are_never_augmented(tmp_path: Path):
 
 def test_spec_augment_only_in_train_and_seeded_per_epoch(tmp_path: Path):
     clips = _clips(tmp_path)
-    kwargs = {"freq_mask": 24, "time_mask": 24, "seed": 3}
+    kwargs = {"spec_augment": SpecAugment(freq_mask=24, time_mask=24), "seed": 3}
     train = ClipDataset(clips, 6, OPTIONS, ESC50_NORMALIZATION, train=True, **kwargs)
     clean = _reference_features(_read(clips[0]))
     masked_value = (0 - ESC50_NORMALIZATION.mean) / (2 * ESC50_NORMALIZATION.std)
@@ -248,7 +269,7 @@ def test_spec_augment_only_in_train_and_seeded_per_epoch(tmp_path: Path):
 
 def test_mixup_mixes_waveforms_and_targets_alike(tmp_path: Path):
     clips = _clips(tmp_path)
-    dataset = ClipDataset(clips, 6, OPTIONS, ESC50_NORMALIZATION, train=True, mixup_rate=1.0)
+    dataset = ClipDataset(clips, 6, OPTIONS, ESC50_NORMALIZATION, train=True, mixup=Mixup(1.0))
     for i, clip in enumerate(clips):
         item = dataset[i]
         target = item["target"]
@@ -265,7 +286,7 @@ def test_mixup_mixes_waveforms_and_targets_alike(tmp_path: Path):
 
 def test_mixup_targets_are_one_hot_when_not_mixed_and_collate(tmp_path: Path):
     clips = _clips(tmp_path)
-    dataset = ClipDataset(clips, 6, OPTIONS, None, train=True, mixup_rate=0.5, seed=1)
+    dataset = ClipDataset(clips, 6, OPTIONS, None, train=True, mixup=Mixup(0.5), seed=1)
     items = []
     for epoch in range(4):
         dataset.set_epoch(epoch)
@@ -301,7 +322,13 @@ class _EpochSampler(Sampler[int]):
 def test_workers_follow_set_epoch(tmp_path: Path, persistent: bool):
     clips = _clips(tmp_path, 4)
     dataset = ClipDataset(
-        clips, 4, OPTIONS, ESC50_NORMALIZATION, train=True, time_mask=32, mixup_rate=0.5
+        clips,
+        4,
+        OPTIONS,
+        ESC50_NORMALIZATION,
+        train=True,
+        spec_augment=SpecAugment(time_mask=32),
+        mixup=Mixup(rate=0.5),
     )
     loader = DataLoader(
         dataset,
@@ -335,8 +362,6 @@ def test_dataset_holds_no_audio(tmp_path: Path):
         ({"num_classes": 0}, "`num_classes` to be a positive integer but got 0"),
         ({"num_classes": 3}, r"label to be in \[0, 3\) but clip 'c3' .* has label 3"),
         ({"seed": -1}, "`seed` to be an integer >= 0 but got -1"),
-        ({"mixup_rate": 1.5}, r"`mixup_rate` to be in \[0, 1\] but got 1.5"),
-        ({"freq_mask": -2}, "`freq_mask` to be an integer >= 0 but got -2"),
     ],
 )
 def test_clip_dataset_rejects_bad_arguments(tmp_path: Path, kwargs: dict, match: str):
@@ -349,6 +374,6 @@ def test_clip_dataset_rejects_bad_arguments(tmp_path: Path, kwargs: dict, match:
 def test_clip_dataset_rejects_mixup_of_one_clip_and_bad_epoch(tmp_path: Path):
     clips = _clips(tmp_path, 1)
     with pytest.raises(ValueError, match="at least 2 clips for mixup"):
-        ClipDataset(clips, 1, OPTIONS, None, train=True, mixup_rate=0.5)
+        ClipDataset(clips, 1, OPTIONS, None, train=True, mixup=Mixup(rate=0.5))
     with pytest.raises(ValueError, match="`epoch` to be an integer >= 0 but got -1"):
         ClipDataset(clips, 1, OPTIONS, None).set_epoch(-1)

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, default_collate
 
 from add_lightning.data import audio
 from add_lightning.data.audio import AudioError
+from add_lightning.data.augment import Mixup, SpecAugment
 from add_lightning.data.cache import FeatureCache
 from add_lightning.data.clip_dataset import Clip, ClipDataset, collate_clips
 from add_lightning.data.features import (
@@ -120,8 +121,8 @@ def test_clip_dataset_reads_warm_cache_without_decoding(
         OPTIONS,
         AUDIOSET_NORMALIZATION,
         train=True,
-        time_mask=8,
-        mixup_rate=1.0,
+        spec_augment=SpecAugment(time_mask=8),
+        mixup=Mixup(rate=1.0),
         cache=cache,
     )
     for epoch in range(2):
@@ -352,7 +353,11 @@ def test_non_finite_row_in_a_complete_cache_names_the_file(tmp_path: Path, paths
 
 @pytest.mark.parametrize(
     "augmentation",
-    [{}, {"train": True}, {"train": True, "time_mask": 8, "mixup_rate": 0.5}],
+    [
+        {},
+        {"train": True},
+        {"train": True, "spec_augment": SpecAugment(time_mask=8), "mixup": Mixup(rate=0.5)},
+    ],
     ids=["evaluation", "training", "augmented"],
 )
 def test_batches_read_at_once_equal_the_items_one_by_one(
@@ -379,7 +384,7 @@ def test_batches_read_at_once_equal_the_items_one_by_one(
             for key in ("features", "target", "num_frames"):
                 assert batch[key].dtype == one_by_one[key].dtype
                 assert torch.equal(batch[key], one_by_one[key]), key
-            if not augmentation.get("mixup_rate"):
+            if not augmentation.get("mixup"):
                 reference = torch.stack([references[i] for i in indices])
                 torch.testing.assert_close(
                     batch["features"],

@@ -13,6 +13,7 @@ import torchaudio.compliance.kaldi
 
 from add_lightning.data import audio
 from add_lightning.data.audio import AudioError, load_audio
+from add_lightning.data.augment import Mixup, SpecAugment
 from add_lightning.data.clip_dataset import Clip, ClipDataset
 from add_lightning.data.features import (
     AUDIOSET_NORMALIZATION,
@@ -333,7 +334,13 @@ def test_compute_normalization_reads_only_the_given_clips(
     options = FbankOptions(target_frames=64)
     # augmentation settings are ignored: statistics use un-augmented, un-normalised features
     dataset = ClipDataset(
-        train, 2, options, ESC50_NORMALIZATION, train=True, freq_mask=8, mixup_rate=1.0
+        train,
+        2,
+        options,
+        ESC50_NORMALIZATION,
+        train=True,
+        spec_augment=SpecAugment(freq_mask=8),
+        mixup=Mixup(rate=1.0),
     )
     compute_normalization(dataset)
     assert read == [c.path for c in train]

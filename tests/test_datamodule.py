@@ -5,6 +5,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import soundfile
 import torch
 import yaml
 from config_files import resolved
+from console_runs import console_env
 from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from reference_features import reference_fbank
@@ -24,11 +28,14 @@ from add_lightning.data import (
     ESC50,
     AudioDataModule,
     AudioError,
+    ClassBalancedBatches,
     ClassBalancedBatchSampler,
     FbankOptions,
     FolderDataset,
+    Mixup,
     Normalization,
     SeededShuffleSampler,
+    SpecAugment,
     SpeechCommands,
     SyntheticDataset,
 )
@@ -86,7 +93,7 @@ def test_batches_follow_the_contract(synthetic_root: Path) -> None:
 
 
 def test_mixup_gives_soft_targets_on_training_batches_only(synthetic_root: Path) -> None:
-    dm = datamodule(synthetic_root, mixup_rate=1.0)
+    dm = datamodule(synthetic_root, mixup=Mixup(rate=1.0))
     dm.setup("fit")
     target = next(iter(dm.train_dataloader()))["target"]
     assert target.dtype == torch.float32 and target.shape == (4, 3)
@@ -203,8 +210,10 @@ def test_fold_given_for_a_split_dataset(tmp_path: Path) -> None:
         ("num_workers", -1),
         ("val_fraction", 1.0),
         ("predict_split", "dev"),
-        ("balanced_batches", (4, 2)),  # 3 classes only
-        ("balanced_batches", (2, 1)),  # no same-class pair
+        ("train_batches", ClassBalancedBatches(4, 2)),  # 3 classes only
+        ("train_batches", (2, 2)),  # not a ClassBalancedBatches
+        ("spec_augment", 8),  # not a SpecAugment
+        ("mixup", 0.5),  # not a Mixup
         ("normalization", "librispeech"),  # not a preset
     ],
 )
@@ -215,8 +224,70 @@ def test_bad_arguments_name_the_argument(
         datamodule(synthetic_root, **{argument: value})
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"classes_per_batch": 2, "clips_per_class": 1}, "`clips_per_class` to be an integer >= 2"),
+        ({"classes_per_batch": 0, "clips_per_class": 2}, "`classes_per_batch` to be a positive"),
+    ],
+    ids=["no-same-class-pair", "p-zero"],
+)
+def test_class_balanced_batches_reject_bad_arguments(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ClassBalancedBatches(**kwargs)
+
+
+def test_class_balanced_batches_build_the_sampler() -> None:
+    labels = [k for k in range(4) for _ in range(6)]
+    seen: list[int] = []
+    spec = ClassBalancedBatches(classes_per_batch=2, clips_per_class=3)
+    sampler = spec.sampler(labels, seed=5, num_replicas=2, rank=1, on_epoch=seen.append)
+    reference = ClassBalancedBatchSampler(labels, 2, 3, seed=5, num_replicas=2, rank=1)
+    assert list(sampler) == list(reference) and seen == [0]
+    assert spec.batch_size == 6 and spec == ClassBalancedBatches(2, 3)
+
+
+@pytest.mark.parametrize(
+    ("replaced", "new"),
+    [
+        ({"freq_mask": 24}, "spec_augment: {class_path: add_lightning.data.SpecAugment"),
+        ({"time_mask": 96}, "spec_augment: {class_path: add_lightning.data.SpecAugment"),
+        ({"mixup_rate": 0.5}, "mixup: {class_path: add_lightning.data.Mixup"),
+        ({"balanced_batches": (2, 2)}, "train_batches: {class_path: add_lightning.data.Class"),
+    ],
+)
+def test_replaced_arguments_say_what_replaces_them(
+    synthetic_root: Path, replaced: dict, new: str
+) -> None:
+    (name,) = replaced
+    with pytest.raises(TypeError, match=rf"`{name}[^`]*` is now `{re.escape(new)}"):
+        datamodule(synthetic_root, **replaced)
+    with pytest.raises(TypeError, match="`no_such_option` is not an argument of AudioDataModule"):
+        datamodule(synthetic_root, no_such_option=1)
+
+
+def test_replaced_argument_in_a_config_file_says_what_replaces_it(tmp_path: Path) -> None:
+    """What a user with an old config sees: jsonargparse's refusal, then the new YAML."""
+    config = resolved(REPO / "configs" / "data" / "esc50.yaml")
+    del config["data"]["init_args"]["spec_augment"]
+    config["data"]["init_args"]["freq_mask"] = 48
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(config))
+    result = subprocess.run(
+        [sys.executable, "-m", "add_lightning.cli", "fit", "--config", str(path), "--print_config"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=console_env(),
+    )
+    assert result.returncode != 0
+    assert "Option 'freq_mask' is not accepted" in result.stderr
+    expected = "`freq_mask` is now `spec_augment: {class_path: add_lightning.data.SpecAugment"
+    assert result.stderr.count(expected) == 1
+
+
 def test_setup_is_idempotent_and_evaluation_is_not_augmented(synthetic_root: Path) -> None:
-    dm = datamodule(synthetic_root, freq_mask=8, time_mask=8, predict_split="train")
+    dm = datamodule(synthetic_root, spec_augment=SpecAugment(8, 8), predict_split="train")
     dm.setup("fit")
     train = dm._datasets["train"]
     dm.setup("fit")
@@ -236,7 +307,7 @@ def test_setup_is_idempotent_and_evaluation_is_not_augmented(synthetic_root: Pat
 
 
 def test_balanced_batches_hold_p_classes_of_k_clips(synthetic_root: Path) -> None:
-    dm = datamodule(synthetic_root, balanced_batches=(2, 2))
+    dm = datamodule(synthetic_root, train_batches=ClassBalancedBatches(2, 2))
     dm.setup("fit")
     loader = dm.train_dataloader()
     assert len(loader) == 12 // 4
@@ -319,9 +390,11 @@ class _MeanClassifier(LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-@pytest.mark.parametrize("balanced", [None, (3, 2)], ids=["shuffled", "balanced"])
+@pytest.mark.parametrize(
+    "balanced", [None, ClassBalancedBatches(3, 2)], ids=["shuffled", "balanced"]
+)
 def test_trainer_fit_and_test(synthetic_root: Path, tmp_path: Path, balanced: object) -> None:
-    dm = datamodule(synthetic_root, balanced_batches=balanced, freq_mask=4, time_mask=4)
+    dm = datamodule(synthetic_root, train_batches=balanced, spec_augment=SpecAugment(4, 4))
     trainer = Trainer(
         max_epochs=2,
         accelerator="cpu",
@@ -437,6 +510,24 @@ def _fixture_roots(tmp_path: Path) -> dict[str, dict[str, object]]:
     }  # fmt: skip
 
 
+def _init_args(value: object) -> dict:
+    """The arguments of an object or of its config (``{class_path, init_args}``)."""
+    return value["init_args"] if isinstance(value, dict) else vars(value)
+
+
+def _mask_widths(spec_augment: object) -> tuple[int, int]:
+    """(freq_mask, time_mask) of a SpecAugment or its config; (0, 0) for none."""
+    if spec_augment is None:
+        return 0, 0
+    args = _init_args(spec_augment)
+    return args.get("freq_mask", 0), args.get("time_mask", 0)
+
+
+def _rate(mixup: object) -> float:
+    """The rate of a Mixup or its config; 0 for none."""
+    return 0.0 if mixup is None else _init_args(mixup)["rate"]
+
+
 DATA_CONFIGS = sorted((REPO / "configs" / "data").glob("*.yaml"))
 
 
@@ -458,8 +549,8 @@ def test_data_config_instantiates(path: Path, tmp_path: Path) -> None:
         )
     else:
         assert dm.features.target_frames == expected["features"]["target_frames"]
-        assert (dm.freq_mask, dm.time_mask) == (expected["freq_mask"], expected["time_mask"])
-    assert dm.mixup_rate == expected["mixup_rate"] and dm.batch_size == expected["batch_size"]
+        assert _mask_widths(dm.spec_augment) == _mask_widths(expected["spec_augment"])
+    assert _rate(dm.mixup) == _rate(expected["mixup"]) and dm.batch_size == expected["batch_size"]
     assert dm.num_classes == len(dm.class_names) > 1
 
 
@@ -474,9 +565,8 @@ def test_paper_feature_settings_in_configs() -> None:
         settings[name] = (
             args["features"]["target_frames"],
             args["features"]["window_type"],
-            args["freq_mask"],
-            args["time_mask"],
-            args["mixup_rate"],
+            *_mask_widths(args.get("spec_augment")),
+            _rate(args.get("mixup")),  # a null is not dumped
             args["batch_size"],
         )
     assert settings == {

@@ -218,7 +218,13 @@ def _audio_config(root: Path, batch_size: int) -> str:
         max_epochs=2,
         batch_size=batch_size,
         optimizer={"class_path": "torch.optim.SGD", "init_args": {"lr": 0.5, "momentum": 0.9}},
-        data_args={"mixup_rate": 0.5, "time_mask": 8},
+        data_args={
+            "mixup": {"class_path": "add_lightning.data.Mixup", "init_args": {"rate": 0.5}},
+            "spec_augment": {
+                "class_path": "add_lightning.data.SpecAugment",
+                "init_args": {"time_mask": 8},
+            },
+        },
     )
 
 

@@ -28,6 +28,7 @@ from add_lightning.data import (
     WaveformDataModule,
     collate_waveforms,
 )
+from add_lightning.data.augment import Mixup
 from add_lightning.data.datamodule import PIPELINE_KEY
 from add_lightning.experiments.compare import describe_experiment
 from add_lightning.inference import (
@@ -97,7 +98,7 @@ def test_evaluation_items_are_whole_and_training_items_cropped(tmp_path):
 def test_mixup_mixes_waveforms(tmp_path):
     waveforms = [_write(tmp_path / f"{i}.wav", n, seed=i) for i, n in enumerate((3000, 2000))]
     clips = [Clip(tmp_path / f"{i}.wav", i, str(i)) for i in range(2)]
-    dataset = WaveformClipDataset(clips, 2, train=True, mixup_rate=1.0)
+    dataset = WaveformClipDataset(clips, 2, train=True, mixup=Mixup(rate=1.0))
     item = dataset[0]
     lam = float(item["target"][0])
     assert 0.0 < lam < 1.0 and float(item["target"].sum()) == pytest.approx(1.0)

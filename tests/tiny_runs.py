@@ -60,7 +60,7 @@ def tiny_run_config(
     """YAML of a fit config: ``dataset`` (fold 1 held out), 32 mel bins x ``frames``, tiny AST.
 
     ``optimizer`` replaces the default Adam with learning rate ``lr``; ``data_args`` are more
-    arguments of the data module (``mixup_rate``, ...), ``trainer`` more of the trainer.
+    arguments of the data module (``mixup``, ...), ``trainer`` more of the trainer.
     """
     model: dict = {
         "backbone": {

@@ -2,12 +2,11 @@
 
 from add_lightning.data.audio import AudioError, load_audio
 from add_lightning.data.augment import (
-    MIXUP_ALPHA,
+    Mixup,
     SpecAugment,
     mix_fbanks,
     mix_waveforms,
     mixup_targets,
-    sample_mixup_lambda,
 )
 from add_lightning.data.cache import CACHE_FORMAT_VERSION, FeatureCache
 from add_lightning.data.clip import Clip
@@ -65,6 +64,7 @@ from add_lightning.data.features import (
     pad_or_crop,
 )
 from add_lightning.data.sampler import (
+    ClassBalancedBatches,
     ClassBalancedBatchSampler,
     EvaluationSampler,
     SeededShuffleSampler,
@@ -86,7 +86,6 @@ __all__ = [
     "EXTRACTED_MARKER",
     "IEMOCAP",
     "KALDI_WINDOW_TYPES",
-    "MIXUP_ALPHA",
     "NORMALIZATION_PRESETS",
     "SPEECH_COMMANDS_CLASS_NAMES",
     "SPEECH_COMMANDS_NORMALIZATION",
@@ -101,6 +100,7 @@ __all__ = [
     "AudioError",
     "ChecksumError",
     "ClassBalancedBatchSampler",
+    "ClassBalancedBatches",
     "Clip",
     "ClipDataset",
     "EvaluationSampler",
@@ -109,6 +109,7 @@ __all__ = [
     "FolderDataset",
     "HuggingFaceDataset",
     "IndexEntry",
+    "Mixup",
     "Normalization",
     "RawFeatureSource",
     "SeededShuffleSampler",
@@ -133,7 +134,6 @@ __all__ = [
     "mix_waveforms",
     "mixup_targets",
     "pad_or_crop",
-    "sample_mixup_lambda",
     "split_off_validation",
     "synthesize_clip",
     "synthetic_class_names",

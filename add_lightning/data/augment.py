@@ -1,4 +1,8 @@
-"""Training augmentation: SpecAugment masks and mixup, as in the AST recipe the paper follows."""
+"""Training augmentation: SpecAugment masks and mixup, as in the AST recipe the paper follows.
+
+``SpecAugment`` and ``Mixup`` are what a data module's ``spec_augment`` and ``mixup`` take
+(``class_path`` in YAML); the functions below are the arithmetic of mixing.
+"""
 
 from __future__ import annotations
 
@@ -10,9 +14,6 @@ import torchaudio.transforms
 from torch import Tensor, nn
 
 from add_lightning.checks import check_int
-
-MIXUP_ALPHA = 10.0
-"""Mixup's lambda ~ Beta(alpha, alpha) with the authors' alpha = 10 (docs/method.md)."""
 
 _LOG_POWER_FLOOR = math.log(torch.finfo(torch.float32).eps)  # Kaldi floors mel power at eps
 
@@ -84,18 +85,53 @@ class SpecAugment(nn.Module):
         return f"freq_mask={self.freq_mask}, time_mask={self.time_mask}"
 
 
-def sample_mixup_lambda(
-    generator: torch.Generator | None = None, alpha: float = MIXUP_ALPHA
-) -> float:
-    """Draws mixup's weight lambda ~ Beta(alpha, alpha) (mean 0.5, variance 1 / (4 (2 alpha + 1))).
+class Mixup:
+    """Mixup of training clips, as the authors do: with probability ``rate`` a clip is mixed
+    with another random clip of the training set, ``lam * a + (1 - lam) * b`` with
+    ``lam ~ Beta(alpha, alpha)``, and the one-hot targets alike (``mixup_targets``).
 
-    torch's Beta sampler takes no generator, so a numpy generator is seeded from ``generator``
-    (or from the global torch RNG when None).
+    The data module's datasets apply it (``ClipDataset``: on waveforms, or on cached fbanks
+    with ``mix_fbanks``; ``WaveformClipDataset``: on waveforms).
+
+    Args:
+        rate: Probability in [0, 1] that a training clip is mixed.
+        alpha: Beta parameter (> 0); the authors' 10 (docs/method.md) gives lambda of mean 0.5
+            and variance 1 / (4 (2 alpha + 1)) = 1/84.
     """
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not alpha > 0:
-        raise ValueError(f"Expected argument `alpha` to be a positive number but got {alpha!r}.")
-    seed = int(torch.randint(2**62, (1,), generator=generator))
-    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+    def __init__(self, rate: float, alpha: float = 10.0) -> None:
+        if not _is_real(rate) or not 0.0 <= rate <= 1.0:
+            raise ValueError(f"Expected argument `rate` to be in [0, 1] but got {rate!r}.")
+        if not _is_real(alpha) or not alpha > 0 or not math.isfinite(alpha):
+            raise ValueError(
+                f"Expected argument `alpha` to be a positive number but got {alpha!r}."
+            )
+        self.rate = float(rate)
+        self.alpha = float(alpha)
+
+    def sample_lambda(self, generator: torch.Generator | None = None) -> float:
+        """Draws the weight lambda ~ Beta(alpha, alpha) of the clip being mixed.
+
+        torch's Beta sampler takes no generator, so a numpy generator is seeded from
+        ``generator`` (or from the global torch RNG when None).
+        """
+        seed = int(torch.randint(2**62, (1,), generator=generator))
+        return float(np.random.default_rng(seed).beta(self.alpha, self.alpha))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Mixup):
+            return NotImplemented
+        return (self.rate, self.alpha) == (other.rate, other.alpha)
+
+    def __hash__(self) -> int:
+        return hash((self.rate, self.alpha))
+
+    def __repr__(self) -> str:
+        return f"Mixup(rate={self.rate}, alpha={self.alpha})"
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _check_lambda(lam: float) -> None:
@@ -177,11 +213,4 @@ def mixup_targets(target: int, other_target: int, lam: float, num_classes: int) 
     return soft
 
 
-__all__ = [
-    "MIXUP_ALPHA",
-    "SpecAugment",
-    "mix_fbanks",
-    "mix_waveforms",
-    "mixup_targets",
-    "sample_mixup_lambda",
-]
+__all__ = ["Mixup", "SpecAugment", "mix_fbanks", "mix_waveforms", "mixup_targets"]

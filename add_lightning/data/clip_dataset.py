@@ -13,7 +13,7 @@ from torch.utils.data import Dataset, default_collate
 from add_lightning.checks import check_int
 
 from . import audio
-from .augment import SpecAugment, mix_fbanks, mix_waveforms, mixup_targets, sample_mixup_lambda
+from .augment import Mixup, SpecAugment, mix_fbanks, mix_waveforms, mixup_targets
 from .cache import FeatureCache
 from .clip import Clip
 from .features import (
@@ -52,11 +52,11 @@ class ClipDataset(Dataset[dict[str, object]]):
 
     Augmentation (``train=True`` only; evaluation items are never augmented), in AST's order:
     mixup, then SpecAugment on the un-normalised fbank (masked cells = 0), then normalisation.
-    Mixup, as the authors do: with probability ``mixup_rate`` the clip's waveform is mixed with
-    that of another random clip of the dataset, lambda ~ Beta(10, 10), and the one-hot targets
-    alike. From a cache (no waveforms), the two fbanks are mixed in the power domain instead
-    (``mix_fbanks``: ``log(lam**2 e^a + (1 - lam)**2 e^b)``, about the fbank of the waveform
-    mix).
+    Mixup, as the authors do: with probability ``mixup.rate`` the clip's waveform is mixed with
+    that of another random clip of the dataset, lambda ~ Beta(alpha, alpha) (the authors'
+    alpha = 10), and the one-hot targets alike. From a cache (no waveforms), the two fbanks
+    are mixed in the power domain instead (``mix_fbanks``: ``log(lam**2 e^a + (1 - lam)**2
+    e^b)``, about the fbank of the waveform mix).
 
     Randomness: item ``i`` of epoch ``e`` draws from a ``torch.Generator`` seeded with
     ``SeedSequence([seed, e, i])``, so an item's augmentation depends on (seed, epoch, index)
@@ -72,11 +72,10 @@ class ClipDataset(Dataset[dict[str, object]]):
         features: Filterbank settings.
         normalization: Statistics to normalise with; None returns un-normalised features.
         train: Whether to augment.
-        freq_mask: SpecAugment frequency mask width (0 disables), used when ``train``.
-        time_mask: SpecAugment time mask width (0 disables), used when ``train``.
-        mixup_rate: Probability in [0, 1] that a training item is mixed. When ``train`` and
-            ``mixup_rate > 0``, every item's target is a float32 ``[C]`` vector (one-hot when
-            not mixed) so batches collate; otherwise an int64 scalar.
+        spec_augment: The masks, used when ``train``; None masks nothing.
+        mixup: The mixup (rate and alpha), used when ``train``; None mixes nothing. When
+            ``train`` and ``mixup.rate > 0``, every item's target is a float32 ``[C]`` vector
+            (one-hot when not mixed) so batches collate; otherwise an int64 scalar.
         cache: Precomputed fbanks holding every clip, computed with ``features``; built (if not
             valid yet) on construction.
         seed: Seed (>= 0) of the augmentation.
@@ -96,18 +95,14 @@ class ClipDataset(Dataset[dict[str, object]]):
         features: FbankOptions,
         normalization: Normalization | None,
         train: bool = False,
-        freq_mask: int = 0,
-        time_mask: int = 0,
-        mixup_rate: float = 0.0,
+        spec_augment: SpecAugment | None = None,
+        mixup: Mixup | None = None,
         cache: FeatureCache | None = None,
         seed: int = 0,
     ) -> None:
         check_int("num_classes", num_classes)
         check_int("seed", seed, minimum=0)
-        if not isinstance(mixup_rate, (int, float)) or not 0.0 <= mixup_rate <= 1.0:
-            raise ValueError(
-                f"Expected argument `mixup_rate` to be in [0, 1] but got {mixup_rate!r}."
-            )
+        mixing = train and mixup is not None and mixup.rate > 0
         clips = list(clips)
         for clip in clips:
             if not 0 <= clip.label < num_classes:
@@ -115,11 +110,8 @@ class ClipDataset(Dataset[dict[str, object]]):
                     f"Expected every clip label to be in [0, {num_classes}) but clip "
                     f"{clip.clip_id!r} ({clip.path}) has label {clip.label!r}."
                 )
-        if train and mixup_rate > 0 and len(clips) < 2:
-            raise ValueError(
-                f"Expected at least 2 clips for mixup (`mixup_rate`={mixup_rate}) but got "
-                f"{len(clips)}."
-            )
+        if mixing and len(clips) < 2:
+            raise ValueError(f"Expected at least 2 clips for mixup ({mixup}) but got {len(clips)}.")
         if cache is not None:
             if cache.options != features:
                 raise ValueError(
@@ -139,11 +131,11 @@ class ClipDataset(Dataset[dict[str, object]]):
         self.features = features
         self.normalization = normalization
         self.train = train
-        self.mixup_rate = float(mixup_rate)
+        self.mixup = mixup
         self.cache = cache
         self.seed = seed
-        self.spec_augment = SpecAugment(freq_mask, time_mask)
-        self.soft_targets = train and mixup_rate > 0
+        self.spec_augment = spec_augment if spec_augment is not None else SpecAugment()
+        self.soft_targets = mixing
         # whether items draw random numbers at all (without, an item is a pure read)
         self._augments = train and (self.soft_targets or len(self.spec_augment.masks) > 0)
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -216,7 +208,7 @@ class ClipDataset(Dataset[dict[str, object]]):
     def _mixup(self, index: int, generator: torch.Generator) -> tuple[Tensor, Tensor, int]:
         """The (possibly mixed) un-normalised fbank of a training item, its target and frames."""
         clip = self.clips[index]
-        mix = self.soft_targets and float(torch.rand((), generator=generator)) < self.mixup_rate
+        mix = self.soft_targets and float(torch.rand((), generator=generator)) < self.mixup.rate
         if not mix:
             target = (
                 mixup_targets(clip.label, clip.label, 1.0, self.num_classes)
@@ -229,7 +221,7 @@ class ClipDataset(Dataset[dict[str, object]]):
         other_index = int(torch.randint(len(self.clips) - 1, (), generator=generator))
         other_index += other_index >= index
         other = self.clips[other_index]
-        lam = sample_mixup_lambda(generator)
+        lam = self.mixup.sample_lambda(generator)
         if self.cache is None:
             rate = self.features.sample_rate
             mixed = mix_waveforms(

@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from add_lightning.atomic import write_text_atomic
+from add_lightning.data.augment import Mixup, SpecAugment
 from add_lightning.data.cache import FeatureCache, file_fingerprints
 from add_lightning.data.clip import Clip
 from add_lightning.data.clip_dataset import ClipDataset, collate_clips
@@ -36,7 +37,9 @@ from add_lightning.data.features import (
     Normalization,
     compute_normalization,
 )
+from add_lightning.data.replaced_arguments import refuse_replaced_arguments
 from add_lightning.data.sampler import (
+    ClassBalancedBatches,
     ClassBalancedBatchSampler,
     EvaluationSampler,
     SeededShuffleSampler,
@@ -202,14 +205,16 @@ class AudioDataModule(LightningDataModule):
         normalization: Statistics, or the name of a preset of ``NORMALIZATION_PRESETS``
             (``"esc50"``, ``"speech_commands"``, ``"audioset"``, ``"beats"``); ``None`` computes
             them on the training clips of this fold (cached in ``cache_dir``).
-        freq_mask: SpecAugment frequency mask width for training clips (0 disables).
-        time_mask: SpecAugment time mask width for training clips (0 disables).
-        mixup_rate: Probability that a training clip is mixed with another one (soft targets).
-        batch_size: Batch size (evaluation, and training unless ``balanced_batches``).
-        num_workers: DataLoader worker processes.
-        balanced_batches: ``(P, K)``: training batches of P classes x K clips (batch size P * K)
-            from ``ClassBalancedBatchSampler``, so each batch holds same-class pairs; ``None``
-            shuffles. Under DDP set ``Trainer(use_distributed_sampler=False)`` with it.
+        spec_augment: SpecAugment masks of training clips (``class_path:
+            add_lightning.data.SpecAugment``); ``None`` masks nothing.
+        mixup: Mixup of training clips (``class_path: add_lightning.data.Mixup``: its rate and
+            alpha), with soft targets; ``None`` mixes nothing.
+        batch_size: Batch size (evaluation, and training unless ``train_batches``).
+        num_workers: DataLoader worker processes (also for the normalisation statistics).
+        train_batches: How training batches are drawn: ``ClassBalancedBatches(P, K)`` gives
+            batches of P classes x K clips (batch size P * K), so each batch holds same-class
+            pairs; ``None`` shuffles (seeded per epoch) into batches of ``batch_size``. Under
+            DDP set ``Trainer(use_distributed_sampler=False)`` with class-balanced batches.
         val_fraction: Fraction in [0, 1) of the training clips held out for validation.
         cache_dir: Folder for the normalisation statistics and, with ``cache_features``, the
             fbank cache (built in ``prepare_data``); ``None`` caches nothing.
@@ -237,12 +242,11 @@ class AudioDataModule(LightningDataModule):
         fold: int | None = 1,
         features: FbankOptions | None = None,
         normalization: Normalization | str | None = None,
-        freq_mask: int = 0,
-        time_mask: int = 0,
-        mixup_rate: float = 0.0,
+        spec_augment: SpecAugment | None = None,
+        mixup: Mixup | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
-        balanced_batches: tuple[int, int] | None = None,
+        train_batches: ClassBalancedBatches | None = None,
         val_fraction: float = 0.0,
         cache_dir: str | None = None,
         cache_features: bool = True,
@@ -251,7 +255,9 @@ class AudioDataModule(LightningDataModule):
         pin_memory: bool = False,
         unseen_classes: int | list[str] = 0,
         unseen_seed: int = 0,
+        **replaced: Any,
     ) -> None:
+        refuse_replaced_arguments(type(self).__name__, replaced)
         super().__init__()
         if not isinstance(dataset, AudioDatasetIndex):
             raise ValueError(
@@ -279,19 +285,17 @@ class AudioDataModule(LightningDataModule):
             dataset.class_names, unseen_classes, unseen_seed
         )
         seen_count = dataset.num_classes - len(self._unseen_class_names or ())
-        if balanced_batches is not None:
-            valid = (
-                len(balanced_batches) == 2
-                and 1 <= balanced_batches[0] <= seen_count
-                and balanced_batches[1] >= 2
-            )
-            if not valid:
+        for name, value, kind in (
+            ("spec_augment", spec_augment, SpecAugment),
+            ("mixup", mixup, Mixup),
+            ("train_batches", train_batches, ClassBalancedBatches),
+        ):
+            if value is not None and not isinstance(value, kind):
                 raise ValueError(
-                    "Expected argument `balanced_batches` to be None or (classes_per_batch, "
-                    f"clips_per_class) with 1 <= classes_per_batch <= {seen_count} "
-                    f"classes and clips_per_class >= 2 but got {balanced_batches!r}."
+                    f"Expected argument `{name}` to be None or a {kind.__name__} but got {value!r}."
                 )
-            balanced_batches = (int(balanced_batches[0]), int(balanced_batches[1]))
+        if train_batches is not None:
+            train_batches.check_classes(seen_count)
         if predict_split not in SPLITS:
             raise ValueError(
                 f"Expected argument `predict_split` to be one of {SPLITS} but got "
@@ -301,12 +305,11 @@ class AudioDataModule(LightningDataModule):
         self.fold = fold
         self.features = features if features is not None else FbankOptions()
         self.normalization = normalization
-        self.freq_mask = freq_mask
-        self.time_mask = time_mask
-        self.mixup_rate = mixup_rate
+        self.spec_augment = spec_augment
+        self.mixup = mixup
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.balanced_batches = balanced_batches
+        self.train_batches = train_batches
         self.val_fraction = val_fraction
         self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
         self.cache_features = cache_features
@@ -591,9 +594,8 @@ class AudioDataModule(LightningDataModule):
                 self.features,
                 self._training_normalization(),
                 train=train,
-                freq_mask=self.freq_mask if train else 0,
-                time_mask=self.time_mask if train else 0,
-                mixup_rate=self.mixup_rate if train else 0.0,
+                spec_augment=self.spec_augment if train else None,
+                mixup=self.mixup if train else None,
                 cache=self._feature_cache(),
                 seed=self.seed,
             )
@@ -623,13 +625,10 @@ class AudioDataModule(LightningDataModule):
         """Shuffled (seeded per epoch) or class-balanced, augmented training batches."""
         dataset = self._dataset("train")
         sampler: SeededShuffleSampler | ClassBalancedBatchSampler
-        if self.balanced_batches is not None:
-            classes_per_batch, clips_per_class = self.balanced_batches
+        if self.train_batches is not None:
             trainer = self.trainer  # ranks from the trainer when attached, else torch.distributed
-            sampler = ClassBalancedBatchSampler(
+            sampler = self.train_batches.sampler(
                 [clip.label for clip in dataset.clips],
-                classes_per_batch,
-                clips_per_class,
                 seed=self.seed,
                 num_replicas=None if trainer is None else trainer.world_size,
                 rank=None if trainer is None else trainer.global_rank,

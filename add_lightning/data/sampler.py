@@ -313,4 +313,83 @@ class ClassBalancedBatchSampler(Sampler[list[int]]):
                 yield batch
 
 
-__all__ = ["ClassBalancedBatchSampler", "EvaluationSampler", "SeededShuffleSampler"]
+class ClassBalancedBatches:
+    """Training batches of P classes x K clips: what a data module's ``train_batches`` takes.
+
+    The data module builds a :class:`ClassBalancedBatchSampler` from it over its training
+    clips (``sampler``), with its seed, the trainer's ranks and the dataset's epoch callback;
+    the batch size is P * K (the module's ``batch_size`` then serves evaluation only). Under
+    DDP set ``Trainer(use_distributed_sampler=False)``: the sampler splits the batches between
+    ranks itself.
+
+    Args:
+        classes_per_batch: P >= 1, distinct classes per batch (at most the classes trained on).
+        clips_per_class: K >= 2, clips per class in a batch (same-class pairs need two).
+    """
+
+    def __init__(self, classes_per_batch: int, clips_per_class: int) -> None:
+        check_int("classes_per_batch", classes_per_batch)
+        check_int("clips_per_class", clips_per_class, minimum=2)
+        self.classes_per_batch = classes_per_batch
+        self.clips_per_class = clips_per_class
+
+    @property
+    def batch_size(self) -> int:
+        """P * K."""
+        return self.classes_per_batch * self.clips_per_class
+
+    def check_classes(self, num_classes: int, argument: str = "train_batches") -> None:
+        """Raises a ValueError naming ``argument`` unless P <= ``num_classes``.
+
+        Raises:
+            ValueError: If a batch would need more classes than the training clips have.
+        """
+        if self.classes_per_batch > num_classes:
+            raise ValueError(
+                f"Expected argument `{argument}` to draw at most the {num_classes} training "
+                f"classes per batch but got {self!r}; lower `classes_per_batch`."
+            )
+
+    def sampler(
+        self,
+        labels: Sequence[int],
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        on_epoch: Callable[[int], None] | None = None,
+    ) -> ClassBalancedBatchSampler:
+        """The batch sampler over clips with these ``labels`` (see ClassBalancedBatchSampler)."""
+        return ClassBalancedBatchSampler(
+            labels,
+            self.classes_per_batch,
+            self.clips_per_class,
+            seed=seed,
+            num_replicas=num_replicas,
+            rank=rank,
+            on_epoch=on_epoch,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ClassBalancedBatches):
+            return NotImplemented
+        return (self.classes_per_batch, self.clips_per_class) == (
+            other.classes_per_batch,
+            other.clips_per_class,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.classes_per_batch, self.clips_per_class))
+
+    def __repr__(self) -> str:
+        return (
+            f"ClassBalancedBatches(classes_per_batch={self.classes_per_batch}, "
+            f"clips_per_class={self.clips_per_class})"
+        )
+
+
+__all__ = [
+    "ClassBalancedBatchSampler",
+    "ClassBalancedBatches",
+    "EvaluationSampler",
+    "SeededShuffleSampler",
+]

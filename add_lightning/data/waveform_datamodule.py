@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from add_lightning.checks import check_int
+from add_lightning.data.augment import Mixup
 from add_lightning.data.clip_dataset import ClipDataset
 from add_lightning.data.datamodule import PIPELINE_KEY, AudioDataModule
 from add_lightning.data.datasets.base import AudioDatasetIndex, Split
 from add_lightning.data.features import FbankOptions, Normalization
+from add_lightning.data.replaced_arguments import refuse_replaced_arguments
+from add_lightning.data.sampler import ClassBalancedBatches
 from add_lightning.data.waveform_dataset import WaveformClipDataset, collate_waveforms
 
 __all__ = ["WaveformDataModule", "parse_waveform_pipeline"]
@@ -62,10 +65,12 @@ class WaveformDataModule(AudioDataModule):
         fold: The held-out fold, one of ``dataset.folds``; ``None`` for split-based datasets.
         sample_rate: Rate the waveforms are read (resampled) at; the encoder's rate.
         max_duration: Longest training crop in seconds; ``None`` trains on whole clips.
-        mixup_rate: Probability that a training clip's waveform is mixed with another one.
-        batch_size: Batch size (evaluation, and training unless ``balanced_batches``).
+        mixup: Mixup of training clips' waveforms (``class_path: add_lightning.data.Mixup``);
+            ``None`` mixes nothing.
+        batch_size: Batch size (evaluation, and training unless ``train_batches``).
         num_workers: DataLoader worker processes.
-        balanced_batches: ``(P, K)`` class-balanced training batches, as in AudioDataModule.
+        train_batches: ``ClassBalancedBatches(P, K)`` class-balanced training batches, as in
+            AudioDataModule; ``None`` shuffles.
         val_fraction: Fraction in [0, 1) of the training clips held out for validation.
         seed: Seed of shuffling, validation hold-out, crops and mixup.
         predict_split: The split ``predict_dataloader`` serves.
@@ -78,15 +83,17 @@ class WaveformDataModule(AudioDataModule):
         fold: int | None = 1,
         sample_rate: int = 16000,
         max_duration: float | None = None,
-        mixup_rate: float = 0.0,
+        mixup: Mixup | None = None,
         batch_size: int = 32,
         num_workers: int = 0,
-        balanced_batches: tuple[int, int] | None = None,
+        train_batches: ClassBalancedBatches | None = None,
         val_fraction: float = 0.0,
         seed: int = 0,
         predict_split: Split = "test",
         pin_memory: bool = False,
+        **replaced: Any,
     ) -> None:
+        refuse_replaced_arguments(type(self).__name__, replaced)
         check_int("sample_rate", sample_rate)
         if max_duration is not None and not (
             isinstance(max_duration, (int, float)) and max_duration * sample_rate >= 1
@@ -100,10 +107,10 @@ class WaveformDataModule(AudioDataModule):
             fold=fold,
             features=FbankOptions(sample_rate=sample_rate),
             normalization=_IDENTITY,
-            mixup_rate=mixup_rate,
+            mixup=mixup,
             batch_size=batch_size,
             num_workers=num_workers,
-            balanced_batches=balanced_batches,
+            train_batches=train_batches,
             val_fraction=val_fraction,
             cache_dir=None,
             cache_features=False,
@@ -131,7 +138,7 @@ class WaveformDataModule(AudioDataModule):
                 sample_rate=self.sample_rate,
                 max_samples=self.max_samples if train else None,
                 train=train,
-                mixup_rate=self.mixup_rate if train else 0.0,
+                mixup=self.mixup if train else None,
                 seed=self.seed,
             )
         return self._datasets[role]

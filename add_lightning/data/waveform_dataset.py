@@ -9,7 +9,7 @@ from torch import Tensor
 
 from ..tensor_utils import padding_mask_from_lengths
 from . import audio
-from .augment import mix_waveforms, mixup_targets, sample_mixup_lambda
+from .augment import Mixup, mix_waveforms, mixup_targets
 from .clip import Clip
 from .clip_dataset import ClipDataset
 from .features import FbankOptions
@@ -25,8 +25,8 @@ class WaveformClipDataset(ClipDataset):
     encoder applies its own input convention (e.g. ``HFAudioEncoder``).
 
     Training items (``train=True`` only): mixup on waveforms as the authors do (with
-    probability ``mixup_rate`` mixed with another random clip, lambda ~ Beta(10, 10), the other
-    clip zero-padded or cut to this one's length, soft targets), then a random crop of
+    probability ``mixup.rate`` mixed with another random clip, lambda ~ Beta(alpha, alpha),
+    the other clip zero-padded or cut to this one's length, soft targets), then a random crop of
     ``max_samples`` when the clip is longer. Evaluation items are whole and unaugmented.
     Randomness as in :class:`ClipDataset`: a function of (seed, epoch, index) alone.
 
@@ -36,7 +36,7 @@ class WaveformClipDataset(ClipDataset):
         sample_rate: Rate the waveforms are read (resampled) at.
         max_samples: Longest training waveform (random crop); None keeps whole clips.
         train: Whether to augment and crop.
-        mixup_rate: Probability in [0, 1] that a training item is mixed.
+        mixup: The mixup (rate and alpha), used when ``train``; None mixes nothing.
         seed: Seed (>= 0) of the augmentation and the crops.
 
     Shape:
@@ -51,7 +51,7 @@ class WaveformClipDataset(ClipDataset):
         sample_rate: int = 16000,
         max_samples: int | None = None,
         train: bool = False,
-        mixup_rate: float = 0.0,
+        mixup: Mixup | None = None,
         seed: int = 0,
     ) -> None:
         if max_samples is not None and (
@@ -62,9 +62,7 @@ class WaveformClipDataset(ClipDataset):
                 f"{max_samples!r}."
             )
         features = FbankOptions(sample_rate=sample_rate)  # only its sample_rate is used
-        super().__init__(
-            clips, num_classes, features, None, train, mixup_rate=mixup_rate, seed=seed
-        )
+        super().__init__(clips, num_classes, features, None, train, mixup=mixup, seed=seed)
         self.sample_rate = sample_rate
         self.max_samples = max_samples
 
@@ -79,13 +77,13 @@ class WaveformClipDataset(ClipDataset):
             target = torch.tensor(clip.label, dtype=torch.int64)
             return {"waveform": waveform, "target": target, "clip_id": clip.clip_id}
         generator = self._generator(index)
-        mix = self.soft_targets and float(torch.rand((), generator=generator)) < self.mixup_rate
+        mix = self.soft_targets and float(torch.rand((), generator=generator)) < self.mixup.rate
         if mix:
             # another clip, uniformly among the len - 1 others
             other_index = int(torch.randint(len(self.clips) - 1, (), generator=generator))
             other_index += other_index >= index
             other = self.clips[other_index]
-            lam = sample_mixup_lambda(generator)
+            lam = self.mixup.sample_lambda(generator)
             waveform = mix_waveforms(waveform, self.raw_features(other_index), lam)
             target = mixup_targets(clip.label, other.label, lam, self.num_classes)
         elif self.soft_targets:
