@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["check_int", "check_range", "check_weight"]
+__all__ = [
+    "check_int",
+    "check_number",
+    "check_positive",
+    "check_range",
+    "check_weight",
+    "is_number",
+]
 
 
 def check_int(name: str, value: object, minimum: int = 1) -> None:
@@ -43,6 +50,34 @@ def check_range(
     if not (above_low and below_high):  # NaN fails every comparison
         interval = f"{'[' if include_low else '('}{low}, {high}{']' if include_high else ')'}"
         raise ValueError(f"Expected argument `{name}` to be in {interval} but got {value!r}")
+
+
+def is_number(value: object, integer: bool = False) -> bool:
+    """True for finite ints (and floats unless ``integer``), never for bools."""
+    valid_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    return valid_type and not isinstance(value, bool) and math.isfinite(value)  # type: ignore[arg-type]
+
+
+def check_number(name: str, value: object) -> None:
+    """Raises ``ValueError`` naming argument ``name`` unless ``value`` is a finite number.
+
+    Raises:
+        ValueError: If ``value`` is not an int or float, is a bool, or is infinite or NaN.
+    """
+    if not is_number(value):
+        raise ValueError(f"Expected argument `{name}` to be a finite number but got {value!r}.")
+
+
+def check_positive(name: str, value: object, integer: bool = False) -> None:
+    """Raises ``ValueError`` naming argument ``name`` unless ``value`` is a finite number > 0
+    (an int > 0 with ``integer``): "... to be a positive number but got 0.".
+
+    Raises:
+        ValueError: If ``value`` is not such a number.
+    """
+    kind = "integer" if integer else "number"
+    if not is_number(value, integer) or value <= 0:  # type: ignore[operator]
+        raise ValueError(f"Expected argument `{name}` to be a positive {kind} but got {value!r}.")
 
 
 def check_weight(name: str, value: float) -> None:

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from add_lightning.atomic import atomic_directory, atomic_path
-from add_lightning.data.features import BEATS_NORMALIZATION
+from add_lightning.data.normalization import BEATS_NORMALIZATION
 from add_lightning.inference import TrainedModel
 from add_lightning.models.backbones.ast import ASTBackbone
 from add_lightning.models.backbones.beats import BEATsBackbone

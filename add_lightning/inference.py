@@ -61,12 +61,8 @@ from torch import Tensor
 
 from add_lightning.checks import check_int
 from add_lightning.data.datamodule import PIPELINE_KEY, parse_pipeline
-from add_lightning.data.features import (
-    FbankOptions,
-    Normalization,
-    compute_fbank_frames,
-    pad_or_crop,
-)
+from add_lightning.data.fbank import FbankOptions, compute_fbank_frames, pad_or_crop
+from add_lightning.data.normalization import Normalization
 from add_lightning.data.waveform_datamodule import parse_waveform_pipeline
 from add_lightning.models.classifier import AudioClassifier
 

@@ -34,7 +34,8 @@ from torchaudio.functional import resample
 from add_lightning.data.audio import load_audio
 from add_lightning.data.cache import FeatureCache
 from add_lightning.data.clip_dataset import Clip, ClipDataset
-from add_lightning.data.features import AUDIOSET_NORMALIZATION, FbankOptions, compute_fbank
+from add_lightning.data.fbank import FbankOptions, compute_fbank
+from add_lightning.data.normalization import AUDIOSET_NORMALIZATION
 
 RATE = 16000
 

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, Sampler, default_collate
 
 from add_lightning.data.augment import Mixup, SpecAugment, mix_fbanks, mix_waveforms, mixup_targets
 from add_lightning.data.clip_dataset import Clip, ClipDataset
-from add_lightning.data.features import ESC50_NORMALIZATION, FbankOptions, compute_fbank_frames
+from add_lightning.data.fbank import FbankOptions, compute_fbank_frames
+from add_lightning.data.normalization import ESC50_NORMALIZATION
 
 RATE = 16000
 OPTIONS = FbankOptions(target_frames=64)

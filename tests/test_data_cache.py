@@ -20,9 +20,10 @@ from add_lightning.data.audio import AudioError
 from add_lightning.data.augment import Mixup, SpecAugment
 from add_lightning.data.cache import FeatureCache
 from add_lightning.data.clip_dataset import Clip, ClipDataset, collate_clips
-from add_lightning.data.features import (
+from add_lightning.data.fbank import FbankOptions
+from add_lightning.data.normalization import (
     AUDIOSET_NORMALIZATION,
-    FbankOptions,
+    RawFeatures,
     compute_normalization,
 )
 
@@ -325,7 +326,7 @@ def test_normalization_from_a_shared_cache_uses_the_split_only(
     clips = [Clip(path=p, label=0, clip_id=p.stem) for p in split]
     dataset = ClipDataset(clips, 1, OPTIONS, None, cache=cache)
     assert cache.is_valid()  # the dataset built it
-    stats = compute_normalization(dataset)
+    stats = compute_normalization(RawFeatures(dataset))
     extractor = ASTFeatureExtractor(max_length=48, do_normalize=False)
     values = np.concatenate(
         [

@@ -16,15 +16,9 @@ import pytest
 import soundfile
 from dataset_files import write_esc50_meta, write_manifest
 
-from add_lightning.data import (
-    ESC50,
-    ESC50_CLASS_NAMES,
-    IEMOCAP,
-    SPEECH_COMMANDS_CLASS_NAMES,
-    FolderDataset,
-    SpeechCommands,
-    SyntheticDataset,
-)
+from add_lightning.data import ESC50, IEMOCAP, FolderDataset, SpeechCommands, SyntheticDataset
+from add_lightning.data.datasets.esc50 import ESC50_CLASS_NAMES
+from add_lightning.data.datasets.speech_commands import SPEECH_COMMANDS_CLASS_NAMES
 
 RATE = 16000
 

@@ -14,17 +14,16 @@ import numpy as np
 import pytest
 import soundfile
 
-from add_lightning.data import (
-    ESC50,
+from add_lightning.data import ESC50, SpeechCommands
+from add_lightning.data import download as download_module
+from add_lightning.data.download import (
     EXTRACTED_MARKER,
     ChecksumError,
-    SpeechCommands,
     UnsafeArchiveError,
     download_and_extract,
     download_url,
     extract_archive,
 )
-from add_lightning.data import download as download_module
 
 
 def sha256_of(path: Path) -> str:

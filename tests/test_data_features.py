@@ -10,24 +10,29 @@ import pytest
 import soundfile
 import torch
 import torchaudio.compliance.kaldi
+from torch.utils.data import DataLoader
 
 from add_lightning.data import audio
 from add_lightning.data.audio import AudioError, load_audio
 from add_lightning.data.augment import Mixup, SpecAugment
 from add_lightning.data.clip_dataset import Clip, ClipDataset
-from add_lightning.data.features import (
+from add_lightning.data.fbank import (
+    FbankOptions,
+    compute_fbank,
+    compute_fbank_frames,
+    load_fbank_frames,
+    pad_or_crop,
+)
+from add_lightning.data.normalization import (
     AUDIOSET_NORMALIZATION,
     BEATS_NORMALIZATION,
     ESC50_NORMALIZATION,
     NORMALIZATION_PRESETS,
     SPEECH_COMMANDS_NORMALIZATION,
-    FbankOptions,
     Normalization,
-    compute_fbank,
-    compute_fbank_frames,
+    RawFeatures,
     compute_normalization,
-    load_fbank_frames,
-    pad_or_crop,
+    raw_feature_loader,
 )
 
 RATE = 16000
@@ -304,7 +309,7 @@ def test_compute_normalization_matches_float64_reference(tmp_path: Path):
     clips = _clips(tmp_path, 5)
     options = FbankOptions(target_frames=64)
     dataset = ClipDataset(clips, num_classes=2, features=options, normalization=None)
-    stats = compute_normalization(dataset)
+    stats = compute_normalization(RawFeatures(dataset))
     extractor = ASTFeatureExtractor(max_length=64, do_normalize=False)
     values = np.concatenate(
         [
@@ -316,6 +321,18 @@ def test_compute_normalization_matches_float64_reference(tmp_path: Path):
     )
     assert stats.mean == pytest.approx(values.mean(), abs=1e-4)
     assert stats.std == pytest.approx(values.std(), abs=1e-4)
+
+
+def test_compute_normalization_takes_any_iterable_of_feature_tensors(tmp_path: Path):
+    clips = _clips(tmp_path, 5)
+    dataset = ClipDataset(clips, 2, FbankOptions(target_frames=64), None)
+    in_process = compute_normalization(RawFeatures(dataset))
+    from_workers = compute_normalization(raw_feature_loader(dataset, num_workers=2))
+    assert from_workers == in_process  # the same tensors in the same order
+    batched = compute_normalization(DataLoader(RawFeatures(dataset), batch_size=2))
+    values = torch.cat([dataset.raw_features(i).flatten() for i in range(len(dataset))]).double()
+    assert batched.mean == pytest.approx(values.mean().item(), rel=1e-12)
+    assert batched.std == pytest.approx(values.std(unbiased=False).item(), rel=1e-12)
 
 
 def test_compute_normalization_reads_only_the_given_clips(
@@ -342,7 +359,7 @@ def test_compute_normalization_reads_only_the_given_clips(
         spec_augment=SpecAugment(freq_mask=8),
         mixup=Mixup(rate=1.0),
     )
-    compute_normalization(dataset)
+    compute_normalization(RawFeatures(dataset))
     assert read == [c.path for c in train]
 
 
@@ -358,6 +375,6 @@ def test_compute_normalization_rejects_empty_and_constant_data():
             return torch.full((4, 3), 2.0)
 
     with pytest.raises(ValueError, match="at least one clip but it is empty"):
-        compute_normalization(Constant(0))
+        compute_normalization(RawFeatures(Constant(0)))
     with pytest.raises(ValueError, match=r"to vary but all 24 values equal 2.0"):
-        compute_normalization(Constant(2))
+        compute_normalization(RawFeatures(Constant(2)))

@@ -27,19 +27,18 @@ from test_data_subsets import make_esc50 as make_esc10
 from add_lightning.data import (
     ESC50,
     AudioDataModule,
-    AudioError,
     ClassBalancedBatches,
-    ClassBalancedBatchSampler,
     FbankOptions,
     FolderDataset,
     Mixup,
     Normalization,
-    SeededShuffleSampler,
     SpecAugment,
     SpeechCommands,
     SyntheticDataset,
 )
 from add_lightning.data import datamodule as datamodule_module
+from add_lightning.data.audio import AudioError
+from add_lightning.data.sampler import ClassBalancedBatchSampler, SeededShuffleSampler
 
 REPO = Path(__file__).resolve().parents[1]
 FEATURES = FbankOptions(num_mel_bins=32, target_frames=24)

@@ -21,7 +21,7 @@ from test_backbone_beats import TINY as TINY_BEATS
 from tiny_runs import synthetic_dataset, tiny_run_config
 
 from add_lightning.cli import main
-from add_lightning.data import EvaluationSampler, SeededShuffleSampler
+from add_lightning.data.sampler import EvaluationSampler, SeededShuffleSampler
 
 REPO = Path(__file__).resolve().parents[1]
 DDP = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
@@ -295,7 +295,8 @@ def test_ddp_test_metrics_equal_the_single_process_ones(audio_runs) -> None:
 
 
 def test_ddp_normalisation_is_computed_once_with_the_same_values(audio_runs) -> None:
-    from add_lightning.data import AudioDataModule, ClipDataset, FbankOptions, SyntheticDataset
+    from add_lightning.data import AudioDataModule, FbankOptions, SyntheticDataset
+    from add_lightning.data.clip_dataset import ClipDataset
 
     records = _read(audio_runs["root"] / "ddp_record", "fit")
     assert [record["computed"] for record in records] == [1, 0]  # rank 0 alone

@@ -18,12 +18,8 @@ from tiny_runs import synthetic_dataset, tiny_ast, tiny_run_config
 
 from add_lightning.cli import console_main, main
 from add_lightning.data.audio import load_audio
-from add_lightning.data.features import (
-    BEATS_NORMALIZATION,
-    FbankOptions,
-    Normalization,
-    compute_fbank,
-)
+from add_lightning.data.fbank import FbankOptions, compute_fbank
+from add_lightning.data.normalization import BEATS_NORMALIZATION, Normalization
 from add_lightning.export import (
     ONNX_METADATA_KEY,
     export_huggingface,

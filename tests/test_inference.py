@@ -20,14 +20,9 @@ import torchaudio.functional
 from tiny_runs import synthetic_dataset, tiny_run_config
 
 from add_lightning.cli import main
-from add_lightning.data import (
-    FbankOptions,
-    Normalization,
-    compute_fbank,
-    compute_fbank_frames,
-    load_audio,
-    synthetic_class_names,
-)
+from add_lightning.data import FbankOptions, Normalization, compute_fbank, load_audio
+from add_lightning.data.datasets.synthetic import synthetic_class_names
+from add_lightning.data.fbank import compute_fbank_frames
 from add_lightning.inference import TrainedModel, load_trained_model
 from add_lightning.lightning_cli import AddLightningCLI
 

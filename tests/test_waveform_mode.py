@@ -20,16 +20,11 @@ from test_data_datasets import make_iemocap
 from transformers import Wav2Vec2FeatureExtractor
 
 from add_lightning.cli import main
-from add_lightning.data import (
-    IEMOCAP,
-    AudioDataModule,
-    Clip,
-    WaveformClipDataset,
-    WaveformDataModule,
-    collate_waveforms,
-)
+from add_lightning.data import IEMOCAP, AudioDataModule, WaveformDataModule
 from add_lightning.data.augment import Mixup
+from add_lightning.data.clip import Clip
 from add_lightning.data.datamodule import PIPELINE_KEY
+from add_lightning.data.waveform_dataset import WaveformClipDataset, collate_waveforms
 from add_lightning.experiments.compare import describe_experiment
 from add_lightning.inference import (
     TrainedModel,

@@ -1,141 +1,42 @@
-"""Audio data: dataset indexes, downloads, fbank features, augmentation and the DataModule."""
+"""Audio data: the data modules and what their YAML names (dataset indexes, features,
+augmentation, training batches), plus the file-to-fbank functions a user calls.
 
-from add_lightning.data.audio import AudioError, load_audio
-from add_lightning.data.augment import (
-    Mixup,
-    SpecAugment,
-    mix_fbanks,
-    mix_waveforms,
-    mixup_targets,
-)
-from add_lightning.data.cache import CACHE_FORMAT_VERSION, FeatureCache
-from add_lightning.data.clip import Clip
-from add_lightning.data.clip_dataset import ClipDataset
-from add_lightning.data.datamodule import AudioDataModule, split_off_validation
+Everything else (caches, samplers, datasets of clips, downloads, dataset constants) is
+imported from the module that defines it, e.g. ``add_lightning.data.sampler``.
+"""
+
+from add_lightning.data.audio import load_audio
+from add_lightning.data.augment import Mixup, SpecAugment
+from add_lightning.data.datamodule import AudioDataModule
 from add_lightning.data.datasets import (
-    AUDIO_EXTENSIONS,
-    AUTHORS_LABELS,
-    ESC10_CLASS_NAMES,
     ESC50,
-    ESC50_CLASS_NAMES,
-    ESC50_URL,
     IEMOCAP,
-    SPEECH_COMMANDS_CLASS_NAMES,
-    SPEECH_COMMANDS_SHA256,
-    SPEECH_COMMANDS_URL,
-    SPLITS,
-    SUPERB_LABELS,
-    SYNTHETIC_FAMILIES,
-    V2_12_KEYWORDS,
     AudioDatasetIndex,
     FolderDataset,
     HuggingFaceDataset,
-    IndexEntry,
     SpeechCommands,
-    Split,
     SyntheticDataset,
-    synthesize_clip,
-    synthetic_class_names,
 )
-from add_lightning.data.download import (
-    EXTRACTED_MARKER,
-    ChecksumError,
-    UnsafeArchiveError,
-    download_and_extract,
-    download_url,
-    extract_archive,
-    file_checksum,
-    verify_checksum,
-)
-from add_lightning.data.features import (
-    AUDIOSET_NORMALIZATION,
-    BEATS_NORMALIZATION,
-    ESC50_NORMALIZATION,
-    KALDI_WINDOW_TYPES,
-    NORMALIZATION_PRESETS,
-    SPEECH_COMMANDS_NORMALIZATION,
-    FbankOptions,
-    Normalization,
-    RawFeatureSource,
-    compute_fbank,
-    compute_fbank_frames,
-    compute_normalization,
-    load_fbank_frames,
-    pad_or_crop,
-)
-from add_lightning.data.sampler import (
-    ClassBalancedBatches,
-    ClassBalancedBatchSampler,
-    EvaluationSampler,
-    SeededShuffleSampler,
-)
+from add_lightning.data.fbank import FbankOptions, compute_fbank
+from add_lightning.data.normalization import Normalization
+from add_lightning.data.sampler import ClassBalancedBatches
 from add_lightning.data.waveform_datamodule import WaveformDataModule
-from add_lightning.data.waveform_dataset import WaveformClipDataset, collate_waveforms
 
 __all__ = [
-    "AUDIOSET_NORMALIZATION",
-    "AUDIO_EXTENSIONS",
-    "AUTHORS_LABELS",
-    "BEATS_NORMALIZATION",
-    "CACHE_FORMAT_VERSION",
-    "ESC10_CLASS_NAMES",
     "ESC50",
-    "ESC50_CLASS_NAMES",
-    "ESC50_NORMALIZATION",
-    "ESC50_URL",
-    "EXTRACTED_MARKER",
     "IEMOCAP",
-    "KALDI_WINDOW_TYPES",
-    "NORMALIZATION_PRESETS",
-    "SPEECH_COMMANDS_CLASS_NAMES",
-    "SPEECH_COMMANDS_NORMALIZATION",
-    "SPEECH_COMMANDS_SHA256",
-    "SPEECH_COMMANDS_URL",
-    "SPLITS",
-    "SUPERB_LABELS",
-    "SYNTHETIC_FAMILIES",
-    "V2_12_KEYWORDS",
     "AudioDataModule",
     "AudioDatasetIndex",
-    "AudioError",
-    "ChecksumError",
-    "ClassBalancedBatchSampler",
     "ClassBalancedBatches",
-    "Clip",
-    "ClipDataset",
-    "EvaluationSampler",
     "FbankOptions",
-    "FeatureCache",
     "FolderDataset",
     "HuggingFaceDataset",
-    "IndexEntry",
     "Mixup",
     "Normalization",
-    "RawFeatureSource",
-    "SeededShuffleSampler",
     "SpecAugment",
     "SpeechCommands",
-    "Split",
     "SyntheticDataset",
-    "UnsafeArchiveError",
-    "WaveformClipDataset",
     "WaveformDataModule",
-    "collate_waveforms",
     "compute_fbank",
-    "compute_fbank_frames",
-    "compute_normalization",
-    "download_and_extract",
-    "download_url",
-    "extract_archive",
-    "file_checksum",
     "load_audio",
-    "load_fbank_frames",
-    "mix_fbanks",
-    "mix_waveforms",
-    "mixup_targets",
-    "pad_or_crop",
-    "split_off_validation",
-    "synthesize_clip",
-    "synthetic_class_names",
-    "verify_checksum",
 ]

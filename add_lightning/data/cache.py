@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from ..atomic import atomic_path, write_text_atomic
 from .audio import AudioError
-from .features import FbankOptions, load_fbank_frames, pad_or_crop
+from .fbank import FbankOptions, load_fbank_frames, pad_or_crop
 
 log = logging.getLogger(__name__)
 

@@ -16,13 +16,8 @@ from . import audio
 from .augment import Mixup, SpecAugment, mix_fbanks, mix_waveforms, mixup_targets
 from .cache import FeatureCache
 from .clip import Clip
-from .features import (
-    FbankOptions,
-    Normalization,
-    compute_fbank_frames,
-    load_fbank_frames,
-    pad_or_crop,
-)
+from .fbank import FbankOptions, compute_fbank_frames, load_fbank_frames, pad_or_crop
+from .normalization import Normalization
 
 
 class ClipItems(list):

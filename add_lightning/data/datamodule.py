@@ -12,30 +12,29 @@ restores a checkpoint uses them (``load_state_dict``), not statistics of the fil
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
-import math
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from lightning.pytorch import LightningDataModule
-from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from add_lightning.atomic import write_text_atomic
 from add_lightning.data.augment import Mixup, SpecAugment
-from add_lightning.data.cache import FeatureCache, file_fingerprints
+from add_lightning.data.cache import FeatureCache
 from add_lightning.data.clip import Clip
 from add_lightning.data.clip_dataset import ClipDataset, collate_clips
 from add_lightning.data.datasets.base import SPLITS, AudioDatasetIndex, Split
-from add_lightning.data.features import (
+from add_lightning.data.fbank import FbankOptions
+from add_lightning.data.normalization import (
     NORMALIZATION_PRESETS,
-    FbankOptions,
     Normalization,
     compute_normalization,
+    raw_feature_loader,
+)
+from add_lightning.data.normalization_cache import (
+    load_normalization,
+    normalization_file,
+    store_normalization,
 )
 from add_lightning.data.replaced_arguments import refuse_replaced_arguments
 from add_lightning.data.sampler import (
@@ -44,6 +43,7 @@ from add_lightning.data.sampler import (
     EvaluationSampler,
     SeededShuffleSampler,
 )
+from add_lightning.data.splits import draw_unseen_classes, split_off_validation
 
 log = logging.getLogger(__name__)
 
@@ -75,110 +75,6 @@ def parse_pipeline(pipeline: Any, source: str) -> tuple[FbankOptions, Normalizat
             "`add-lightning fit` stores."
         ) from None
     return features, normalization, class_names
-
-
-def split_off_validation(
-    clips: Sequence[Clip], fraction: float, seed: int
-) -> tuple[list[Clip], list[Clip]]:
-    """Holds out ``fraction`` of each class's clips (seeded, stratified) as a validation split.
-
-    Returns:
-        ``(train, validation)``, both in the order of ``clips``.
-    """
-    rng = np.random.default_rng(seed)
-    by_label: dict[int, list[int]] = {}
-    for index, clip in enumerate(clips):
-        by_label.setdefault(clip.label, []).append(index)
-    held_out: set[int] = set()
-    for label in sorted(by_label):
-        indices = by_label[label]
-        count = min(len(indices) - 1, round(fraction * len(indices)))
-        held_out.update(indices[i] for i in rng.permutation(len(indices))[:count])
-    if not held_out:
-        raise ValueError(
-            f"`val_fraction`={fraction} of {len(clips)} training clips leaves no validation clip; "
-            "use a larger fraction."
-        )
-    train = [clip for index, clip in enumerate(clips) if index not in held_out]
-    validation = [clip for index, clip in enumerate(clips) if index in held_out]
-    return train, validation
-
-
-def _draw_unseen_classes(
-    class_names: list[str], unseen_classes: int | Sequence[str], seed: int
-) -> list[str] | None:
-    """The sorted names of the held-out classes (see ``AudioDataModule``), None for none.
-
-    Raises:
-        ValueError: If ``unseen_classes`` is not a count or list of known, distinct names that
-            leaves at least 2 classes on each side.
-    """
-    total = len(class_names)
-    if isinstance(unseen_classes, int) and not isinstance(unseen_classes, bool):
-        if unseen_classes == 0:
-            return None
-        count = unseen_classes
-        rng = np.random.default_rng(seed)
-        chosen = rng.choice(total, size=count, replace=False) if 2 <= count <= total else []
-        names = [class_names[i] for i in chosen]
-    elif isinstance(unseen_classes, Sequence) and not isinstance(unseen_classes, str):
-        names = [str(name) for name in unseen_classes]
-        unknown = [name for name in names if name not in class_names]
-        if unknown or len(set(names)) != len(names):
-            raise ValueError(
-                "Expected argument `unseen_classes` to name distinct classes of the dataset "
-                f"(e.g. {class_names[:3]}) but got {list(unseen_classes)!r} "
-                f"({'unknown: ' + ', '.join(unknown) if unknown else 'repeated names'})."
-            )
-        count = len(names)
-    else:
-        raise ValueError(
-            "Expected argument `unseen_classes` to be a number of classes or a list of class "
-            f"names but got {unseen_classes!r}."
-        )
-    if not 2 <= count <= total - 2:
-        raise ValueError(
-            f"Expected argument `unseen_classes` to hold out 0 or between 2 and {total - 2} of the "
-            f"{total} classes (at least 2 unseen to retrieve among, 2 seen to train on) but got "
-            f"{unseen_classes!r}."
-        )
-    return sorted(names)
-
-
-class _RawFeatures(Dataset[Tensor]):
-    def __init__(self, dataset: ClipDataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Tensor:
-        return self.dataset.raw_features(index)
-
-
-class _PrefetchedRawFeatures:
-    """``raw_features`` of a ClipDataset computed ahead by DataLoader workers.
-
-    ``compute_normalization`` reads items 0, 1, ..., n - 1 in order; this serves them from a
-    worker pool instead of the main process.
-    """
-
-    def __init__(self, dataset: ClipDataset, num_workers: int) -> None:
-        self.dataset = dataset
-        self.loader = DataLoader(_RawFeatures(dataset), batch_size=None, num_workers=num_workers)
-        self._iterator: Iterator[Tensor] | None = None
-        self._next_index = 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def raw_features(self, index: int) -> Tensor:
-        if index == 0:
-            self._iterator, self._next_index = iter(self.loader), 0
-        if self._iterator is None or index != self._next_index:  # not sequential: compute here
-            return self.dataset.raw_features(index)
-        self._next_index += 1
-        return next(self._iterator)
 
 
 class AudioDataModule(LightningDataModule):
@@ -281,7 +177,7 @@ class AudioDataModule(LightningDataModule):
             raise ValueError(
                 f"Expected argument `val_fraction` to be in [0, 1) but got {val_fraction!r}."
             )
-        self._unseen_class_names = _draw_unseen_classes(
+        self._unseen_class_names = draw_unseen_classes(
             dataset.class_names, unseen_classes, unseen_seed
         )
         seen_count = dataset.num_classes - len(self._unseen_class_names or ())
@@ -414,44 +310,6 @@ class AudioDataModule(LightningDataModule):
 
     # normalisation
 
-    def _normalization_path(self, train: Sequence[Clip]) -> Path | None:
-        """``normalization-<key>.json``; the key changes with the features and with any file.
-
-        Keyed like the fbank cache: the feature settings, where the features come from (the
-        float16 cache or the audio) and each training file's path, size and mtime, so audio
-        rewritten in place gets new statistics.
-        """
-        if self.cache_dir is None:
-            return None
-        description = json.dumps(
-            {
-                "features": dataclasses.asdict(self.features),
-                "from_cache": self._feature_cache() is not None,
-                "files": file_fingerprints(clip.path for clip in train),
-            },
-            sort_keys=True,
-        )
-        key = hashlib.sha256(description.encode("utf-8")).hexdigest()[:20]
-        return self.cache_dir / f"normalization-{key}.json"
-
-    @staticmethod
-    def _load_normalization(path: Path) -> Normalization | None:
-        """The statistics stored in ``path``; None (and a warning) if it is damaged."""
-        try:
-            stored = json.loads(path.read_text(encoding="utf-8"))
-            mean, std = float(stored["mean"]), float(stored["std"])
-            if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
-                raise ValueError(f"mean {mean}, std {std}")
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            log.warning(
-                "Normalisation statistics file %s is damaged (%s: %s); computing them again.",
-                path,
-                type(error).__name__,
-                error,
-            )
-            return None
-        return Normalization(mean=mean, std=std)
-
     def _training_normalization(self) -> Normalization:
         """Statistics of the current fold's training clips only (computed once, then cached).
 
@@ -475,22 +333,22 @@ class AudioDataModule(LightningDataModule):
         if self._fold_normalization is not None:
             return self._fold_normalization
         train = self._split_clips()["train"]
-        path = self._normalization_path(train)
-        if path is not None and path.is_file():
-            stored = self._load_normalization(path)
+        cache = self._feature_cache()
+        path = None
+        if self.cache_dir is not None:
+            path = normalization_file(
+                self.cache_dir, self.features, cache is not None, (clip.path for clip in train)
+            )
+            stored = load_normalization(path) if path.is_file() else None
             if stored is not None:
                 self._fold_normalization = stored
                 log.info("Loaded normalisation %s from %s", stored, path)
                 return stored
-        source = ClipDataset(
-            train, self.num_classes, self.features, None, cache=self._feature_cache()
-        )
+        source = ClipDataset(train, self.num_classes, self.features, None, cache=cache)
         log.info("Computing normalisation statistics on %d training clips", len(source))
-        statistics = compute_normalization(
-            _PrefetchedRawFeatures(source, self.num_workers) if self.num_workers else source
-        )
+        statistics = compute_normalization(raw_feature_loader(source, self.num_workers))
         if path is not None:
-            write_text_atomic(path, json.dumps({"mean": statistics.mean, "std": statistics.std}))
+            store_normalization(path, statistics)
         log.info("Normalisation of fold %s: %s", self.fold, statistics)
         self._fold_normalization = statistics
         return statistics
@@ -533,12 +391,7 @@ class AudioDataModule(LightningDataModule):
         if pipeline is None:
             return
         features, normalization, class_names = parse_pipeline(pipeline, "the checkpoint")
-        if class_names != list(self.class_names):
-            raise ValueError(
-                f"The checkpoint was trained on the classes {class_names[:5]}... but "
-                f"{self.dataset!r} has {list(self.class_names)[:5]}...: class ids would not mean "
-                "the same classes; use the dataset the checkpoint was trained on."
-            )
+        self._check_checkpoint_classes(class_names)
         if features != self.features:
             given, stored = dataclasses.asdict(self.features), dataclasses.asdict(features)
             differences = ", ".join(
@@ -564,6 +417,19 @@ class AudioDataModule(LightningDataModule):
         if self._fold_normalization != normalization:
             self._fold_normalization = normalization
             self._datasets.clear()
+
+    def _check_checkpoint_classes(self, class_names: list[str]) -> None:
+        """Raises a ValueError unless a checkpoint's class names are this module's.
+
+        Raises:
+            ValueError: If they differ: the class ids would not mean the same classes.
+        """
+        if class_names != list(self.class_names):
+            raise ValueError(
+                f"The checkpoint was trained on the classes {class_names[:5]}... but "
+                f"{self.dataset!r} has {list(self.class_names)[:5]}...: class ids would not mean "
+                "the same classes; use the dataset the checkpoint was trained on."
+            )
 
     # datasets and loaders
 
@@ -691,4 +557,4 @@ class AudioDataModule(LightningDataModule):
         return self._evaluation_loader("predict")
 
 
-__all__ = ["PIPELINE_KEY", "AudioDataModule", "parse_pipeline", "split_off_validation"]
+__all__ = ["PIPELINE_KEY", "AudioDataModule", "parse_pipeline"]

@@ -9,7 +9,8 @@ from add_lightning.data.augment import Mixup
 from add_lightning.data.clip_dataset import ClipDataset
 from add_lightning.data.datamodule import PIPELINE_KEY, AudioDataModule
 from add_lightning.data.datasets.base import AudioDatasetIndex, Split
-from add_lightning.data.features import FbankOptions, Normalization
+from add_lightning.data.fbank import FbankOptions
+from add_lightning.data.normalization import Normalization
 from add_lightning.data.replaced_arguments import refuse_replaced_arguments
 from add_lightning.data.sampler import ClassBalancedBatches
 from add_lightning.data.waveform_dataset import WaveformClipDataset, collate_waveforms
@@ -176,12 +177,7 @@ class WaveformDataModule(AudioDataModule):
                 "use the data module it was trained with."
             )
         stored_rate, _, class_names = parse_waveform_pipeline(pipeline, "the checkpoint")
-        if class_names != list(self.class_names):
-            raise ValueError(
-                f"The checkpoint was trained on the classes {class_names[:5]}... but "
-                f"{self.dataset!r} has {list(self.class_names)[:5]}...: class ids would not mean "
-                "the same classes; use the dataset the checkpoint was trained on."
-            )
+        self._check_checkpoint_classes(class_names)
         if stored_rate != self.sample_rate:
             raise ValueError(
                 f"The checkpoint was trained on waveforms at {stored_rate} Hz but "

@@ -12,7 +12,7 @@ from . import audio
 from .augment import Mixup, mix_waveforms, mixup_targets
 from .clip import Clip
 from .clip_dataset import ClipDataset
-from .features import FbankOptions
+from .fbank import FbankOptions
 
 __all__ = ["WaveformClipDataset", "collate_waveforms"]
 

@@ -1,46 +1,23 @@
-"""Dataset indexes: metadata (paths, labels, folds or splits) of each supported dataset."""
+"""Dataset indexes: metadata (paths, labels, folds or splits) of each supported dataset.
 
-from add_lightning.data.datasets.base import SPLITS, AudioDatasetIndex, IndexEntry, Split
-from add_lightning.data.datasets.esc50 import ESC10_CLASS_NAMES, ESC50, ESC50_CLASS_NAMES, ESC50_URL
-from add_lightning.data.datasets.folder import AUDIO_EXTENSIONS, FolderDataset
+The classes a config names (``class_path: add_lightning.data.ESC50``, or this package's
+path); constants such as class names and URLs live in the module of their dataset.
+"""
+
+from add_lightning.data.datasets.base import AudioDatasetIndex
+from add_lightning.data.datasets.esc50 import ESC50
+from add_lightning.data.datasets.folder import FolderDataset
 from add_lightning.data.datasets.huggingface import HuggingFaceDataset
-from add_lightning.data.datasets.iemocap import AUTHORS_LABELS, IEMOCAP, SUPERB_LABELS
-from add_lightning.data.datasets.speech_commands import (
-    SPEECH_COMMANDS_CLASS_NAMES,
-    SPEECH_COMMANDS_SHA256,
-    SPEECH_COMMANDS_URL,
-    V2_12_KEYWORDS,
-    SpeechCommands,
-)
-from add_lightning.data.datasets.synthetic import (
-    SYNTHETIC_FAMILIES,
-    SyntheticDataset,
-    synthesize_clip,
-    synthetic_class_names,
-)
+from add_lightning.data.datasets.iemocap import IEMOCAP
+from add_lightning.data.datasets.speech_commands import SpeechCommands
+from add_lightning.data.datasets.synthetic import SyntheticDataset
 
 __all__ = [
-    "AUDIO_EXTENSIONS",
-    "AUTHORS_LABELS",
-    "ESC10_CLASS_NAMES",
     "ESC50",
-    "ESC50_CLASS_NAMES",
-    "ESC50_URL",
     "IEMOCAP",
-    "SPEECH_COMMANDS_CLASS_NAMES",
-    "SPEECH_COMMANDS_SHA256",
-    "SPEECH_COMMANDS_URL",
-    "SPLITS",
-    "SUPERB_LABELS",
-    "SYNTHETIC_FAMILIES",
-    "V2_12_KEYWORDS",
     "AudioDatasetIndex",
     "FolderDataset",
     "HuggingFaceDataset",
-    "IndexEntry",
     "SpeechCommands",
-    "Split",
     "SyntheticDataset",
-    "synthesize_clip",
-    "synthetic_class_names",
 ]

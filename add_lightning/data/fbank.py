@@ -1,45 +1,26 @@
-"""Kaldi-style log-mel filterbank features and their normalisation, as in AST and BEATs.
+"""Kaldi-style log-mel filterbanks (the model's input features), as in AST and BEATs.
 
-``compute_fbank`` reproduces the AST recipe (``ast/src/dataloader.py``) and transformers'
-``ASTFeatureExtractor``: ``torchaudio.compliance.kaldi.fbank`` on a 16 kHz waveform, then the
-time axis zero-padded (in the log domain, before normalisation) or cropped to ``target_frames``.
-``Normalization.apply`` is AST's ``(x - mean) / (2 * std)``, which gives features of mean 0 and
-standard deviation 0.5 when mean/std are the dataset's statistics.
+``FbankOptions`` holds the settings; ``compute_fbank`` reproduces the AST recipe
+(``ast/src/dataloader.py``) and transformers' ``ASTFeatureExtractor``:
+``torchaudio.compliance.kaldi.fbank`` on a 16 kHz waveform, then the time axis zero-padded (in
+the log domain, before normalisation) or cropped to ``target_frames``. Their normalisation is
+:mod:`add_lightning.data.normalization`.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Protocol
 
 import torch
 import torchaudio.compliance.kaldi
 from torch import Tensor
 
+from add_lightning.checks import check_number, check_positive, is_number
+
 from . import audio
 
 KALDI_WINDOW_TYPES = ("hamming", "hanning", "povey", "rectangular", "blackman")
-
-
-def _is_number(value: object, integer: bool = False) -> bool:
-    """True for finite ints (and floats unless ``integer``), never for bools."""
-    valid_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    return valid_type and not isinstance(value, bool) and math.isfinite(value)  # type: ignore[arg-type]
-
-
-def _check_number(name: str, value: float) -> None:
-    if not _is_number(value):
-        raise ValueError(f"Expected argument `{name}` to be a finite number but got {value!r}.")
-
-
-def _check_positive(name: str, value: float, integer: bool = False) -> None:
-    kind = "integer" if integer else "number"
-    if not _is_number(value, integer) or value <= 0:
-        raise ValueError(f"Expected argument `{name}` to be a positive {kind} but got {value!r}.")
 
 
 @dataclass(frozen=True)
@@ -73,18 +54,18 @@ class FbankOptions:
     high_freq: float = 0.0
 
     def __post_init__(self) -> None:
-        _check_positive("sample_rate", self.sample_rate, integer=True)
-        _check_positive("num_mel_bins", self.num_mel_bins, integer=True)
-        _check_positive("frame_length_ms", self.frame_length_ms)
-        _check_positive("frame_shift_ms", self.frame_shift_ms)
-        _check_positive("target_frames", self.target_frames, integer=True)
-        _check_positive("waveform_scale", self.waveform_scale)
+        check_positive("sample_rate", self.sample_rate, integer=True)
+        check_positive("num_mel_bins", self.num_mel_bins, integer=True)
+        check_positive("frame_length_ms", self.frame_length_ms)
+        check_positive("frame_shift_ms", self.frame_shift_ms)
+        check_positive("target_frames", self.target_frames, integer=True)
+        check_positive("waveform_scale", self.waveform_scale)
         if self.window_type not in KALDI_WINDOW_TYPES:
             raise ValueError(
                 f"Expected argument `window_type` to be one of {KALDI_WINDOW_TYPES} "
                 f"but got {self.window_type!r}."
             )
-        if not _is_number(self.dither) or self.dither < 0:
+        if not is_number(self.dither) or self.dither < 0:
             raise ValueError(
                 f"Expected argument `dither` to be a finite number >= 0 but got {self.dither!r}."
             )
@@ -97,8 +78,8 @@ class FbankOptions:
                     f"Expected argument `{name}` to span at least {least} samples at "
                     f"{self.sample_rate} Hz but got {getattr(self, name)} ms = {samples} samples."
                 )
-        _check_number("low_freq", self.low_freq)
-        _check_number("high_freq", self.high_freq)
+        check_number("low_freq", self.low_freq)
+        check_number("high_freq", self.high_freq)
         nyquist = self.sample_rate / 2
         high = self.high_freq if self.high_freq > 0 else nyquist + self.high_freq
         if not (0 <= self.low_freq < high <= nyquist):
@@ -222,113 +203,11 @@ def compute_fbank(waveform: Tensor, options: FbankOptions) -> Tensor:
     return pad_or_crop(compute_fbank_frames(waveform, options), options.target_frames)
 
 
-@dataclass(frozen=True)
-class Normalization:
-    """AST's feature normalisation ``(x - mean) / (2 * std)`` (output std 0.5 on the dataset).
-
-    Args:
-        mean: Mean of the un-normalised features.
-        std: Standard deviation of the un-normalised features, > 0.
-    """
-
-    mean: float
-    std: float
-
-    def __post_init__(self) -> None:
-        _check_number("mean", self.mean)
-        _check_positive("std", self.std)
-
-    def apply(self, features: Tensor) -> Tensor:
-        """Normalises features of any shape."""
-        return (features - self.mean) / (2 * self.std)
-
-    def apply_(self, features: Tensor) -> Tensor:
-        """Normalises ``features`` in place (the values of :meth:`apply`) and returns them."""
-        return features.sub_(self.mean).div_(2 * self.std)
-
-    @classmethod
-    def from_preset(cls, name: str) -> Normalization:
-        """The statistics named ``name`` in ``NORMALIZATION_PRESETS``."""
-        if name not in NORMALIZATION_PRESETS:
-            raise ValueError(
-                f"Expected argument `name` to be one of {sorted(NORMALIZATION_PRESETS)} "
-                f"but got {name!r}."
-            )
-        return NORMALIZATION_PRESETS[name]
-
-
-AUDIOSET_NORMALIZATION = Normalization(mean=-4.2677393, std=4.5689974)
-"""AudioSet statistics: the defaults of transformers' ASTFeatureExtractor."""
-ESC50_NORMALIZATION = Normalization(mean=-6.6268077, std=5.358466)
-"""ESC-50 statistics of the original AST recipe (512 frames)."""
-SPEECH_COMMANDS_NORMALIZATION = Normalization(mean=-6.845978, std=5.5654526)
-"""Speech Commands V2 statistics of the original AST recipe (128 frames)."""
-BEATS_NORMALIZATION = Normalization(mean=15.41663, std=6.55582)
-"""BEATs' preprocessing (waveform x 2**15, povey window)."""
-
-NORMALIZATION_PRESETS: Mapping[str, Normalization] = MappingProxyType(
-    {
-        "audioset": AUDIOSET_NORMALIZATION,
-        "esc50": ESC50_NORMALIZATION,
-        "speech_commands": SPEECH_COMMANDS_NORMALIZATION,
-        "beats": BEATS_NORMALIZATION,
-    }
-)
-
-
-class RawFeatureSource(Protocol):
-    """Anything indexable for un-normalised, un-augmented features, e.g. ``ClipDataset``."""
-
-    def __len__(self) -> int: ...
-
-    def raw_features(self, index: int) -> Tensor: ...
-
-
-def compute_normalization(dataset: RawFeatureSource) -> Normalization:
-    """Mean and standard deviation of every feature value of ``dataset`` (pass a training split).
-
-    Reads ``dataset.raw_features(i)`` (un-normalised, un-augmented, padded to target_frames as the
-    model sees them, like AST's ``get_norm_stats.py``) for exactly the dataset's items, and
-    accumulates in float64 by combining per-clip means and squared deviations (Chan et al.), so
-    the result is the population mean/std over all values.
-
-    Raises:
-        ValueError: If the dataset is empty or its features are constant.
-    """
-    if len(dataset) == 0:
-        raise ValueError("Expected argument `dataset` to hold at least one clip but it is empty.")
-    count, mean, m2 = 0, 0.0, 0.0
-    for index in range(len(dataset)):
-        values = dataset.raw_features(index).to(torch.float64)
-        n = values.numel()
-        clip_mean = values.mean().item()
-        clip_m2 = ((values - clip_mean) ** 2).sum().item()
-        delta = clip_mean - mean
-        total = count + n
-        mean += delta * n / total
-        m2 += clip_m2 + delta**2 * count * n / total
-        count = total
-    std = math.sqrt(m2 / count)
-    if std == 0:
-        raise ValueError(
-            f"Expected the features of `dataset` to vary but all {count} values equal {mean}."
-        )
-    return Normalization(mean=mean, std=std)
-
-
 __all__ = [
-    "AUDIOSET_NORMALIZATION",
-    "BEATS_NORMALIZATION",
-    "ESC50_NORMALIZATION",
     "KALDI_WINDOW_TYPES",
-    "NORMALIZATION_PRESETS",
-    "SPEECH_COMMANDS_NORMALIZATION",
     "FbankOptions",
-    "Normalization",
-    "RawFeatureSource",
     "compute_fbank",
     "compute_fbank_frames",
-    "compute_normalization",
     "load_fbank_frames",
     "pad_or_crop",
 ]
