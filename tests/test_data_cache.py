@@ -412,6 +412,20 @@ def test_non_finite_row_in_a_batch_read_names_the_file(tmp_path: Path, paths: li
     assert reopened.paths[2] in str(info.value) and reopened.paths[1] not in str(info.value)
 
 
+def test_huge_finite_values_are_not_reported_as_damage(tmp_path: Path, paths: list[Path]):
+    # the batch read checks a sum first; one that overflows is not a non-finite entry
+    cache = FeatureCache(tmp_path / "cache", paths, OPTIONS, dtype="float32")
+    cache.build()
+    edited = np.load(cache.array_path, mmap_mode="r+")
+    edited[1, :2, 0] = 3e38
+    edited.flush()
+    del edited
+    reopened = FeatureCache(tmp_path / "cache", paths, OPTIONS, dtype="float32")
+    features, _ = reopened.read([0, 1, 2])
+    assert torch.isinf(features.sum()) and torch.isfinite(features).all()
+    assert features[1, 0, 0] == pytest.approx(3e38, rel=1e-6)
+
+
 def test_rebuild_after_files_changed_removes_the_stale_cache(tmp_path: Path, paths: list[Path]):
     cache_dir = tmp_path / "cache"
     old = FeatureCache(cache_dir, paths, OPTIONS)

@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -158,15 +159,17 @@ class FeatureCache:
         # A fancy index copies the rows out of the read-only memory map; torch converts float16
         # to float32 about 4 times faster than numpy.
         features = torch.from_numpy(array[np.asarray(rows, dtype=np.intp)]).float()
-        # Every row was finite when it was written. numpy's isfinite, not torch's: on a batch of
-        # 32 x 128 x 128 it takes 0.08 ms, torch's 1.1 ms.
-        finite = np.isfinite(features.numpy()).all(axis=(1, 2))
-        if not finite.all():
-            path = self.paths[rows[int(np.argmin(finite))]]
-            raise AudioError(
-                f"The feature cache {self.array_path} holds non-finite values for {path}: the "
-                "file is damaged. Delete it to rebuild the cache."
-            )
+        # Every row was finite when it was written. A sum is finite when every entry is (and
+        # then at a quarter of the time of np.isfinite, 1/30 of torch.isfinite); only when it
+        # is not (a non-finite entry, or an overflow of huge ones) are the rows looked at.
+        if not math.isfinite(float(features.sum())):
+            finite = np.isfinite(features.numpy()).all(axis=(1, 2))
+            if not finite.all():
+                path = self.paths[rows[int(np.argmin(finite))]]
+                raise AudioError(
+                    f"The feature cache {self.array_path} holds non-finite values for {path}: "
+                    "the file is damaged. Delete it to rebuild the cache."
+                )
         return features, [num_frames[row] for row in rows]
 
     def is_valid(self) -> bool:

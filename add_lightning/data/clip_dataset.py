@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,19 +20,29 @@ from .fbank import FbankOptions, compute_fbank_frames, load_fbank_frames, pad_or
 from .normalization import Normalization
 
 
-class ClipItems(list):
-    """The items of one batch as a list of dicts, together with their collated ``batch``.
+class ClipItems(Sequence):
+    """The items of one batch, made from their collated ``batch`` when one is read.
 
-    ``default_collate`` of the list gives ``batch``; :func:`collate_clips` returns it as is.
+    A sequence of item dicts (``default_collate`` of it gives ``batch``), whose items are
+    views into ``batch``; :func:`collate_clips` returns ``batch`` itself.
     """
 
     def __init__(self, batch: dict[str, Any]) -> None:
-        keys = list(batch)
-        super().__init__(dict(zip(keys, values)) for values in zip(*(batch[key] for key in keys)))
         self.batch = batch
 
+    def __len__(self) -> int:
+        return len(self.batch["clip_id"])
 
-def collate_clips(items: list[dict[str, object]]) -> dict[str, Any]:
+    def __getitem__(self, index: int) -> dict[str, Any]:  # type: ignore[override]
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"item {index} of a batch of {len(self)}")
+        return {key: value[index] for key, value in self.batch.items()}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[index] for index in range(len(self)))
+
+
+def collate_clips(items: Sequence[dict[str, object]]) -> dict[str, Any]:
     """``default_collate``, or the batch that a ``ClipItems`` list already holds."""
     if isinstance(items, ClipItems):
         return items.batch
@@ -170,7 +180,7 @@ class ClipDataset(Dataset[dict[str, object]]):
         valid = torch.tensor(min(num_frames, self.features.target_frames), dtype=torch.int64)
         return {"features": fbank, "target": target, "num_frames": valid, "clip_id": clip.clip_id}
 
-    def __getitems__(self, indices: Sequence[int]) -> list[dict[str, object]]:
+    def __getitems__(self, indices: Sequence[int]) -> Sequence[dict[str, object]]:
         """The items ``indices``, equal to ``[self[i] for i in indices]``.
 
         A DataLoader calls it with the indices of each batch. Unaugmented items of a cached
