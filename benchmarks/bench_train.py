@@ -22,8 +22,9 @@ Usage::
     python benchmarks/bench_train.py --part pipeline --config configs/quickstart.yaml \
         --data.init_args.cache_dir null          # fbank computed in the loop, no cache
 
-Prints one JSON object per measurement, and with both CPU parts their ratio (`fit_vs_model`:
-fit time over model-alone time per clip).
+Prints one JSON object per measurement; with both parts on the CPU the model part runs again after
+the pipeline, and `fit_vs_model` gives fit time over the mean model-alone time per clip (the
+ratio issue 10 asks to bring to 1.10 or less).
 """
 
 from __future__ import annotations
@@ -237,17 +238,31 @@ def main() -> None:
             )
     if args.part in ("pipeline", "all"):
         results.append(pipeline_throughput(args.config, args.batches, args.epochs, extra))
-    cpu_model = [
-        r for r in results if r["measurement"] == "model" and r["device"].startswith("cpu")
-    ]
     pipeline = [r for r in results if r["measurement"] == "pipeline"]
-    if cpu_model and pipeline and pipeline[0]["device"] == "cpu":
-        model, fit = cpu_model[0]["clips_per_s"], pipeline[0]["clips_per_s"]
+    if args.part == "all" and pipeline[0]["device"] == "cpu":
+        # the model alone once more after the pipeline: its time drifts by several percent
+        # between minutes on a shared machine, so the ratio takes the mean of both
+        results.append(
+            model_throughput(
+                "quickstart tiny AST",
+                QUICKSTART_AST,
+                128,
+                args.batch_size,
+                "cpu",
+                args.steps,
+                False,
+            )
+        )
+        models = [
+            r for r in results if r["measurement"] == "model" and r["device"].startswith("cpu")
+        ]
+        model_s = statistics.mean(1 / r["clips_per_s"] for r in models)  # seconds per clip
+        fit_s = 1 / pipeline[0]["clips_per_s"]
         results.append(
             {
                 "measurement": "fit_vs_model",
-                "fit_time_over_model_time": model / fit,  # issue target: <= 1.10
-                "fit_throughput_fraction": fit / model,
+                "fit_time_over_model_time": fit_s / model_s,  # issue 10's target: <= 1.10
+                "fit_throughput_fraction": model_s / fit_s,
             }
         )
     for result in results:
