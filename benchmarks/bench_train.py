@@ -214,18 +214,14 @@ def main() -> None:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     results = []
-    if args.part in ("model", "all"):
-        results.append(
-            model_throughput(
-                "quickstart tiny AST",
-                QUICKSTART_AST,
-                128,
-                args.batch_size,
-                "cpu",
-                args.steps,
-                bf16=False,
-            )
+
+    def quickstart_model() -> dict:
+        return model_throughput(
+            "quickstart tiny AST", QUICKSTART_AST, 128, args.batch_size, "cpu", args.steps, False
         )
+
+    if args.part in ("model", "all"):
+        results.append(quickstart_model())
         if torch.cuda.is_available():
             results.append(
                 model_throughput(
@@ -244,17 +240,7 @@ def main() -> None:
     if args.part == "all" and pipeline[0]["device"] == "cpu":
         # the model alone once more after the pipeline: its time drifts by several percent
         # between minutes on a shared machine, so the ratio takes the mean of both
-        results.append(
-            model_throughput(
-                "quickstart tiny AST",
-                QUICKSTART_AST,
-                128,
-                args.batch_size,
-                "cpu",
-                args.steps,
-                False,
-            )
-        )
+        results.append(quickstart_model())
         models = [
             r for r in results if r["measurement"] == "model" and r["device"].startswith("cpu")
         ]
