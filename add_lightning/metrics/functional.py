@@ -28,6 +28,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from add_lightning.checks import check_int
 from add_lightning.tensor_utils import compute_dtype, normalize_rows
 
 __all__ = ["GEOMETRY_SCALAR_KEYS", "mask_empty_class_pairs", "pairwise_geometry"]
@@ -143,9 +144,13 @@ def _merge_row_(moments: _Moments, row: _Moments, index: int) -> None:
 
 
 def _check_positive_int(name: str, value: object) -> None:
-    """Raises ``ValueError`` naming argument ``name`` unless ``value`` is a positive int."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"Expected argument `{name}` to be a positive int, got {value!r}")
+    """``checks.check_int`` with the metrics' message ("... to be a positive int, got 0")."""
+    try:
+        check_int(name, value)
+    except ValueError:
+        raise ValueError(
+            f"Expected argument `{name}` to be a positive int, got {value!r}"
+        ) from None
 
 
 def _validate(
