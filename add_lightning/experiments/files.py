@@ -12,6 +12,7 @@ __all__ = [
     "LOG_FILENAME",
     "METRICS_FILENAME",
     "SWEEP_FILENAME",
+    "UNIT_BUSY_STATUS",
     "UNIT_FILENAME",
 ]
 
@@ -22,3 +23,7 @@ LOG_FILENAME = "unit.log"
 LOCK_FILENAME = ".lock"
 METRICS_FILENAME = "test_metrics.json"
 EMBEDDINGS_FILENAME = "test_embeddings.npz"
+
+#: Exit status of a unit whose lock another worker holds: not a failure, the unit is busy
+#: (EX_TEMPFAIL of sysexits.h). Here so that the launchers read it without importing torch.
+UNIT_BUSY_STATUS = 75

@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from submitit.helpers import Checkpointable, DelayedSubmission
 
 from add_lightning.experiments.config import ExperimentConfigError
-from add_lightning.experiments.files import EXPERIMENT_FILENAME, LOG_FILENAME
+from add_lightning.experiments.files import EXPERIMENT_FILENAME, LOG_FILENAME, UNIT_BUSY_STATUS
 from add_lightning.experiments.locks import lock_is_free
 from add_lightning.experiments.progress import Progress
 
@@ -50,7 +50,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_UNIT_BUSY_STATUS = 75  # add_lightning.experiments.unit.UNIT_BUSY_STATUS (not imported: torch)
 _POLL_S = 0.2
 
 
@@ -172,7 +171,7 @@ def schedule(
                     continue
                 del running[key]
                 backend.finish(handle)
-                if outcome.status == _UNIT_BUSY_STATUS:
+                if outcome.status == UNIT_BUSY_STATUS:
                     progress.requeued(task.label, "taken by another worker meanwhile, waiting")
                     held.append(task)
                 elif outcome.status == 0 and is_finished(task):

@@ -30,7 +30,11 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from add_lightning.experiments.aggregate import unit_is_finished
 from add_lightning.experiments.atomic import write_json_atomic
 from add_lightning.experiments.config import experiment_cli_class
-from add_lightning.experiments.files import EMBEDDINGS_FILENAME, METRICS_FILENAME
+from add_lightning.experiments.files import (
+    EMBEDDINGS_FILENAME,
+    METRICS_FILENAME,
+    UNIT_BUSY_STATUS,
+)
 
 __all__ = [
     "UNIT_BUSY_STATUS",
@@ -188,10 +192,6 @@ def run_unit(
         },
     )
     return metrics
-
-
-#: Exit status of a unit whose lock another worker holds: not a failure, the unit is busy.
-UNIT_BUSY_STATUS = 75  # EX_TEMPFAIL of sysexits.h
 
 
 def _is_rank_zero() -> bool:
