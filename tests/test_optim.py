@@ -179,6 +179,38 @@ def test_explicit_cosine_length_is_kept_with_a_warning(tmp_path):
     assert lrs == pytest.approx([5e-4, 1e-3, 1e-3 * (1 + math.sqrt(0.5)) / 2], rel=1e-12)
 
 
+def test_resuming_with_more_epochs_keeps_the_checkpoints_cosine_with_a_warning(tmp_path):
+    # 3 epochs (W=1, s=0.5, f=0.1: factors 0.5, 1, 0.55), then `--ckpt_path` with max_epochs 5:
+    # epochs 3 and 4 run at the final factor of the 3-epoch schedule, as the warning says.
+    from test_models import ToyData, tiny_model, tiny_trainer
+
+    def scheduler(optimizer):
+        return WarmupCosineLR(optimizer, warmup_epochs=1, warmup_start_factor=0.5, final_factor=0.1)
+
+    def fit(max_epochs, ckpt_path=None):
+        recorder = _EpochLR()
+        trainer = tiny_trainer(
+            tmp_path,
+            max_epochs=max_epochs,
+            callbacks=[recorder],
+            limit_train_batches=1,
+            limit_val_batches=0,
+        )
+        model = tiny_model(
+            optimizer=lambda params: torch.optim.SGD(params, lr=1.0e-3), scheduler=scheduler
+        )
+        trainer.fit(model, datamodule=ToyData(size=6, batch_size=6), ckpt_path=ckpt_path)
+        return trainer, recorder.lrs
+
+    first, lrs = fit(3)
+    assert lrs == pytest.approx([5e-4, 1e-3, 1e-3 * (0.1 + 0.9 * 0.5)], rel=1e-12)
+    checkpoint = tmp_path / "three.ckpt"
+    first.save_checkpoint(checkpoint)
+    with pytest.warns(UserWarning, match=r"schedule is 3 epochs long and this run has 5"):
+        _, resumed = fit(5, ckpt_path=str(checkpoint))
+    assert resumed == pytest.approx([1e-4, 1e-4], rel=1e-12)
+
+
 def test_cosine_without_length_outside_a_trainer_says_so():
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     scheduler = WarmupCosineLR(optimizer, warmup_epochs=1)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Any
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
@@ -149,6 +150,23 @@ class WarmupCosineLR(_WarmupLR):
                 stacklevel=2,
             )
         self.max_epochs = max_epochs
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restores a checkpoint's schedule, its length included.
+
+        A run resumed with another ``trainer.max_epochs`` keeps the length it was trained with,
+        so the epochs ahead follow the same cosine as those behind it (after its end the factor
+        stays ``final_factor``) rather than jumping to another; a warning names both lengths.
+        """
+        run_epochs = self.max_epochs
+        super().load_state_dict(state_dict)
+        if run_epochs is not None and self.max_epochs not in (None, run_epochs):
+            warnings.warn(
+                f"WarmupCosineLR: the checkpoint's schedule is {self.max_epochs} epochs long "
+                f"and this run has {run_epochs}; it keeps the checkpoint's length, so epochs "
+                f"from {self.max_epochs} on run at its final factor {self.final_factor}",
+                stacklevel=2,
+            )
 
     def decay_factor(self, epochs_after_warmup: int) -> float:
         if epochs_after_warmup == 0:  # the cosine's start, whatever its length
