@@ -108,7 +108,9 @@ class _EpochLR(Callback):
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
 
 
-def _fit_lrs(tmp_path, max_epochs: int, scheduler) -> list[float]:
+def _fit_lrs(tmp_path, max_epochs: int, scheduler, ckpt_path=None, trainer_out=None) -> list:
+    """Each epoch's learning rate of a tiny fit (resumed from ``ckpt_path`` if given); the
+    trainer is appended to ``trainer_out`` when one is passed."""
     from test_models import ToyData, tiny_model, tiny_trainer
 
     recorder = _EpochLR()
@@ -122,7 +124,9 @@ def _fit_lrs(tmp_path, max_epochs: int, scheduler) -> list[float]:
         limit_train_batches=1,
         limit_val_batches=0,
     )
-    trainer.fit(model, datamodule=ToyData(size=6, batch_size=6))
+    trainer.fit(model, datamodule=ToyData(size=6, batch_size=6), ckpt_path=ckpt_path)
+    if trainer_out is not None:
+        trainer_out.append(trainer)
     return recorder.lrs
 
 
@@ -182,32 +186,16 @@ def test_explicit_cosine_length_is_kept_with_a_warning(tmp_path):
 def test_resuming_with_more_epochs_keeps_the_checkpoints_cosine_with_a_warning(tmp_path):
     # 3 epochs (W=1, s=0.5, f=0.1: factors 0.5, 1, 0.55), then `--ckpt_path` with max_epochs 5:
     # epochs 3 and 4 run at the final factor of the 3-epoch schedule, as the warning says.
-    from test_models import ToyData, tiny_model, tiny_trainer
-
     def scheduler(optimizer):
         return WarmupCosineLR(optimizer, warmup_epochs=1, warmup_start_factor=0.5, final_factor=0.1)
 
-    def fit(max_epochs, ckpt_path=None):
-        recorder = _EpochLR()
-        trainer = tiny_trainer(
-            tmp_path,
-            max_epochs=max_epochs,
-            callbacks=[recorder],
-            limit_train_batches=1,
-            limit_val_batches=0,
-        )
-        model = tiny_model(
-            optimizer=lambda params: torch.optim.SGD(params, lr=1.0e-3), scheduler=scheduler
-        )
-        trainer.fit(model, datamodule=ToyData(size=6, batch_size=6), ckpt_path=ckpt_path)
-        return trainer, recorder.lrs
-
-    first, lrs = fit(3)
+    trainers: list = []
+    lrs = _fit_lrs(tmp_path, 3, scheduler, trainer_out=trainers)
     assert lrs == pytest.approx([5e-4, 1e-3, 1e-3 * (0.1 + 0.9 * 0.5)], rel=1e-12)
     checkpoint = tmp_path / "three.ckpt"
-    first.save_checkpoint(checkpoint)
+    trainers[0].save_checkpoint(checkpoint)
     with pytest.warns(UserWarning, match=r"schedule is 3 epochs long and this run has 5"):
-        _, resumed = fit(5, ckpt_path=str(checkpoint))
+        resumed = _fit_lrs(tmp_path, 5, scheduler, ckpt_path=str(checkpoint))
     assert resumed == pytest.approx([1e-4, 1e-4], rel=1e-12)
 
 
