@@ -361,12 +361,11 @@ class AudioClassifier(LightningModule):
 
     def _train_epoch_ends(self, batch_idx: int) -> bool:
         """Whether the training step ``batch_idx`` that just ended is its epoch's last."""
-        trainer = self.trainer
-        max_steps = trainer.max_steps
+        trainer = self.trainer  # max_steps is -1 when unbounded
         return (
             batch_idx + 1 >= trainer.num_training_batches
             or trainer.should_stop
-            or (max_steps is not None and 0 <= max_steps <= trainer.global_step)
+            or 0 <= trainer.max_steps <= trainer.global_step
         )
 
     def _stop_on_non_finite_loss(
@@ -424,7 +423,10 @@ class AudioClassifier(LightningModule):
 
     def on_train_epoch_start(self) -> None:
         self._train_epoch_logged = False
-        self._flush_train_updates()  # nothing is pending unless the last epoch ended early
+        # An epoch's values are added at its end; any left here come from a fit that stopped
+        # with an error, and belong to no epoch of this one.
+        self._pending_means.clear()
+        self._pending_predictions.clear()
         # Per step only a stack of the loss values and the logits are kept, and they are added
         # to the epoch metrics at the last step: nine metric updates per step cost more than
         # the rest of Lightning's step (about 0.2 ms). Only where the epoch's length is known.
