@@ -220,8 +220,10 @@ def main() -> None:
             "quickstart tiny AST", QUICKSTART_AST, 128, args.batch_size, "cpu", args.steps, False
         )
 
+    cpu_models = []  # the model part on the CPU, before and after the pipeline
     if args.part in ("model", "all"):
-        results.append(quickstart_model())
+        cpu_models.append(quickstart_model())
+        results.append(cpu_models[-1])
         if torch.cuda.is_available():
             results.append(
                 model_throughput(
@@ -235,17 +237,15 @@ def main() -> None:
                 )
             )
     if args.part in ("pipeline", "all"):
-        results.append(pipeline_throughput(args.config, args.batches, args.epochs, extra))
-    pipeline = [r for r in results if r["measurement"] == "pipeline"]
-    if args.part == "all" and pipeline[0]["device"] == "cpu":
+        pipeline = pipeline_throughput(args.config, args.batches, args.epochs, extra)
+        results.append(pipeline)
+    if args.part == "all" and pipeline["device"] == "cpu":
         # the model alone once more after the pipeline: its time drifts by several percent
         # between minutes on a shared machine, so the ratio takes the mean of both
-        results.append(quickstart_model())
-        models = [
-            r for r in results if r["measurement"] == "model" and r["device"].startswith("cpu")
-        ]
-        model_s = statistics.mean(1 / r["clips_per_s"] for r in models)  # seconds per clip
-        fit_s = 1 / pipeline[0]["clips_per_s"]
+        cpu_models.append(quickstart_model())
+        results.append(cpu_models[-1])
+        model_s = statistics.mean(1 / r["clips_per_s"] for r in cpu_models)  # seconds per clip
+        fit_s = 1 / pipeline["clips_per_s"]
         results.append(
             {
                 "measurement": "fit_vs_model",
