@@ -6,8 +6,7 @@ import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 from torch.nn.parallel import DistributedDataParallel
 
 from add_lightning.losses import ADDLoss, OrthogonalProjectionLoss
@@ -32,37 +31,23 @@ def _make_loss(kind: str):
     return OrthogonalProjectionLoss(gather_distributed=True)
 
 
-def _worker(rank: int, world_size: int, init_file: str, split: list[int], kind: str, out: str):
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+def _worker(rank: int, world_size: int, split: list[int], kind: str, out: str) -> None:
+    x, labels, model = _data()
+    ddp = DistributedDataParallel(model)
+    start = sum(split[:rank])
+    local = slice(start, start + split[rank])
+    loss = _make_loss(kind)(ddp(x[local]), labels[local])
+    loss.backward()
+    torch.save(
+        {"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]},
+        os.path.join(out, f"rank{rank}.pt"),
     )
-    try:
-        x, labels, model = _data()
-        ddp = DistributedDataParallel(model)
-        start = sum(split[:rank])
-        local = slice(start, start + split[rank])
-        loss = _make_loss(kind)(ddp(x[local]), labels[local])
-        loss.backward()
-        torch.save(
-            {"loss": loss.detach(), "grads": [p.grad for p in model.parameters()]},
-            os.path.join(out, f"rank{rank}.pt"),
-        )
-        # both ranks done before either tears gloo down: a peer that exits while the
-        # other still holds the connection can abort it (std::terminate, SIGABRT)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("kind", ["add", "opl"])
 @pytest.mark.parametrize("split", BATCH_SPLITS.values(), ids=BATCH_SPLITS.keys())
 def test_two_gloo_processes_match_one_process(tmp_path, split, kind):
-    mp.spawn(
-        _worker,
-        args=(2, str(tmp_path / "init"), split, kind, str(tmp_path)),
-        nprocs=2,
-        join=True,
-    )
+    run_ranks(_worker, (split, kind, str(tmp_path)))
     x, labels, model = _data()
     expected = _make_loss(kind)(model(x), labels)  # no process group: plain local loss
     expected.backward()

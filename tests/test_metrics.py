@@ -7,8 +7,7 @@ import statistics
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -212,28 +211,19 @@ def test_compute_without_update_gives_zeros() -> None:
     assert result["class_count"].tolist() == [0, 0, 0]
 
 
-def _ddp_worker(rank: int, init_file: str, world_size: int) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
-    )
-    try:
-        embeddings, targets, num_classes = _composition("random")
-        split = 23  # uneven halves exercise the gather of unequal sizes
-        part = slice(0, split) if rank == 0 else slice(split, None)
-        metric = EmbeddingGeometry(num_classes)
-        for batch in torch.split(torch.arange(40)[part], 8):
-            metric.update(embeddings[batch], targets[batch])
-        expected = brute_force(embeddings, targets, num_classes)
-        assert_matches(metric.compute(), expected, atol=1e-6)
-        # both ranks done before either tears gloo down: a peer that exits while the
-        # other still holds the connection can abort it (std::terminate, SIGABRT)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _ddp_worker(rank: int, world_size: int) -> None:
+    embeddings, targets, num_classes = _composition("random")
+    split = 23  # uneven halves exercise the gather of unequal sizes
+    part = slice(0, split) if rank == 0 else slice(split, None)
+    metric = EmbeddingGeometry(num_classes)
+    for batch in torch.split(torch.arange(40)[part], 8):
+        metric.update(embeddings[batch], targets[batch])
+    expected = brute_force(embeddings, targets, num_classes)
+    assert_matches(metric.compute(), expected, atol=1e-6)
 
 
-def test_ddp_state_reduction_matches_single_process(tmp_path) -> None:
-    mp.spawn(_ddp_worker, args=(str(tmp_path / "init"), 2), nprocs=2, join=True)
+def test_ddp_state_reduction_matches_single_process() -> None:
+    run_ranks(_ddp_worker)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
