@@ -3,16 +3,17 @@
 ``run_ranks(fn, args)`` starts ``world_size`` processes (``torch.multiprocessing.spawn``). Each
 joins a gloo process group (file rendezvous in a fresh temporary folder), calls
 ``fn(rank, world_size, *args)``, waits at a barrier until every rank is done, destroys the group
-and leaves with ``os._exit(0)``. The last step skips the interpreter's finalisation, where
-gloo's threads and the objects they still hold are torn down in no defined order: on the CI
-machine a finished rank died there once in a while with "terminate called without an active
-exception" (SIGABRT) after its results were complete.
+and leaves with ``os._exit(0)``, past the interpreter's finalisation (where gloo's threads and
+the objects they hold would be torn down in no defined order).
 
-An exception in ``fn`` fails the test with the rank's traceback and is never retried. A rank
-killed by a signal (the crash above, in whatever phase) is reported as a pytest warning with
-the Python stacks that faulthandler wrote for every thread of every rank (of the rank that
-died, and of the others at the SIGTERM that spawn then sends them), and the ranks are
-started once more; a second death fails the test with those stacks.
+Why: on the CI machine a rank of these tests died now and then with "terminate called without
+an active exception" (SIGABRT), a crash that never occurred in 21 repetitions here and whose
+place is unknown. So an exception in ``fn`` fails the test with the rank's traceback and is
+never retried, but a rank killed by a signal, or ranks still running after ``timeout`` (then
+sent SIGABRT), are reported as a pytest warning with the Python stacks that faulthandler wrote
+for every thread of every rank (of the rank that died, and of the others at the SIGTERM that
+spawn then sends them), and the ranks are started once more; a second failure of that kind
+fails the test with those stacks.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import os
 import signal
 import sys
 import tempfile
+import time
+import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -46,7 +49,12 @@ def _rank_main(
             world_size=world_size,
         )
         try:
-            fn(rank, world_size, *args)
+            try:
+                fn(rank, world_size, *args)
+            except BaseException:
+                # the test's own failure: the other ranks then fail too, at the barrier
+                Path(folder, f"error{rank}.txt").write_text(traceback.format_exc())
+                raise
             dist.barrier()  # every rank finished before any tears its connections down
         finally:
             dist.destroy_process_group()
@@ -65,26 +73,54 @@ def _stacks(folder: str) -> str:
     return "\n".join(texts)[-20000:]
 
 
+def _join(context: mp.ProcessContext, timeout: float) -> bool:
+    """Joins the ranks; whether they ran past ``timeout`` (then each got SIGABRT: stacks)."""
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1.0):  # raises when a rank failed
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    os.kill(process.pid, signal.SIGABRT)  # faulthandler writes its stacks
+            try:
+                context.join()
+            except mp.ProcessExitedException:
+                pass
+            return True
+    return False
+
+
 def run_ranks(
-    fn: Callable[..., None], args: Sequence = (), world_size: int = 2, retries: int = 1
+    fn: Callable[..., None],
+    args: Sequence = (),
+    world_size: int = 2,
+    retries: int = 1,
+    timeout: float = 180,
 ) -> None:
     """Runs ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks (see the module doc).
 
     ``fn`` must be a module-level function (the spawned processes import it) and ``args``
-    picklable; results go to files, and assertions inside ``fn`` fail the test.
+    picklable; results go to files, and assertions inside ``fn`` fail the test. Ranks still
+    running after ``timeout`` seconds count as hung: they are killed (with their stacks) and
+    treated like a rank killed by a signal.
     """
     for attempt in range(retries + 1):
         with tempfile.TemporaryDirectory(prefix="gloo_ranks_") as folder:
             try:
-                mp.spawn(
+                context = mp.spawn(
                     _rank_main,
                     args=(world_size, folder, fn, tuple(args)),
                     nprocs=world_size,
-                    join=True,
+                    join=False,
                 )
-                return
+                if not _join(context, timeout):
+                    return
+                failure = f"the ranks hung for {timeout} s"
             except mp.ProcessExitedException as error:  # killed by a signal, not an exception
-                report = f"{error}; the stacks of each rank:\n{_stacks(folder)}"
+                failure = str(error)
+            except mp.ProcessRaisedException as error:
+                raised = [path.read_text() for path in sorted(Path(folder).glob("error*.txt"))]
+                raise AssertionError("\n".join(raised) or str(error)) from None
+            report = f"{failure}; the stacks of each rank:\n{_stacks(folder)}"
         if attempt < retries:
             warnings.warn(f"{report}\n(started once more)", stacklevel=2)
         else:
