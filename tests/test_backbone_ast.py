@@ -50,6 +50,13 @@ def test_pooling_matches_transformers(tiny_checkpoint, pooling):
     torch.testing.assert_close(embeddings, expected)
 
 
+def test_pretrained_model_is_built_in_training_mode(tiny_checkpoint):
+    # from_pretrained's eval mode would switch off the checkpoint's dropout during fine-tuning
+    backbone = ASTBackbone(pretrained=tiny_checkpoint[0], max_length=128)
+    assert all(module.training for module in backbone.modules())
+    assert ASTBackbone(pretrained=tiny_checkpoint[0], max_length=64).ast.training  # adapted
+
+
 def test_shorter_input_keeps_centre_of_time_grid(tiny_checkpoint):
     directory, reference = tiny_checkpoint
     backbone = ASTBackbone(pretrained=directory, max_length=64)  # (64 - 16) // 10 + 1 = 5

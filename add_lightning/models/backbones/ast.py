@@ -179,6 +179,9 @@ class ASTBackbone(nn.Module):
         else:
             self.ast = _load_pretrained(pretrained)
             self._adapt_to(max_length=max_length, num_mel_bins=num_mel_bins, source=pretrained)
+            # from_pretrained returns the model in eval mode, and Lightning keeps a module's
+            # mode: in training mode as a model built from a config, so its dropout trains
+            self.ast.train()
         self.embedding_dim: int = self.ast.config.hidden_size
 
     def _adapt_to(self, max_length: int, num_mel_bins: int, source: str) -> None:
