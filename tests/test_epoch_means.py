@@ -109,9 +109,8 @@ def test_epoch_means_equal_the_hand_average_of_the_steps(tmp_path):
 
 
 def test_steps_between_logging_steps_count_in_the_epoch_means(tmp_path):
-    # self.log is called only at the steps the logger writes (every 3rd here) and at an epoch's
-    # first step; the epoch values still average every step, and the logged step values are
-    # those steps' own.
+    # self.log is called only at the steps the logger writes (every 3rd here); the epoch values
+    # still average every step, and the logged step values are those steps' own.
     _, recorder, metrics_csv = _fit_two_epochs(tmp_path, log_every_n_steps=3)
     epochs = _epoch_rows(metrics_csv)
     for epoch in (0, 1):
@@ -125,6 +124,22 @@ def test_steps_between_logging_steps_count_in_the_epoch_means(tmp_path):
     for row in rows:
         returned = recorder.steps[int(row["step"])]["returned"]
         assert float(row["train/loss_step"]) == pytest.approx(returned, rel=1e-6)
+
+
+def test_an_epoch_without_a_logging_step_still_gets_its_epoch_means(tmp_path):
+    # 4 steps per epoch and Lightning's default interval of 50: no step is written, so each
+    # epoch's last step logs the means once (no step value); they still average every step.
+    trainer, recorder, metrics_csv = _fit_two_epochs(tmp_path, log_every_n_steps=50)
+    epochs = _epoch_rows(metrics_csv)
+    assert sorted(epochs) == [0, 1]
+    for epoch in (0, 1):
+        assert set(TERMS) <= set(epochs[epoch])
+        assert epochs[epoch]["loss"] == pytest.approx(
+            _hand_means(recorder.steps, epoch, "", returned=True), rel=1e-6
+        )
+    with metrics_csv.open() as handle:
+        assert not any(row.get("train/loss_step") for row in csv.DictReader(handle))
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(epochs[1]["loss"])
 
 
 class LogitRecorder(StepRecorder):

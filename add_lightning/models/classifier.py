@@ -179,7 +179,9 @@ class AudioClassifier(LightningModule):
         # at the first step: the terms are the loss's). Their states stay on each process until
         # the epoch's compute, where torchmetrics synchronises them once; not checkpointed.
         self.train_means = nn.ModuleDict()
+        self._train_mean_names: dict[str, str] = {}  # train_means key -> logged name
         self._train_epoch_logged = False  # set by the epoch's first training step
+        self._train_means_logged = False  # set by the epoch's first self.log of train_means
         # Training-step values not yet added to train_means / train_acc / train_f1: they are
         # added together at the epoch's last step (see _defer_train_updates).
         self._pending_means: list[tuple[tuple[str, ...], Tensor, int]] = []
@@ -248,12 +250,13 @@ class AudioClassifier(LightningModule):
         batch_size = float(features.shape[0])
         first = False
         if stage == "train":
-            # the epoch's first step registers the epoch values (see _log_train_means)
             first = not self._train_epoch_logged
             self._train_epoch_logged = True
-            self._log_train_means(
-                {"loss": total, **terms}, batch_size, first or self._is_logging_step()
-            )
+            # The first logging step registers the epoch values (see _log_train_means); with
+            # deferred updates an epoch without one registers them at its end, otherwise the
+            # epoch's first step does.
+            log_now = self._is_logging_step() or (first and not self._defer_train_updates)
+            self._log_train_means({"loss": total, **terms}, batch_size, log_now)
         else:  # no step values: Lightning synchronises the epoch means once
             self.log(
                 f"{stage}/loss",
@@ -303,11 +306,12 @@ class AudioClassifier(LightningModule):
         The epoch value is the batch-size weighted mean of the step values of every process, as
         ``self.log(..., sync_dist=True)`` gives, but synchronised once per epoch, not per step.
         Every step's values reach the means (at once, or with ``_defer_train_updates`` at the
-        epoch's last step); ``self.log`` is called only when ``log_now`` (the steps
-        whose values the logger writes, and an epoch's first step so that the epoch value is
-        computed): about ten calls per step cost Lightning's bookkeeping ~2 ms each step.
-        ``trainer.callback_metrics`` (and the progress bar) therefore hold the step values of
-        the last logging step.
+        epoch's last step); ``self.log`` is called only when ``log_now``: the steps whose
+        values the logger writes (Lightning computes an epoch value only for what was logged
+        in the epoch, so an epoch without such a step logs the means once at its end, see
+        ``_log_unlogged_train_means``). A logging step costs about 4 ms in ``self.log`` and
+        the metrics' ``forward``. ``trainer.callback_metrics`` (and the progress bar)
+        therefore hold the step values of the last logging step.
         """
         keys = tuple(name.replace("/", "__") for name in values)
         if not log_now and self._defer_train_updates and all(k in self.train_means for k in keys):
@@ -320,20 +324,36 @@ class AudioClassifier(LightningModule):
                 # values are checked finite in _step). It also ignores `weight` (torchmetrics
                 # 1.9), so the value is repeated once per clip instead: the same weighted mean.
                 self.train_means[key] = MeanMetric(nan_strategy="disable").to(value.device)
+                self._train_mean_names[key] = name
             mean = self.train_means[key]
             clips = value.detach().float().expand(int(batch_size))
             if not log_now:
                 mean.update(clips)
                 continue
             mean(clips)  # update, and this batch's value as the step value (not synchronised)
-            self.log(
-                f"train/{name}",
-                mean,
-                on_step=True,
-                on_epoch=True,
-                prog_bar=name == "loss",
-                metric_attribute=f"train_means.{key}",
-            )
+            self._log_train_mean(key)
+
+    def _log_train_mean(self, key: str) -> None:
+        name = self._train_mean_names[key]
+        self.log(
+            f"train/{name}",
+            self.train_means[key],
+            on_step=True,
+            on_epoch=True,
+            prog_bar=name == "loss",
+            metric_attribute=f"train_means.{key}",
+        )
+        self._train_means_logged = True
+
+    def _log_unlogged_train_means(self) -> None:
+        """At an epoch's last step: logs the means if no step of the epoch did (see above).
+
+        Their epoch values are those of every step; there is no step value (no ``forward``
+        this epoch), so the logger's step rows are unchanged.
+        """
+        if not self._train_means_logged:
+            for key in self.train_means:
+                self._log_train_mean(key)
 
     def _flush_train_updates(self) -> None:
         """Adds the deferred training-step values to the epoch metrics (see ``_defer_...``).
@@ -422,7 +442,7 @@ class AudioClassifier(LightningModule):
             release()
 
     def on_train_epoch_start(self) -> None:
-        self._train_epoch_logged = False
+        self._train_epoch_logged = self._train_means_logged = False
         # An epoch's values are added at its end; any left here come from a fit that stopped
         # with an error, and belong to no epoch of this one.
         self._pending_means.clear()
@@ -440,6 +460,7 @@ class AudioClassifier(LightningModule):
         # them requests here is seen.
         if self._train_epoch_ends(batch_idx):
             self._flush_train_updates()
+            self._log_unlogged_train_means()
 
     def on_train_epoch_end(self) -> None:
         self._flush_train_updates()
