@@ -70,6 +70,16 @@ def _hand_means(steps: list[dict], epoch: int, name: str, returned: bool = False
     return float((values * sizes).sum() / sizes.sum())
 
 
+def _assert_epoch_losses_are_step_averages(epochs: dict, steps: list[dict]) -> None:
+    """Both epochs' `train/loss_epoch` equal the hand average of their steps' returned losses."""
+    assert sorted(epochs) == [0, 1]
+    for epoch in (0, 1):
+        assert set(TERMS) <= set(epochs[epoch])
+        assert epochs[epoch]["loss"] == pytest.approx(
+            _hand_means(steps, epoch, "", returned=True), rel=1e-6
+        )
+
+
 def _fit_two_epochs(tmp_path: Path, log_every_n_steps: int):
     """A tiny model for 2 epochs of batches 7, 7, 7, 3, with a CSV logger and a StepRecorder."""
     recorder = StepRecorder()
@@ -90,12 +100,8 @@ def test_epoch_means_equal_the_hand_average_of_the_steps(tmp_path):
     trainer, recorder, metrics_csv = _fit_two_epochs(tmp_path, log_every_n_steps=1)
     assert [s["size"] for s in recorder.steps] == [7, 7, 7, 3] * 2
     epochs = _epoch_rows(metrics_csv)
-    assert sorted(epochs) == [0, 1]
+    _assert_epoch_losses_are_step_averages(epochs, recorder.steps)
     for epoch in (0, 1):
-        assert set(TERMS) <= set(epochs[epoch])
-        assert epochs[epoch]["loss"] == pytest.approx(
-            _hand_means(recorder.steps, epoch, "", returned=True), rel=1e-6
-        )
         for name in TERMS:
             assert epochs[epoch][name] == pytest.approx(
                 _hand_means(recorder.steps, epoch, name), rel=1e-6, abs=1e-7
@@ -112,11 +118,7 @@ def test_steps_between_logging_steps_count_in_the_epoch_means(tmp_path):
     # self.log is called only at the steps the logger writes (every 3rd here); the epoch values
     # still average every step, and the logged step values are those steps' own.
     _, recorder, metrics_csv = _fit_two_epochs(tmp_path, log_every_n_steps=3)
-    epochs = _epoch_rows(metrics_csv)
-    for epoch in (0, 1):
-        assert epochs[epoch]["loss"] == pytest.approx(
-            _hand_means(recorder.steps, epoch, "", returned=True), rel=1e-6
-        )
+    _assert_epoch_losses_are_step_averages(_epoch_rows(metrics_csv), recorder.steps)
     with metrics_csv.open() as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("train/loss_step")]
     # Lightning writes step values at steps 3, 6 (1-based), i.e. global steps 2 and 5
@@ -131,12 +133,7 @@ def test_an_epoch_without_a_logging_step_still_gets_its_epoch_means(tmp_path):
     # epoch's last step logs the means once (no step value); they still average every step.
     trainer, recorder, metrics_csv = _fit_two_epochs(tmp_path, log_every_n_steps=50)
     epochs = _epoch_rows(metrics_csv)
-    assert sorted(epochs) == [0, 1]
-    for epoch in (0, 1):
-        assert set(TERMS) <= set(epochs[epoch])
-        assert epochs[epoch]["loss"] == pytest.approx(
-            _hand_means(recorder.steps, epoch, "", returned=True), rel=1e-6
-        )
+    _assert_epoch_losses_are_step_averages(epochs, recorder.steps)
     with metrics_csv.open() as handle:
         assert not any(row.get("train/loss_step") for row in csv.DictReader(handle))
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(epochs[1]["loss"])
