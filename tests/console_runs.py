@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["console_env", "run_console"]
+__all__ = ["console_env", "faulthandler_stacks", "run_console"]
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -33,6 +33,17 @@ def console_env(**extra: str) -> dict[str, str]:
     env["PYTHONFAULTHANDLER"] = "1"
     env.update(extra)
     return env
+
+
+def faulthandler_stacks(text: str, limit: int = 20000) -> str:
+    """The stacks in faulthandler's output ``text``, without its list of loaded extension
+    modules (noise in a report), cut to its last ``limit`` characters."""
+    lines = [
+        line
+        for line in text.splitlines()
+        if "Extension modules:" not in line and not re.search(r"\(total: \d+\)$", line)
+    ]
+    return "\n".join(lines)[-limit:]
 
 
 def _run_once(command: list[str], env: dict[str, str], timeout: float):
@@ -87,13 +98,7 @@ def run_console(
         if not hung:
             break
         report = f"`add-lightning {' '.join(args)}` hung for {timeout} s; stacks:\n"
-        # faulthandler also lists the loaded extension modules: noise here
-        lines = [
-            line
-            for line in result.stderr.splitlines()
-            if "Extension modules:" not in line and not re.search(r"\(total: \d+\)$", line)
-        ]
-        report += "\n".join(lines)[-20000:]
+        report += faulthandler_stacks(result.stderr)
         if attempt < retries:
             warnings.warn(report, stacklevel=2)
         else:

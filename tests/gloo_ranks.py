@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from console_runs import faulthandler_stacks
 
 __all__ = ["run_ranks"]
 
@@ -65,12 +66,11 @@ def _rank_main(
 
 
 def _stacks(folder: str) -> str:
-    texts = []
-    for path in sorted(Path(folder).glob("stacks*.txt")):
-        # faulthandler also lists the loaded extension modules: noise here
-        lines = [line for line in path.read_text().splitlines() if "Extension modules" not in line]
-        texts.append(f"--- rank {path.stem.removeprefix('stacks')}:\n" + "\n".join(lines))
-    return "\n".join(texts)[-20000:]
+    texts = [
+        f"--- rank {path.stem.removeprefix('stacks')}:\n{path.read_text()}"
+        for path in sorted(Path(folder).glob("stacks*.txt"))
+    ]
+    return faulthandler_stacks("\n".join(texts))
 
 
 def _join(context: mp.ProcessContext, timeout: float) -> bool:
