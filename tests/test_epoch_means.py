@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import CSVLogger
 from test_cli import TINY_CONFIG
 from test_models import ToyData, tiny_model, tiny_trainer
+from torch.utils.data import DataLoader, IterableDataset
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -80,7 +82,24 @@ def _assert_epoch_losses_are_step_averages(epochs: dict, steps: list[dict]) -> N
         )
 
 
-def _fit_two_epochs(tmp_path: Path, log_every_n_steps: int):
+class _UnsizedClips(IterableDataset):
+    """The clips of a ToyClips in order, as a dataset without a length."""
+
+    def __init__(self, clips) -> None:
+        self.clips = clips
+
+    def __iter__(self):
+        return (self.clips[i] for i in range(len(self.clips)))
+
+
+class UnsizedToyData(ToyData):
+    """ToyData whose training loader has no length: Lightning's epoch length is unknown."""
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_UnsizedClips(self.train_set), batch_size=self.batch_size)
+
+
+def _fit_two_epochs(tmp_path: Path, log_every_n_steps: int, data=None):
     """A tiny model for 2 epochs of batches 7, 7, 7, 3, with a CSV logger and a StepRecorder."""
     recorder = StepRecorder()
     logger = CSVLogger(str(tmp_path), name="run")
@@ -92,7 +111,7 @@ def _fit_two_epochs(tmp_path: Path, log_every_n_steps: int):
         log_every_n_steps=log_every_n_steps,
         limit_val_batches=0,
     )
-    trainer.fit(tiny_model(), datamodule=ToyData(size=24, batch_size=7))
+    trainer.fit(tiny_model(), datamodule=data or ToyData(size=24, batch_size=7))
     return trainer, recorder, Path(logger.log_dir) / "metrics.csv"
 
 
@@ -114,10 +133,17 @@ def test_epoch_means_equal_the_hand_average_of_the_steps(tmp_path):
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(epochs[1]["loss"])
 
 
-def test_steps_between_logging_steps_count_in_the_epoch_means(tmp_path):
-    # self.log is called only at the steps the logger writes (every 3rd here); the epoch values
-    # still average every step, and the logged step values are those steps' own.
-    _, recorder, metrics_csv = _fit_two_epochs(tmp_path, log_every_n_steps=3)
+@pytest.mark.parametrize("data", [ToyData, UnsizedToyData], ids=["sized", "unknown-length"])
+def test_steps_between_logging_steps_count_in_the_epoch_means(tmp_path, data):
+    # Step values are logged only at the steps the logger writes (every 3rd here); the epoch
+    # values still average every step, and the logged step values are those steps' own. An
+    # epoch of unknown length adds each step's values to the means at once and logs the means
+    # at its first step (it has no known last step): the same values.
+    trainer, recorder, metrics_csv = _fit_two_epochs(
+        tmp_path, log_every_n_steps=3, data=data(size=24, batch_size=7)
+    )
+    assert math.isinf(trainer.num_training_batches) == (data is UnsizedToyData)
+    assert [s["size"] for s in recorder.steps] == [7, 7, 7, 3] * 2
     _assert_epoch_losses_are_step_averages(_epoch_rows(metrics_csv), recorder.steps)
     with metrics_csv.open() as handle:
         rows = [row for row in csv.DictReader(handle) if row.get("train/loss_step")]
