@@ -99,7 +99,7 @@ class UnsizedToyData(ToyData):
         return DataLoader(_UnsizedClips(self.train_set), batch_size=self.batch_size)
 
 
-def _fit_two_epochs(tmp_path: Path, log_every_n_steps: int, data=None):
+def _fit_two_epochs(tmp_path: Path, log_every_n_steps: int, data=None, **model_kwargs):
     """A tiny model for 2 epochs of batches 7, 7, 7, 3, with a CSV logger and a StepRecorder."""
     recorder = StepRecorder()
     logger = CSVLogger(str(tmp_path), name="run")
@@ -111,13 +111,16 @@ def _fit_two_epochs(tmp_path: Path, log_every_n_steps: int, data=None):
         log_every_n_steps=log_every_n_steps,
         limit_val_batches=0,
     )
-    trainer.fit(tiny_model(), datamodule=data or ToyData(size=24, batch_size=7))
+    trainer.fit(tiny_model(**model_kwargs), datamodule=data or ToyData(size=24, batch_size=7))
     return trainer, recorder, Path(logger.log_dir) / "metrics.csv"
 
 
 def test_epoch_means_equal_the_hand_average_of_the_steps(tmp_path):
-    trainer, recorder, metrics_csv = _fit_two_epochs(tmp_path, log_every_n_steps=1)
+    trainer, recorder, metrics_csv = _fit_two_epochs(
+        tmp_path, log_every_n_steps=1, log_terms_per_step=True
+    )
     assert [s["size"] for s in recorder.steps] == [7, 7, 7, 3] * 2
+    assert all(set(s["logged"]) == set(TERMS) for s in recorder.steps)
     epochs = _epoch_rows(metrics_csv)
     _assert_epoch_losses_are_step_averages(epochs, recorder.steps)
     for epoch in (0, 1):
@@ -131,6 +134,27 @@ def test_epoch_means_equal_the_hand_average_of_the_steps(tmp_path):
     # the names and the progress-bar/callback value stay those of self.log(on_step, on_epoch)
     assert "train/loss" in trainer.callback_metrics
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(epochs[1]["loss"])
+
+
+def test_only_the_loss_is_logged_per_step_by_default(tmp_path):
+    # Without log_terms_per_step the terms have epoch values only, those of the same run with
+    # every term logged per step (whose epoch values equal the hand average of its steps).
+    _, every, every_csv = _fit_two_epochs(
+        tmp_path / "every", log_every_n_steps=1, log_terms_per_step=True
+    )
+    trainer, default, default_csv = _fit_two_epochs(tmp_path / "default", log_every_n_steps=1)
+    assert all(list(s["logged"]) == ["loss"] for s in default.steps)
+    assert [s["returned"] for s in default.steps] == [s["returned"] for s in every.steps]
+    with default_csv.open() as handle:
+        header = next(csv.reader(handle))
+    assert [name for name in header if name.endswith("_step")] == ["train/loss_step"]
+    assert {f"train/{name}_epoch" for name in TERMS} <= set(header)
+    default_epochs, every_epochs = _epoch_rows(default_csv), _epoch_rows(every_csv)
+    for epoch in (0, 1):
+        for name in TERMS:
+            assert default_epochs[epoch][name] == every_epochs[epoch][name]
+    assert "train/add/mu_p_step" not in trainer.callback_metrics
+    assert "train/add/mu_p_epoch" in trainer.callback_metrics
 
 
 @pytest.mark.parametrize("data", [ToyData, UnsizedToyData], ids=["sized", "unknown-length"])
@@ -269,6 +293,8 @@ def test_two_process_epoch_means_are_the_mean_over_both_ranks_steps(tmp_path):
         "lightning.pytorch.loggers.CSVLogger",
         "--trainer.logger.save_dir",
         str(tmp_path / "csv"),
+        "--model.init_args.log_terms_per_step",
+        "true",  # the terms' step values are the reference of their epoch values
         "--trainer.callbacks+=test_epoch_means.StepRecorder",
         f"--trainer.callbacks.out_dir={out}",
     ]

@@ -335,3 +335,30 @@ def test_heatmap_rejects_bad_inputs():
         class_pair_heatmap(torch.zeros(2, 2), ["a", "b", "c"])
     figure = class_pair_heatmap(torch.tensor([[0.1, float("nan")], [0.9, 0.2]]), ["a", "b"])
     assert figure.axes[0].get_title() == ""
+
+
+def test_batch_transfer_equals_lightnings_move():
+    """The direct move of a flat batch gives what Lightning's ``move_data_to_device`` gives."""
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+
+    model = tiny_model()
+    batch = {
+        "features": torch.randn(3, 8, 4),
+        "target": torch.tensor([0, 2, 1]),
+        "num_frames": torch.tensor([8, 5, 3]),
+        "clip_id": ["a.wav", "b.wav", "c.wav"],
+    }
+    for device in (torch.device("cpu"), torch.device("meta")):  # meta: a move that happens
+        moved = model.transfer_batch_to_device(batch, device, 0)
+        expected = move_data_to_device(batch, device)
+        assert type(moved) is dict and list(moved) == list(expected)
+        assert moved["clip_id"] == expected["clip_id"] == ["a.wav", "b.wav", "c.wav"]
+        for key in ("features", "target", "num_frames"):
+            assert moved[key].device == expected[key].device == device
+            assert moved[key].dtype == batch[key].dtype and moved[key].shape == batch[key].shape
+            if device.type == "cpu":
+                assert torch.equal(moved[key], batch[key])
+    # anything else (here a nested dict) is Lightning's, which moves the nested tensor too
+    nested = {"features": torch.zeros(2), "extra": {"mask": torch.zeros(2)}}
+    moved = model.transfer_batch_to_device(nested, torch.device("meta"), 0)
+    assert moved["extra"]["mask"].device.type == "meta"

@@ -65,12 +65,20 @@ def hyperparameters_from_config() -> Iterator[None]:
         _FROM_CONFIG.reset(token)
 
 
+def _flat_batch_value(value: object) -> bool:
+    """Whether ``value`` moves to a device as it is: a tensor, or a list of clip ids."""
+    if isinstance(value, Tensor):
+        return True
+    return type(value) in (list, tuple) and all(isinstance(item, str) for item in value)
+
+
 class AudioClassifier(LightningModule):
     """Audio classifier ``g(f(x))``: a backbone ``f`` gives embeddings, a linear head ``g`` logits.
 
     The loss sees both (``loss(embeddings, logits, target)``), so cross-entropy, focal loss,
-    CE + ADD or CE + OPL are configurations of ``loss``. Logged: ``train/loss`` and every
-    named loss term (``train/ce``, ``train/add/mu_p``, ...), ``{train,val,test}/acc``
+    CE + ADD or CE + OPL are configurations of ``loss``. Logged: ``train/loss`` (per logging
+    step and per epoch) and every named loss term (``train/ce``, ``train/add/mu_p``, ...; per
+    epoch, per step too with ``log_terms_per_step``), ``{train,val,test}/acc``
     (micro accuracy) and ``/f1`` (macro F1), ``val/loss``, ``test/loss``, the scalar embedding
     statistics ``{val,test}/geometry/<key>`` of :class:`~add_lightning.metrics.EmbeddingGeometry`,
     the retrieval metrics ``{val,test}/retrieval/<key>`` of
@@ -115,6 +123,12 @@ class AudioClassifier(LightningModule):
         val_retrieval: Compute the retrieval metrics at every validation epoch too (one
             ``N×N`` similarity matrix, each row ranked as deep as its class is large: a few
             times the cost of the geometry on a CPU); the test epoch always does.
+        log_terms_per_step: Also log every loss term's step value (``train/<term>_step``,
+            e.g. ``train/add/mu_p_step``) at the logging steps, not only ``train/loss_step``.
+            Every term's epoch value (``train/<term>_epoch``) is logged either way. Each step
+            name costs Lightning about 0.5 to 0.8 ms per logging step: CE + ADD's six terms
+            at the quickstart's interval of 5 add about 4 % to its training time on 2 CPU
+            cores (``benchmarks/README.md``).
 
     Shape:
         - features: ``[B, T, F]``
@@ -134,6 +148,7 @@ class AudioClassifier(LightningModule):
         unseen_class_names: list[str] | None = None,
         knn_k: tuple[int, ...] = (5,),
         val_retrieval: bool = True,
+        log_terms_per_step: bool = False,
     ) -> None:
         super().__init__()
         check_int("num_classes", num_classes, minimum=2)
@@ -156,6 +171,7 @@ class AudioClassifier(LightningModule):
         self.class_names = list(class_names) if class_names is not None else None
         self.unseen_class_names = None if unseen_class_names is None else list(unseen_class_names)
         self.freeze_backbone = freeze_backbone
+        self.log_terms_per_step = log_terms_per_step
         self.backbone = backbone
         self.head = nn.Linear(embedding_dim, num_classes)
         self.loss = loss if loss is not None else ClassificationLoss()
@@ -305,14 +321,17 @@ class AudioClassifier(LightningModule):
         ``_defer_train_updates`` at the epoch's last step) and which is logged once per epoch
         (see ``_log_epoch_train_means``). The step values are plain tensors logged as
         ``train/<name>_step`` (the name ``self.log(on_step=True, on_epoch=True)`` gives them),
-        only when ``log_now``: at the steps whose values the logger writes. One ``self.log``
-        costs Lightning about 0.5 ms (a metric object's, with its ``forward`` for the step
-        value, twice that), so a logging step of CE + ADD's 7 names costs about 3 ms.
+        only when ``log_now``: at the steps whose values the logger writes, and only for
+        ``loss`` unless ``log_terms_per_step``. One ``self.log`` costs Lightning about 0.5 to
+        0.8 ms (a metric object's, with its ``forward`` for the step value, twice that), so a
+        logging step of all of CE + ADD's 7 names costs 3 to 6 ms.
         ``trainer.callback_metrics`` holds the step values of the last logging step as
         ``train/<name>_step``; ``train/<name>`` is the last finished epoch's value.
         """
         if log_now:
             for name, value in values.items():
+                if name != "loss" and not self.log_terms_per_step:
+                    continue
                 self.log(
                     f"train/{name}_step",
                     value.detach(),
@@ -437,6 +456,24 @@ class AudioClassifier(LightningModule):
             "logits": self.head(embeddings),
             "target": batch.get("target"),
             "clip_id": batch.get("clip_id"),
+        }
+
+    def transfer_batch_to_device(
+        self, batch: Any, device: torch.device, dataloader_idx: int
+    ) -> Any:
+        """Moves a batch of this package's data modules to ``device`` directly.
+
+        Their batches are flat dicts of tensors and clip-id lists; Lightning's generic walk
+        (``move_data_to_device``) gives the same batch at several times the cost, about
+        0.2 ms per training step on the quickstart's CPU. Anything else goes to Lightning.
+        Non-blocking copies except to the CPU and MPS, as Lightning makes them.
+        """
+        if type(batch) is not dict or not all(_flat_batch_value(v) for v in batch.values()):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        non_blocking = device.type not in ("cpu", "mps")
+        return {
+            key: value.to(device, non_blocking=non_blocking) if isinstance(value, Tensor) else value
+            for key, value in batch.items()
         }
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
