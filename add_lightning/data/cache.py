@@ -6,37 +6,43 @@ order and each clip's frame count before padding). The key hashes a format versi
 ``FbankOptions`` field, the dtype and each file's absolute path, size and mtime, so changing any
 of them selects a new cache. The array is written under a temporary name and renamed when
 complete, and the manifest is written last, so an interrupted build leaves nothing that is
-trusted. A cache whose manifest is missing or unreadable, or disagrees with the key, clip list,
-shape, dtype or file size, is rebuilt; a build removes the caches of the same files and settings
-that older versions of the files left behind. Bit flips inside a complete file are not detected,
-except non-finite values, which a lookup reports.
+trusted; the next build removes the temporary files of builds whose process no longer runs. Its
+space is reserved before any clip is decoded, so a full disk fails the build at once. A cache
+whose manifest is missing or unreadable, or disagrees with the key, clip list, shape, dtype or
+file size, is rebuilt; a build removes the caches of the same files and settings that older
+versions of the files left behind. Bit flips inside a complete file are not detected, except
+non-finite values, which a lookup reports.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
+import io
 import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from numpy.lib.format import open_memmap
+from numpy.lib import format as npy_format
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..atomic import atomic_path, write_text_atomic
+from ..atomic import atomic_path, remove_stale_temporary_files, write_text_atomic
 from .audio import AudioError
 from .fbank import FbankOptions, load_fbank_frames, pad_or_crop
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT_VERSION = 1
+_NO_SPACE = (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC))  # a full disk or quota
 _DTYPES = ("float16", "float32")
 
 
@@ -182,10 +188,16 @@ class FeatureCache:
         Call it once in the main process (``prepare_data``/``setup``) before DataLoader workers
         start; ``ClipDataset`` does so on construction. Concurrent builders of the same key each
         write their own temporary file and the last rename wins, so they are safe but wasteful.
+
+        Raises:
+            OSError: With errno ENOSPC (or EDQUOT) if ``cache_dir`` cannot hold the cache,
+                naming the folder and the bytes needed.
         """
         if self._array is not None and not force:
             return
         self._array, self._num_frames = None, None
+        if self.cache_dir.is_dir():  # the partial files of killed builds, before they count
+            remove_stale_temporary_files(self.cache_dir)
         if force or self._load_valid() is None:
             self._build()
         self._open()
@@ -242,16 +254,36 @@ class FeatureCache:
     def _build(self) -> None:
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         self.manifest_path.unlink(missing_ok=True)
-        with atomic_path(self.array_path) as tmp:
-            array = open_memmap(tmp, mode="w+", dtype=np.dtype(self.dtype), shape=self.shape)
-            num_frames = []
-            bar = tqdm(self.paths, desc="fbank cache", unit="clip", disable=not self.progress)
-            for row, path in enumerate(bar):
-                frames = load_fbank_frames(path, self.options)
-                num_frames.append(frames.shape[0])
-                array[row] = pad_or_crop(frames, self.options.target_frames).numpy()
-            array.flush()
-            del array
+        header = io.BytesIO()
+        descr = npy_format.dtype_to_descr(np.dtype(self.dtype))
+        npy_format.write_array_header_1_0(
+            header, {"descr": descr, "fortran_order": False, "shape": self.shape}
+        )
+        size = header.tell() + math.prod(self.shape) * np.dtype(self.dtype).itemsize
+        try:
+            # Rows are written with write(), not through a memory map: a map written past what
+            # the file system holds kills the process with SIGBUS, write() fails with ENOSPC.
+            with atomic_path(self.array_path) as tmp, open(tmp, "wb") as stream:
+                self._reserve(stream.fileno(), size)
+                stream.write(header.getvalue())
+                num_frames = []
+                bar = tqdm(self.paths, desc="fbank cache", unit="clip", disable=not self.progress)
+                for path in bar:
+                    frames = load_fbank_frames(path, self.options)
+                    num_frames.append(frames.shape[0])
+                    row = pad_or_crop(frames, self.options.target_frames).numpy()
+                    stream.write(row.astype(self.dtype).tobytes())
+        except OSError as error:
+            if error.errno not in _NO_SPACE:
+                raise
+            free = shutil.disk_usage(self.cache_dir).free
+            raise OSError(
+                error.errno,
+                f"Not enough space in {self.cache_dir} for the feature cache of {len(self)} "
+                f"clips: it needs {size} bytes and {free} are free. "
+                "Free some space, or set `cache_dir` to a larger folder or `cache_features` to "
+                "false.",
+            ) from None
         manifest: dict[str, Any] = {
             "key": self.key,
             "shape": list(self.shape),
@@ -263,6 +295,20 @@ class FeatureCache:
         write_text_atomic(self.manifest_path, json.dumps(manifest))
         log.info("Built feature cache %s with %d clips.", self.array_path, len(self.paths))
         self._remove_stale(manifest)
+
+    @staticmethod
+    def _reserve(fd: int, size: int) -> None:
+        """Allocates the file's blocks, so that a full disk fails the build now, not after every
+        clip was decoded. Where the file system cannot (or Python lacks posix_fallocate), the
+        rows' write() still reports a full disk."""
+        if not hasattr(os, "posix_fallocate"):
+            return
+        try:
+            os.posix_fallocate(fd, 0, size)
+        except OSError as error:
+            if error.errno in _NO_SPACE:
+                raise
+            log.debug("Could not reserve %d bytes for the feature cache (%s)", size, error)
 
     def _remove_stale(self, manifest: dict[str, Any]) -> None:
         """Deletes the caches of the same files and settings built before the files changed.

@@ -10,18 +10,20 @@ file (``EXTRACTED_MARKER``) recording the completed extraction.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import os
 import shutil
 import stat
 import tarfile
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from tqdm.auto import tqdm
@@ -183,8 +185,8 @@ def download_url(
 
 
 def _is_absolute(name: str) -> bool:
-    """POSIX-absolute or a Windows drive path (``C:...``); ``name`` uses forward slashes."""
-    return name.startswith("/") or (len(name) > 1 and name[0].isalpha() and name[1] == ":")
+    """POSIX-absolute, or a Windows drive (``C:...``) or root (``\\...``) path."""
+    return name.startswith(("/", "\\")) or (len(name) > 1 and name[0].isalpha() and name[1] == ":")
 
 
 def _member_parts(name: str, archive: Path) -> tuple[str, ...]:
@@ -203,82 +205,158 @@ def _member_parts(name: str, archive: Path) -> tuple[str, ...]:
     return parts
 
 
-def _link_stays_inside(member_parts: tuple[str, ...], link: str, relative_to_member: bool) -> bool:
-    """Whether a link target, resolved without touching the disk, stays in the archive root."""
-    normalised = link.replace("\\", "/")
-    if _is_absolute(normalised):
-        return False
-    stack = list(member_parts[:-1]) if relative_to_member else []
-    for part in PurePosixPath(normalised).parts:
-        if part in ("", "."):
-            continue
-        if part == "..":
-            if not stack:
-                return False
-            stack.pop()
-        else:
+_MAX_SYMLINK_FOLLOWS = 40  # as Linux (ELOOP): a longer chain is a loop
+
+
+def _components(path: str) -> list[str]:
+    return [part for part in PurePosixPath(path.replace("\\", "/")).parts if part not in ("", ".")]
+
+
+def _key(parts: Sequence[str]) -> tuple[str, ...]:
+    # Case- and normalisation-blind, as the file systems of macOS and Windows: names that such
+    # a system takes for one path are one path here.
+    return tuple(unicodedata.normalize("NFC", part).casefold() for part in parts)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """An archive member as extraction writes it."""
+
+    name: str  # as stored in the archive, for messages
+    parts: tuple[str, ...]  # where it is written in the target folder (after strip_components)
+    symlink: str | None = None  # the target of a symlink, relative to its folder
+    hardlink: tuple[str, ...] | None = None  # the path a hardlink names, in the target folder
+
+
+def _check_layout(entries: Sequence[_Entry], archive: Path) -> None:
+    """Refuses an archive whose extraction would write or point outside the target folder.
+
+    The extraction is simulated on the names alone, with every symlink of the archive in place
+    (whichever order they come in): no member may be written at or under a symlink's path
+    (such writes follow the link: the chain ``a -> .``, ``a/a2 -> .``, ``a/a2/b -> ../../x``
+    escapes although each link looks harmless on its own), and every link, followed through
+    the archive's other symlinks, must end inside the folder.
+
+    Raises:
+        UnsafeArchiveError: Naming the first offending member and its link.
+    """
+    symlinks = {_key(entry.parts): entry for entry in entries if entry.symlink is not None}
+
+    def fault(folder: Sequence[str], link: str) -> str | None:
+        """Why ``link``, read in ``folder`` and followed to its end, is unsafe; None if not."""
+        outside = "leads outside the target folder"
+        if _is_absolute(link):
+            return outside
+        stack, pending, follows = list(folder), _components(link), 0
+        while pending:
+            part = pending.pop(0)
+            if part == "..":
+                if not stack:
+                    return outside
+                stack.pop()
+                continue
             stack.append(part)
-    return True
+            through = symlinks.get(_key(stack))
+            if through is not None:
+                follows += 1
+                if follows > _MAX_SYMLINK_FOLLOWS:
+                    return "ends in a loop of symlinks"
+                if _is_absolute(through.symlink):
+                    return outside
+                stack.pop()
+                pending = _components(through.symlink) + pending
+        return None
+
+    for entry in entries:
+        key = _key(entry.parts)
+        # its folders, and its own path unless it is that symlink (tarfile replaces a link)
+        folders = range(1, len(key) + (entry.symlink is None))
+        through = next((symlinks[key[:end]] for end in folders if key[:end] in symlinks), None)
+        if through is not None:
+            reason = (
+                f"would be written through the symlink {through.name!r} (a link to "
+                f"{through.symlink!r})"
+            )
+        elif entry.symlink is not None and (why := fault(entry.parts[:-1], entry.symlink)):
+            reason = f"is a symlink to {entry.symlink!r}, which {why}"
+        elif entry.hardlink is not None and (why := fault((), "/".join(entry.hardlink))):
+            reason = f"is a hardlink to {'/'.join(entry.hardlink)!r}, which {why}"
+        else:
+            continue
+        raise UnsafeArchiveError(f"Refusing to extract {archive}: member {entry.name!r} {reason}.")
 
 
 def _checked_tar_members(
     tar: tarfile.TarFile, archive: Path, strip_components: int
-) -> Iterator[tarfile.TarInfo]:
+) -> list[tarfile.TarInfo]:
+    """The members to extract, renamed as written; refuses the archive if one is unsafe."""
+    members, entries = [], []
     for member in tar.getmembers():
         parts = _member_parts(member.name, archive)
-        if member.issym() or member.islnk():
-            # symlink targets are relative to the link's folder, hardlink targets to the root
-            if not _link_stays_inside(parts, member.linkname, relative_to_member=member.issym()):
-                kind = "symlink" if member.issym() else "hardlink"
-                raise UnsafeArchiveError(
-                    f"Refusing to extract {archive}: member {member.name!r} is a {kind} to "
-                    f"{member.linkname!r}, outside the target folder."
-                )
-        elif not (member.isfile() or member.isdir()):
+        if not (member.isfile() or member.isdir() or member.issym() or member.islnk()):
             log.warning("Skipping %s member %r (not a file, folder or link)", archive, member.name)
             continue
-        if len(parts) <= strip_components:
+        hardlink = None
+        if member.islnk():  # a path in the archive, stripped as the member names are
+            target = _components(member.linkname)
+            if _is_absolute(member.linkname) or ".." in target or len(target) <= strip_components:
+                raise UnsafeArchiveError(
+                    f"Refusing to extract {archive}: member {member.name!r} is a hardlink to "
+                    f"{member.linkname!r}, outside the target folder."
+                )
+            hardlink = tuple(target[strip_components:])
+        parts = parts[strip_components:]
+        if not parts:
             continue
+        symlink = member.linkname if member.issym() else None
+        entries.append(_Entry(member.name, parts, symlink=symlink, hardlink=hardlink))
         member = copy.copy(member)
-        member.name = "/".join(parts[strip_components:])
-        if member.islnk():
-            member.linkname = "/".join(_member_parts(member.linkname, archive)[strip_components:])
-        yield member
+        member.name = "/".join(parts)
+        if hardlink is not None:
+            member.linkname = "/".join(hardlink)
+        member.mode &= 0o755  # no setuid, setgid, sticky or group/other write bits
+        members.append(member)
+    _check_layout(entries, archive)
+    return members
 
 
 def _extract_zip(archive: Path, target: Path, strip_components: int) -> None:
     with zipfile.ZipFile(archive) as zipped:
-        infos = zipped.infolist()
-        for info in infos:  # check everything before writing anything
-            parts = _member_parts(info.filename, archive)
-            if stat.S_ISLNK(info.external_attr >> 16):
-                link = zipped.read(info).decode("utf-8", errors="replace")
-                if not _link_stays_inside(parts, link, relative_to_member=True):
-                    raise UnsafeArchiveError(
-                        f"Refusing to extract {archive}: member {info.filename!r} is a symlink "
-                        f"to {link!r}, outside the target folder."
-                    )
-        for info in infos:
+        infos, entries = [], []
+        for info in zipped.infolist():  # check everything before writing anything
             parts = _member_parts(info.filename, archive)[strip_components:]
             if not parts:
                 continue
+            symlink = None
+            if stat.S_ISLNK(info.external_attr >> 16):
+                symlink = zipped.read(info).decode("utf-8", errors="replace")
+            entries.append(_Entry(info.filename, parts, symlink=symlink))
+            infos.append((info, parts))
+        # Zip symlinks are written as small files holding the link text, never followed; they
+        # are checked all the same, so that a zip is refused for what a tar is refused for.
+        _check_layout(entries, archive)
+        for info, parts in infos:
             destination = target.joinpath(*parts)
             if info.is_dir():
                 destination.mkdir(parents=True, exist_ok=True)
                 continue
             destination.parent.mkdir(parents=True, exist_ok=True)
-            # zip symlinks are written as small files holding the link text, never followed
             with zipped.open(info) as source, open(destination, "wb") as stream:
                 shutil.copyfileobj(source, stream, _CHUNK_BYTES)
 
 
 def _extract_tar(archive: Path, target: Path, strip_components: int) -> None:
     with tarfile.open(archive) as tar:
-        members = list(_checked_tar_members(tar, archive, strip_components))
-        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: a second, independent check
-            tar.extractall(target, members=members, filter="data")
-        else:  # pragma: no cover - older Pythons; every member was checked above
+        members = _checked_tar_members(tar, archive, strip_components)
+        if not hasattr(tarfile, "data_filter"):  # Python < 3.11.4: the check above alone
             tar.extractall(target, members=members)
+            return
+        try:  # a second, independent check
+            tar.extractall(target, members=members, filter="data")
+        except tarfile.FilterError as error:
+            raise UnsafeArchiveError(
+                f"Refusing to extract {archive}: Python's tar filter refused it ({error})."
+            ) from None
 
 
 def extract_archive(
@@ -286,11 +364,15 @@ def extract_archive(
 ) -> Path:
     """Safely extracts a zip or tar(.gz/.bz2/.xz) archive into ``destination``.
 
-    Members with absolute paths or ``..`` components, and symlinks or hardlinks pointing outside
-    the archive, are refused with ``UnsafeArchiveError`` naming the member, before anything is
-    written. The archive is unpacked into a temporary sibling folder which is renamed to
-    ``destination`` at the end, with the marker file ``EXTRACTED_MARKER`` inside; an existing
-    ``destination`` holding the marker is kept as it is.
+    Members with absolute paths or ``..`` components, members written through a symlink of the
+    archive, and symlinks or hardlinks that lead outside the folder (followed through the
+    archive's other symlinks) are refused with ``UnsafeArchiveError`` naming the member and the
+    link, before anything is written. This check does not rely on Python's tar ``data`` filter
+    (missing before 3.10.12 and 3.11.4), which runs as a second check where present.
+
+    The archive is unpacked into a temporary sibling folder which is renamed to ``destination``
+    at the end, with the marker file ``EXTRACTED_MARKER`` inside; an existing ``destination``
+    holding the marker is kept as it is.
 
     Args:
         archive: The archive file.
@@ -365,8 +447,10 @@ def download_and_extract(
     archive = download_url(url, root / name, sha256=sha256, md5=md5, progress=progress)
     try:
         return extract_archive(archive, destination, strip_components=strip_components)
-    except UnsafeArchiveError:
-        raise
+    except UnsafeArchiveError as err:
+        raise UnsafeArchiveError(
+            f"{err} It was downloaded from {url}; nothing was extracted."
+        ) from None
     except (ValueError, EOFError, zipfile.BadZipFile, tarfile.TarError, zlib.error) as err:
         if _expected_checksum(sha256, md5) is not None:
             raise  # a verified archive is what its publisher made: keep it

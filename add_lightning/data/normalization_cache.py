@@ -9,6 +9,7 @@ is reported and computed again.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -17,7 +18,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from add_lightning.atomic import write_text_atomic
+from add_lightning.atomic import remove_stale_temporary_files, write_text_atomic
 from add_lightning.data.cache import file_fingerprints
 from add_lightning.data.fbank import FbankOptions
 from add_lightning.data.normalization import Normalization
@@ -70,8 +71,23 @@ def load_normalization(path: Path) -> Normalization | None:
 
 
 def store_normalization(path: Path, statistics: Normalization) -> None:
-    """Writes ``statistics`` to ``path`` (atomically: readers never see half a file)."""
-    write_text_atomic(path, json.dumps({"mean": statistics.mean, "std": statistics.std}))
+    """Writes ``statistics`` to ``path`` (atomically: readers never see half a file).
+
+    The temporary files that killed processes left in the folder are removed first.
+
+    Raises:
+        OSError: If the folder is full, naming the file.
+    """
+    if path.parent.is_dir():
+        remove_stale_temporary_files(path.parent)
+    try:
+        write_text_atomic(path, json.dumps({"mean": statistics.mean, "std": statistics.std}))
+    except OSError as error:
+        if error.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise
+        raise OSError(
+            error.errno, f"Cannot store the normalisation statistics {path}: {error.strerror}."
+        ) from None
 
 
 __all__ = ["load_normalization", "normalization_file", "store_normalization"]
