@@ -17,7 +17,15 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-__all__ = ["COMMANDS", "TRACEBACK_VARIABLE", "console_main", "main"]
+__all__ = [
+    "COMMANDS",
+    "ERROR_STATUS",
+    "INTERRUPTED_STATUS",
+    "TRACEBACK_VARIABLE",
+    "USAGE_STATUS",
+    "console_main",
+    "main",
+]
 
 _LIGHTNING = "add_lightning.lightning_cli:run_lightning_cli"
 _EXPERIMENTS = "add_lightning.experiments.cli:main"
@@ -36,6 +44,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "compare": (_EXPERIMENTS, "a Table-2-like comparison of several experiments"),
     "figures": (_EXPERIMENTS, "the embedding-geometry figures of experiments"),
     "export": ("add_lightning.export:main", "a checkpoint as a transformers folder or ONNX file"),
+    "configs": (
+        "add_lightning.packaged_configs:main",
+        "copy the packaged configs into a folder for editing (--config NAME reads them in place)",
+    ),
 }
 
 _USAGE = """\
@@ -64,12 +76,16 @@ def _command(target: str) -> Callable[[Sequence[str]], Any]:
 def main(argv: Sequence[str] | None = None) -> Any:
     """Runs ``add-lightning COMMAND ARGS``; returns the command's exit status.
 
-    Without a command, or with ``--help``/``-h`` alone, prints the list of commands.
+    Without a command, or with ``--help``/``-h`` alone, prints the list of commands. A
+    ``--config`` value that is no file names a packaged config (``--config quickstart``).
     """
+    from add_lightning.packaged_configs import resolve_config_arguments
+
     arguments = list(sys.argv[1:] if argv is None else argv)
     if not arguments or arguments[0] in ("-h", "--help"):
         sys.stdout.write(_help())
         return 0
+    arguments = resolve_config_arguments(arguments)
     if arguments[0].startswith("-"):  # e.g. `--print_config`: LightningCLI's own options
         return _command(_LIGHTNING)(arguments)
     if arguments[0] not in COMMANDS:
@@ -77,12 +93,21 @@ def main(argv: Sequence[str] | None = None) -> Any:
             f"add-lightning: error: unknown command {arguments[0]!r}; expected one of "
             f"{', '.join(COMMANDS)} (see `add-lightning --help`).\n"
         )
-        return 2
+        return USAGE_STATUS
     return _command(COMMANDS[arguments[0]][0])(arguments)
 
 
 #: Set to 1 to see the full traceback of an error the console script reports in one line.
 TRACEBACK_VARIABLE = "ADD_LIGHTNING_TRACEBACK"
+
+#: Exit status of a user error: a file, config value or data that the command cannot use, a
+#: ``cv`` unit that failed, a ``classify`` input that could not be read.
+ERROR_STATUS = 1
+#: Exit status of a command line that does not parse (unknown command or argument, a missing
+#: or mistyped value), as argparse and jsonargparse exit.
+USAGE_STATUS = 2
+#: Exit status of a command stopped by Ctrl+C (128 + SIGINT, as a shell reports it).
+INTERRUPTED_STATUS = 130
 
 # What a user's data, paths, configs or numbers cause (AudioError and the config errors are
 # ValueErrors); anything else is a bug and keeps its traceback.
@@ -94,10 +119,19 @@ def console_main(argv: Sequence[str] | None = None) -> int:
 
     A bad path, config value or data file ends the command with ``add-lightning: error:
     <message>`` on stderr and exit status 1, instead of a 40-line traceback whose last line is
-    the message. ``ADD_LIGHTNING_TRACEBACK=1`` shows the traceback too.
+    the message. ``ADD_LIGHTNING_TRACEBACK=1`` shows the traceback too. Ctrl+C ends it with
+    ``add-lightning: interrupted`` and status 130 (README, "Exit statuses").
     """
     try:
         return main(argv)
+    except KeyboardInterrupt:
+        return _interrupted()
+    except SystemExit as exit_:
+        # Lightning answers Ctrl+C in fit/validate/test/predict with a graceful shutdown and
+        # `sys.exit(1)` raised while handling the KeyboardInterrupt (trainer/call.py).
+        if isinstance(exit_.__context__, KeyboardInterrupt):
+            return _interrupted()
+        raise
     except _USER_ERRORS as error:
         if os.environ.get(TRACEBACK_VARIABLE, "") not in ("", "0"):
             raise
@@ -106,7 +140,13 @@ def console_main(argv: Sequence[str] | None = None) -> int:
             f"add-lightning: error: {error}\n({kind}; set {TRACEBACK_VARIABLE}=1 for the "
             "traceback)\n"
         )
-        return 1
+        return ERROR_STATUS
+
+
+def _interrupted() -> int:
+    sys.stdout.flush()
+    sys.stderr.write("add-lightning: interrupted\n")
+    return INTERRUPTED_STATUS
 
 
 def __getattr__(name: str) -> Any:

@@ -195,7 +195,7 @@ def test_experiment_commands_are_dispatched(monkeypatch, command):
 
 
 def test_console_script_reaches_the_real_experiment_commands(tmp_path, capsys):
-    assert main(["compare", str(tmp_path / "missing")]) == 2
+    assert main(["compare", str(tmp_path / "missing")]) == 1
     assert "add-lightning compare: error" in capsys.readouterr().err
 
 

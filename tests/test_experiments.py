@@ -416,7 +416,7 @@ def test_cli_compare_writes_table_and_reports_errors(tmp_path, capsys):
     assert cli.main(["compare", str(directory), "--output", str(output)]) == 0
     assert "**85.00 ± 5.00**" in output.read_text()
     assert output.read_text() in capsys.readouterr().out
-    assert cli.main(["compare", str(tmp_path / "missing")]) == 2
+    assert cli.main(["compare", str(tmp_path / "missing")]) == 1
     assert "does not exist" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["compare", str(directory), "--unknown"])
@@ -586,7 +586,7 @@ def test_cv_rerun_skips_finished_units_and_refuses_another_config(
         name: (uninterrupted / name / "test_metrics.json").stat().st_mtime_ns for name in UNITS
     }
     capsys.readouterr()
-    assert cli.main([*_cv_args(tiny_config, uninterrupted), "--trainer.max_epochs", "3"]) == 2
+    assert cli.main([*_cv_args(tiny_config, uninterrupted), "--trainer.max_epochs", "3"]) == 1
     assert "--force" in capsys.readouterr().err
 
 
@@ -698,7 +698,7 @@ def test_cv_reports_user_errors(tiny_config, tmp_path, capsys):
     locked = tmp_path / "locked"
     locked.mkdir()
     with _experiment_lock(locked):
-        assert cli.main(_cv_args(tiny_config, locked)) == 2
+        assert cli.main(_cv_args(tiny_config, locked)) == 75  # busy: try again later
     assert "Another `add-lightning cv` is running" in capsys.readouterr().err
     # A value that parses but fails when the unit builds its data module: the unit's error is
     # shown, the runner stops with status 1 and writes no table.
@@ -1179,7 +1179,7 @@ def test_console_script_cv_on_slurm_without_slurm_fails_clearly(tiny_config, tmp
         env=env,
         check=False,
     )
-    assert process.returncode == 2
+    assert process.returncode == 1
     assert (
         "add-lightning cv: error: Expected SLURM's commands (srun, sbatch) on PATH"
         in process.stderr

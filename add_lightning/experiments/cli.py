@@ -11,7 +11,10 @@ import logging
 import sys
 from pathlib import Path
 
+from add_lightning.cli import ERROR_STATUS, USAGE_STATUS
 from add_lightning.experiments.atomic import write_text_atomic
+from add_lightning.experiments.files import UNIT_BUSY_STATUS
+from add_lightning.experiments.locks import LockBusyError
 
 __all__ = ["build_parser", "main"]
 
@@ -335,11 +338,24 @@ def _figures(args: argparse.Namespace) -> int:
     return 0
 
 
+def _error_status(error: Exception) -> int:
+    """The exit status of an error of ``cv``, ``compare`` or ``figures`` (README, "Exit
+    statuses"): 2 for a config or override that does not parse, as ``fit`` exits for it;
+    :data:`UNIT_BUSY_STATUS` when another ``cv`` holds the experiment (try again later);
+    otherwise 1 (a bad config value, directory or file, or a unit that failed)."""
+    if isinstance(error.__cause__, SystemExit):  # jsonargparse refused the config
+        return USAGE_STATUS
+    if isinstance(error.__cause__, LockBusyError):
+        return UNIT_BUSY_STATUS
+    return ERROR_STATUS
+
+
 def main(argv: list[str] | None = None) -> int:
     """Runs ``cv``, ``compare`` or ``figures``; returns the exit status.
 
-    User errors (bad config, wrong directory, missing files) are reported on stderr with exit
-    status 2, without a traceback.
+    Errors a user can cause (bad config, wrong directory, missing files, failed units) are
+    reported in one line on stderr, without a traceback; see :func:`_error_status` for the
+    exit status.
     """
     parser = build_parser()
     args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
@@ -353,12 +369,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             return _compare(args)
         return _figures(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError, RuntimeError) as error:
         sys.stderr.write(f"add-lightning {args.command}: error: {error}\n")
-        return 2
-    except RuntimeError as error:
-        sys.stderr.write(f"add-lightning {args.command}: error: {error}\n")
-        return 1
+        return _error_status(error)
 
 
 if __name__ == "__main__":

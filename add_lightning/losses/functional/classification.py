@@ -11,7 +11,7 @@ from add_lightning.tensor_utils import compute_dtype
 
 
 def _check_logits_and_targets(logits: Tensor, targets: Tensor) -> Tensor:
-    """The targets as int64 class ids or checked probabilities (see ``checked_targets``)."""
+    """Int64 class ids in ``[0, C)`` or checked probabilities (see ``checked_targets``)."""
     if logits.ndim != 2:
         raise ValueError(
             f"Expected argument `logits` to have shape [B, C] but got {tuple(logits.shape)}"
@@ -27,7 +27,7 @@ def _check_logits_and_targets(logits: Tensor, targets: Tensor) -> Tensor:
             f"Expected integer `targets` to have shape [{logits.shape[0]}] "
             f"but got {tuple(targets.shape)}"
         )
-    return checked_targets(targets)
+    return checked_targets(targets, logits.shape[-1])
 
 
 def _probabilities(targets: Tensor, num_classes: int, label_smoothing: float, dtype) -> Tensor:
