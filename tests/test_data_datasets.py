@@ -224,7 +224,8 @@ def make_iemocap(root: Path) -> dict[str, int]:
         lines = ["% [START_TIME - END_TIME] TURN_NAME EMOTION [V, A, D]", ""]
         for u, label in enumerate(IEMOCAP_LABELS):
             utterance = f"{dialog}_F{u:03d}"
-            write_wav(root / f"Session{session}/sentences/wav/{dialog}/{utterance}.wav", seed=u)
+            wav = root / f"Session{session}/sentences/wav/{dialog}/{utterance}.wav"
+            write_wav(wav, seed=100 * session + u)  # no two sessions share a clip's bytes
             lines += [
                 f"[{u}.0100 - {u}.9000]\t{utterance}\t{label}\t[2.5000, 3.0000, 2.0000]",
                 "C-E1:\tNeutral;\t()",

@@ -12,6 +12,8 @@ restores a checkpoint uses them (``load_state_dict``), not statistics of the fil
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,9 @@ from typing import Any
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader
 
+from add_lightning.atomic import write_text_atomic
 from add_lightning.data.augment import Mixup, SpecAugment
-from add_lightning.data.cache import FeatureCache
+from add_lightning.data.cache import FeatureCache, file_fingerprints
 from add_lightning.data.clip import Clip
 from add_lightning.data.clip_dataset import ClipDataset, collate_clips
 from add_lightning.data.datasets.base import SPLITS, AudioDatasetIndex, Split
@@ -43,7 +46,12 @@ from add_lightning.data.sampler import (
     EvaluationSampler,
     SeededShuffleSampler,
 )
-from add_lightning.data.splits import draw_unseen_classes, split_off_validation
+from add_lightning.data.splits import (
+    classes_short_of_folds,
+    draw_unseen_classes,
+    shared_audio,
+    split_off_validation,
+)
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +138,18 @@ class AudioDataModule(LightningDataModule):
             every unseen clip is tested exactly once.
         unseen_seed: Seed of the draw of ``unseen_classes`` (kept apart from ``seed`` so that
             every seed and fold of an experiment holds out the same classes).
+        allow_duplicate_audio: Train even when a validation or test clip is the same file
+            (hardlink, symlink) or holds the same bytes as a training clip under another name;
+            by default that is an error naming both paths, as the model would be tested on
+            clips it trained on. The check reads the first 64 KiB of files whose size a
+            training and a held-out file share (all of files whose first 64 KiB agree); with
+            ``cache_dir`` a clean result is kept there and later runs on unchanged files only
+            look at sizes and modification times.
+
+    Raises:
+        ValueError: When the splits are built (``setup``): if the training split has no clip
+            of a class that the validation or test split holds, or (unless
+            ``allow_duplicate_audio``) a held-out clip's audio is also a training clip's.
     """
 
     def __init__(
@@ -151,6 +171,7 @@ class AudioDataModule(LightningDataModule):
         pin_memory: bool = False,
         unseen_classes: int | list[str] = 0,
         unseen_seed: int = 0,
+        allow_duplicate_audio: bool = False,
         **replaced: Any,
     ) -> None:
         refuse_replaced_arguments(type(self).__name__, replaced)
@@ -214,6 +235,7 @@ class AudioDataModule(LightningDataModule):
         self.pin_memory = pin_memory
         self.unseen_classes = unseen_classes
         self.unseen_seed = unseen_seed
+        self.allow_duplicate_audio = allow_duplicate_audio
         self._fold_normalization: Normalization | None = normalization
         self._clips: dict[str, list[Clip]] | None = None
         self._datasets: dict[str, ClipDataset] = {}
@@ -292,6 +314,8 @@ class AudioDataModule(LightningDataModule):
                     self.dataset.clips("validation", self.fold), "validation"
                 )
             test = self._relabelled(self.dataset.clips("test", self.fold), "test")
+            self._check_training_classes(train, validation, test)
+            self._check_shared_audio(train, [*validation, *test])
             self._clips = {"train": train, "validation": validation, "test": test}
             log.info(
                 "%r fold %s: %d training, %d validation, %d test clips, %d classes%s",
@@ -307,6 +331,94 @@ class AudioDataModule(LightningDataModule):
                 f"{self._unseen_class_names}",
             )
         return self._clips
+
+    def _check_training_classes(
+        self, train: list[Clip], validation: list[Clip], test: list[Clip]
+    ) -> None:
+        """Warns about classes that some fold trains or tests without; raises if this one does.
+
+        Raises:
+            ValueError: If the validation or test split holds a class (of the trained ones)
+                that the training split has no clip of.
+        """
+        names = self.class_names
+        folds = self.dataset.folds
+        short = (
+            classes_short_of_folds(
+                ((e.label, int(e.group)) for e in self.dataset.entries() if e.label in names),
+                folds,
+            )
+            if folds
+            else {}
+        )
+        described = {label: _fold_coverage(counts, folds) for label, counts in short.items()}
+        if described:
+            log.warning(
+                "%r: classes with fewer clips than the %d folds or with all their clips in one "
+                "fold: %s",
+                self.dataset,
+                len(folds),
+                "; ".join(f"{label!r} {text}" for label, text in described.items()),
+            )
+        trained = {clip.label for clip in train}
+        held_out = [("validation", validation)]
+        if self._unseen_class_names is None:  # else the test split holds the unseen classes
+            held_out.append(("test", test))
+        for split, clips in held_out:
+            missing = sorted({clip.label for clip in clips} - trained)
+            if missing:
+                classes = "; ".join(
+                    f"{names[label]!r} "
+                    + described.get(
+                        names[label], f"({sum(c.label == label for c in clips)} {split} clips)"
+                    )
+                    for label in missing
+                )
+                raise ValueError(
+                    f"{self.dataset!r} fold {self.fold}: the training split has no clip of the "
+                    f"classes {classes}, which the {split} split holds: the model would be "
+                    "tested on classes it never trained on. Add training clips of them or leave "
+                    "them out with the dataset's `classes`."
+                )
+
+    def _check_shared_audio(self, train: list[Clip], held_out: list[Clip]) -> None:
+        """Refuses (or with ``allow_duplicate_audio`` warns about) held-out audio in training.
+
+        Raises:
+            ValueError: If a held-out clip is the same file or the same bytes as a training
+                clip, naming both paths and the option.
+        """
+        record = None  # a clean verdict is kept in cache_dir, keyed on every file's fingerprint
+        if self.cache_dir is not None:
+            files = [file_fingerprints(clip.path for clip in clips) for clips in (train, held_out)]
+            key = hashlib.sha256(json.dumps(files).encode("utf-8")).hexdigest()[:20]
+            record = self.cache_dir / f"no-shared-audio-{key}.json"
+            if record.is_file():
+                return
+        shared = shared_audio((clip.path for clip in train), (clip.path for clip in held_out))
+        if not shared:
+            if record is not None:
+                try:
+                    write_text_atomic(
+                        record, json.dumps({"train": len(train), "held_out": len(held_out)})
+                    )
+                except OSError as error:
+                    log.warning("Could not record %s (%s); the check runs again.", record, error)
+            return
+        train_paths, held_out_paths = shared[0]
+        count = sum(len(paths) for _, paths in shared)
+        message = (
+            f"{self.dataset!r} fold {self.fold}: {count} validation/test clips hold the same "
+            f"audio as a training clip (same file or identical bytes), e.g. {held_out_paths[0]} "
+            f"and the training clip {train_paths[0]}"
+        )
+        if not self.allow_duplicate_audio:
+            raise ValueError(
+                f"{message}; the model would be tested on clips it trained on. Remove the "
+                "copies or set `allow_duplicate_audio: true` (--data.init_args."
+                "allow_duplicate_audio true) to train anyway."
+            )
+        log.warning("%s; training anyway (allow_duplicate_audio).", message)
 
     # normalisation
 
@@ -555,6 +667,18 @@ class AudioDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Batches of ``predict_split``, unaugmented, in index order."""
         return self._evaluation_loader("predict")
+
+
+def _fold_coverage(counts: dict[int, int], folds: tuple[int, ...]) -> str:
+    """``(N clips in folds [...]: folds [...] test without it, fold k trains without it ...)``."""
+    total = sum(counts.values())
+    parts = []
+    untested = [fold for fold in folds if fold not in counts]
+    if untested:
+        parts.append(f"folds {untested} test without it")
+    if len(counts) == 1:
+        parts.append(f"fold {next(iter(counts))} trains without it but tests on it")
+    return f"({total} clip{'s' * (total != 1)} in folds {list(counts)}: {', '.join(parts)})"
 
 
 __all__ = ["PIPELINE_KEY", "AudioDataModule", "parse_pipeline"]

@@ -76,6 +76,8 @@ class WaveformDataModule(AudioDataModule):
         seed: Seed of shuffling, validation hold-out, crops and mixup.
         predict_split: The split ``predict_dataloader`` serves.
         pin_memory: Pin batches in page-locked memory (for GPU training).
+        allow_duplicate_audio: Train even when a validation or test clip holds the same audio
+            as a training clip (see :class:`AudioDataModule`).
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class WaveformDataModule(AudioDataModule):
         seed: int = 0,
         predict_split: Split = "test",
         pin_memory: bool = False,
+        allow_duplicate_audio: bool = False,
         **replaced: Any,
     ) -> None:
         refuse_replaced_arguments(type(self).__name__, replaced)
@@ -118,6 +121,7 @@ class WaveformDataModule(AudioDataModule):
             seed=seed,
             predict_split=predict_split,
             pin_memory=pin_memory,
+            allow_duplicate_audio=allow_duplicate_audio,
         )
         self.sample_rate = sample_rate
         self.max_duration = None if max_duration is None else float(max_duration)

@@ -107,6 +107,18 @@ class AudioDatasetIndex(ABC):
         self._folds: tuple[int, ...] | None = None
         self._entries: list[IndexEntry] | None = None
 
+    def _require_folder(self, expected: str) -> None:
+        """Raises unless ``root`` is a folder or absent (an audio file given as ``root``, say).
+
+        Raises:
+            NotADirectoryError: If ``root`` is a file, naming it and ``expected``.
+        """
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(
+                f"{type(self).__name__}: `root` {self.root} is a file; expected a folder "
+                f"holding {expected}."
+            )
+
     def prepare(self) -> None:
         """Downloads, generates or verifies the data; called once per node by ``prepare_data``.
 

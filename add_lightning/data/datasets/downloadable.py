@@ -52,6 +52,9 @@ class DownloadableDataset(AudioDatasetIndex):
 
     def data_root(self) -> Path | None:
         """The folder holding ``data_files``: ``root`` or ``root/<archive_folder>``, if any."""
+        self._require_folder(
+            " and ".join(str(name) for name in self.data_files) + f" or {self.archive_folder}/"
+        )
         for candidate in (self.root, self.root / self.archive_folder):
             if all((candidate / name).is_file() for name in self.data_files):
                 return candidate

@@ -4,6 +4,10 @@ Folder form::
 
     root/<class name>/**/<clip>.<wav|flac|ogg|...>
 
+Sub-folders whose name starts with ``_`` are not classes (e.g. Speech Commands'
+``_background_noise_``): each one that holds audio files is named in a WARNING. Hidden files and
+folders (``.x``) are skipped without a word.
+
 Manifest form (a CSV file with a header; ``fold`` or ``split`` optional, not both)::
 
     path,label[,fold|split]
@@ -42,6 +46,11 @@ _SPLIT_NAMES = {
     "dev": "validation",
     "test": "test",
 }
+
+_EXPECTED_ROOT = (
+    "expected a folder with one sub-folder per class or a CSV manifest file "
+    "(path,label[,fold|split])"
+)
 
 
 class FolderDataset(AudioDatasetIndex):
@@ -83,6 +92,7 @@ class FolderDataset(AudioDatasetIndex):
         self.seed = seed
         self.extensions = tuple(extension.lower() for extension in extensions)
         self._manifest_rows: list[tuple[int, dict[str, str]]] | None = None
+        self._folders: list[Path] | None = None
 
     @property
     def is_manifest(self) -> bool:
@@ -92,15 +102,27 @@ class FolderDataset(AudioDatasetIndex):
     def _require_root(self) -> None:
         if not self.root.exists():
             raise FileNotFoundError(
-                f"FolderDataset: `root` {self.root} does not exist; expected a folder with one "
-                "sub-folder per class or a CSV manifest file (path,label[,fold|split])."
+                f"FolderDataset: `root` {self.root} does not exist; {_EXPECTED_ROOT}."
+            )
+        if self.is_manifest and self.root.suffix.lower() in {*AUDIO_EXTENSIONS, *self.extensions}:
+            raise NotADirectoryError(
+                f"FolderDataset: `root` {self.root} is an audio file; {_EXPECTED_ROOT}."
             )
 
     # manifest form
 
     def _rows(self) -> list[tuple[int, dict[str, str]]]:
         if self._manifest_rows is None:
-            with io.StringIO(read_metadata_text(self.root), newline="") as stream:
+            try:
+                text = read_metadata_text(self.root)
+            except ValueError:
+                if self.root.suffix.lower() == ".csv":
+                    raise
+                raise NotADirectoryError(
+                    f"FolderDataset: `root` {self.root} is a file that is not UTF-8 text; "
+                    f"{_EXPECTED_ROOT}."
+                ) from None
+            with io.StringIO(text, newline="") as stream:
                 reader = csv.DictReader(stream)
                 columns = [name.strip() for name in reader.fieldnames or []]
                 reader.fieldnames = columns
@@ -178,15 +200,41 @@ class FolderDataset(AudioDatasetIndex):
     # folder form
 
     def _class_folders(self) -> list[Path]:
-        folders = sorted(
-            p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith((".", "_"))
+        """The class folders (read once); warns about the ``_`` folders that hold audio."""
+        if self._folders is None:
+            children = sorted(p for p in self.root.iterdir() if p.is_dir())
+            skipped = {  # "_" folders with their audio file counts
+                p.name: count
+                for p in children
+                if p.name.startswith("_") and (count := len(self._audio_files(p)))
+            }
+            if skipped:
+                log.warning(
+                    "FolderDataset at %s: the folders %s (audio files: %s) are not classes, as "
+                    "their names start with '_'; their clips are not used.",
+                    self.root,
+                    list(skipped),
+                    list(skipped.values()),
+                )
+            folders = [p for p in children if not p.name.startswith((".", "_"))]
+            if not folders:
+                raise FileNotFoundError(
+                    f"FolderDataset: {self.root} has no class sub-folders; expected "
+                    f"{self.root}/<class name>/<clip>.wav."
+                )
+            self._folders = folders
+        return self._folders
+
+    def _audio_files(self, folder: Path) -> list[Path]:
+        """The audio files below ``folder``, sorted, without hidden files and folders."""
+        return sorted(
+            p
+            for p in folder.rglob("*")
+            if p.suffix.lower() in self.extensions
+            # hidden files and folders, e.g. macOS's "._clip.wav" resource forks
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+            and p.is_file()
         )
-        if not folders:
-            raise FileNotFoundError(
-                f"FolderDataset: {self.root} has no class sub-folders; expected "
-                f"{self.root}/<class name>/<clip>.wav."
-            )
-        return folders
 
     def _folder_entries(self) -> list[IndexEntry]:
         entries = []
@@ -196,14 +244,7 @@ class FolderDataset(AudioDatasetIndex):
                     f"FolderDataset: class folder {folder} is not one of the given "
                     f"`class_names` {sorted(self.given_class_names)}."
                 )
-            files = sorted(
-                p
-                for p in folder.rglob("*")
-                if p.suffix.lower() in self.extensions
-                # hidden files and folders, e.g. macOS's "._clip.wav" resource forks
-                and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-                and p.is_file()
-            )
+            files = self._audio_files(folder)
             if not files:
                 raise FileNotFoundError(
                     f"FolderDataset: class folder {folder} holds no audio files with the "

@@ -210,6 +210,7 @@ class HuggingFaceDataset(AudioDatasetIndex):
     @property
     def export_dir(self) -> Path:
         """The folder of this dataset version's exported audio files and index."""
+        self._require_folder("the exported audio files")
         return self.root / f"hf-{self._key_of()}"
 
     # the index interface

@@ -101,6 +101,7 @@ class IEMOCAP(AudioDatasetIndex):
 
     def data_root(self) -> Path | None:
         """The folder holding ``SessionN/``: ``root`` or ``root/IEMOCAP_full_release``, if any."""
+        self._require_folder(f"Session1 ... Session5 or {IEMOCAP_FOLDER}/")
         for candidate in (self.root, self.root / IEMOCAP_FOLDER):
             if candidate.is_dir() and self._sessions(candidate):
                 return candidate
@@ -108,11 +109,23 @@ class IEMOCAP(AudioDatasetIndex):
 
     @staticmethod
     def _sessions(folder: Path) -> dict[int, Path]:
-        sessions = {}
-        for child in folder.iterdir():
+        """The session folders by number.
+
+        Raises:
+            ValueError: If two folders have one number (``Session2`` and ``Session02``): one
+                of them would be left out of every fold.
+        """
+        sessions: dict[int, Path] = {}
+        for child in sorted(folder.iterdir()):
             match = _SESSION.match(child.name)
             if match and child.is_dir():
-                sessions[int(match.group(1))] = child
+                number = int(match.group(1))
+                if number in sessions:
+                    raise ValueError(
+                        f"IEMOCAP: {sessions[number]} and {child} are both session {number}; "
+                        "expected one folder per session (remove or rename one of them)."
+                    )
+                sessions[number] = child
         return sessions
 
     def _require_sessions(self) -> dict[int, Path]:
@@ -155,6 +168,14 @@ class IEMOCAP(AudioDatasetIndex):
                             unreadable.append((label_file, number, line.strip()))
                         continue
                     utterance, label = match.group("utterance"), match.group("label").lower()
+                    if any(part in utterance for part in ("/", "\\", "..")):
+                        # ids are names: "Ses01F_x/../../../../Session2/..." would put another
+                        # session's clip into this session's fold
+                        raise ValueError(
+                            f"IEMOCAP: {label_file} line {number}: the utterance id "
+                            f"{utterance!r} is a path; expected a name such as "
+                            "Ses01F_impro01_F000."
+                        )
                     if label not in self.labels:
                         dropped[label] += 1
                         continue

@@ -164,6 +164,11 @@ class SyntheticDataset(ESC50LayoutIndex):
         """Writes the clips and metadata into a temporary folder, then renames it into place."""
         if self.data_root() is not None:
             return self.dataset_root
+        if self.dataset_root.parent.is_file():
+            raise NotADirectoryError(
+                f"SyntheticDataset: `root` {self.dataset_root.parent} is a file; expected a "
+                "folder to generate the dataset in."
+            )
         # another process may finish first: its (identical) copy is kept
         with atomic_directory(
             self.dataset_root, is_complete=lambda _: self.data_root() is not None
