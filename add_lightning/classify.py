@@ -4,33 +4,46 @@ Inputs are audio files, folders (every audio file below them, sorted, hidden fil
 ``.csv`` files (one column of paths, relative ones read from the CSV's folder). Each file is
 read as in training (channels averaged, resampled to the training rate) and scored as
 :mod:`add_lightning.inference` describes: for an fbank model (AST, BEATs) it is cut into
-windows of the model's input length and its probabilities are the mean of its windows'
-softmax probabilities; a waveform model (a speech encoder) scores the whole file as one
-window, as evaluation does. Windows of several files share a forward pass (``--batch_size``
-windows at a time; waveforms zero-padded to the longest, with their padding mask).
+windows of the model's input length; a waveform model (a speech encoder) scores the whole file
+as one window, as evaluation does. Windows far below the file's loudest (``--silence_db``, 30
+dB by default) or below -80 dBFS are silent and left out; the file's probabilities pool the
+other windows' softmax probabilities (``--pooling``: ``mean``, the default, or ``max``). A
+file whose every window is silent gets no label and is reported as silent. Windows of several
+files share a forward pass (``--batch_size`` windows at a time; waveforms zero-padded to the
+longest, with their padding mask).
 
 Output: one line per file on stdout (``path<TAB>label probability<TAB>...``, top-k, in input
-order); ``--output`` also writes them to ``.csv`` or ``.json``; ``--embeddings`` writes the
-mean window embeddings to ``.npz``. A file that cannot be read is reported on stderr by name
-and the others are still classified; the exit status is then 1.
+order; ``path<TAB>(silent)`` for a silent file; in the path, unprintable characters and
+backslashes are escaped as Python writes them, ``\\t``, ``\\n``, ``\\\\``, so that a file name
+cannot forge a line); ``--output`` also writes them to ``.csv`` or ``.json`` (paths unchanged,
+with each file's status and its numbers of windows and silent windows); ``--windows`` writes
+one row per window (start, end, level, silent, top-k); ``--embeddings`` writes the mean
+embeddings of the non-silent windows to ``.npz``. A file that cannot be read (a dangling
+symbolic link too) is reported on stderr by name and the others are still classified; the exit
+status is then 1. A silent file is no error.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jsonargparse import ArgumentParser
 
 from add_lightning.atomic import atomic_path
+from add_lightning.cli import ERROR_STATUS, USAGE_STATUS
 
 __all__ = ["build_parser", "expand_inputs", "main"]
 
 _OUTPUT_FORMATS = (".csv", ".json")
+# inference.SILENCE_BELOW_PEAK_DB and SILENCE_FLOOR_DBFS (a test checks that they agree), not
+# imported: inference loads torch and Lightning, which `--help` and a usage error need not wait for
+_SILENCE_DB, _SILENCE_FLOOR_DBFS = 30.0, -80.0
 
 
 def build_parser() -> ArgumentParser:
@@ -41,9 +54,10 @@ def build_parser() -> ArgumentParser:
             "Classifies audio files (any sample rate, mono or multi-channel) with a checkpoint "
             "written by `add-lightning fit`. Fbank models (AST, BEATs): clips longer than the "
             "model's input are cut into windows of target_frames frames every --hop_frames "
-            "frames (the last one ending at the clip's end) and the window probabilities "
-            "averaged; shorter clips are zero-padded as in training. Waveform models (speech "
-            "encoders): each clip is scored whole, as in evaluation."
+            "frames (the last one ending at the clip's end); shorter clips are zero-padded as "
+            "in training. Waveform models (speech encoders): each clip is scored whole, as in "
+            "evaluation. Silent windows (see --silence_db) are left out and the others' "
+            "probabilities pooled (--pooling); a file silent throughout gets no label."
         ),
         exit_on_error=False,
     )
@@ -71,6 +85,31 @@ def build_parser() -> ArgumentParser:
             "frames between window starts of long clips (default target_frames // 2); fbank "
             "models only"
         ),
+    )
+    parser.add_argument(
+        "--pooling",
+        type=Literal["mean", "max"],
+        default="mean",
+        help=(
+            "how a file's probabilities come from its non-silent windows': their mean, or max "
+            "(each class's highest window probability, for a short event in a long file)"
+        ),
+    )
+    parser.add_argument(
+        "--silence_db",
+        type=float | None,
+        default=_SILENCE_DB,
+        help=(
+            "a window whose loudest frame (25 ms) is more than this many dB below the file's "
+            f"loudest frame, or below {_SILENCE_FLOOR_DBFS:g} dBFS, is silent and left out of "
+            "the file's scores; null keeps every window"
+        ),
+    )
+    parser.add_argument(
+        "--windows",
+        type=str | None,
+        default=None,
+        help="write one row per window (start, end, level, silent, top-k) to .csv or .json",
     )
     parser.add_argument(
         "--batch_size",
@@ -104,8 +143,19 @@ def _check_arguments(args: Any) -> None:
     ):
         if value < lowest:
             raise ValueError(f"Expected `{name}` to be an integer >= {lowest} but got {value}.")
-    if args.output is not None and Path(args.output).suffix.lower() not in _OUTPUT_FORMATS:
-        raise ValueError(f"Expected `--output` to end with .csv or .json but got {args.output!r}.")
+    for name, value in (("--output", args.output), ("--windows", args.windows)):
+        if value is not None and Path(value).suffix.lower() not in _OUTPUT_FORMATS:
+            raise ValueError(f"Expected `{name}` to end with .csv or .json but got {value!r}.")
+    if args.windows is not None and args.output is not None and args.windows == args.output:
+        raise ValueError(
+            f"Expected `--windows` and `--output` to be two files but both are {args.output!r}."
+        )
+    if args.silence_db is not None and not (
+        math.isfinite(args.silence_db) and args.silence_db >= 0
+    ):
+        raise ValueError(
+            f"Expected `--silence_db` to be a number of dB >= 0 or null but got {args.silence_db}."
+        )
     if args.embeddings is not None and not args.embeddings.endswith(".npz"):
         raise ValueError(f"Expected `--embeddings` to end with .npz but got {args.embeddings!r}.")
 
@@ -147,7 +197,8 @@ def expand_inputs(inputs: Sequence[str], csv_column: str | None = None) -> list[
 
     A folder gives every file below it whose suffix is in ``AUDIO_EXTENSIONS`` (any case),
     sorted by path, skipping hidden files and folders. A path that does not exist is kept, to
-    be reported as unreadable with the others.
+    be reported as unreadable with the others; so is an entry of a folder that is no regular
+    file (a dangling symbolic link, a link loop, a pipe).
 
     Raises:
         ValueError: If a folder holds no audio file or a CSV input is unusable.
@@ -162,7 +213,7 @@ def expand_inputs(inputs: Sequence[str], csv_column: str | None = None) -> list[
                 path
                 for path in item.rglob("*")
                 if path.suffix.lower() in AUDIO_EXTENSIONS
-                and path.is_file()
+                and not path.is_dir()  # a dangling link is reported, not skipped
                 and not any(part.startswith(".") for part in path.relative_to(item).parts)
             )
             if not found:
@@ -178,12 +229,27 @@ def expand_inputs(inputs: Sequence[str], csv_column: str | None = None) -> list[
     return paths
 
 
-class _FileWindows:
-    """Map-style dataset: item i = ``(i, (windows, valid lengths) or None, error or None)``.
+def _escape_controls(text: str) -> str:
+    r"""``text`` (a file name, a message naming one) as one line: unprintable characters and
+    backslashes escaped.
 
-    The windows are the model's inputs from ``pipeline.inputs`` (see
-    :attr:`~add_lightning.inference.TrainedModel.pipeline`). Errors are returned, not raised, so
-    that one unreadable file (in a DataLoader worker too) does not stop the others.
+    Python's escapes (``\t``, ``\n``, ``\x1b``, ``\u2028``, ``\udcff`` for an undecodable
+    byte) replace each character that ``str.isprintable`` rejects, and ``\\`` a backslash, so
+    that a file name cannot add a line or a field and the escaping can be undone; ordinary
+    names, spaces and non-ASCII letters included, are unchanged.
+    """
+    return "".join(
+        char if char.isprintable() and char != "\\" else char.encode("unicode_escape").decode()
+        for char in text
+    )
+
+
+class _FileWindows:
+    """Map-style dataset: item i = ``(i, ClipWindows or None, error or None)``.
+
+    The windows are the model's inputs, their times and levels from ``pipeline.clip_windows``
+    (see :attr:`~add_lightning.inference.TrainedModel.pipeline`). Errors are returned, not
+    raised, so that one unreadable file (in a DataLoader worker too) does not stop the others.
     """
 
     def __init__(self, paths: Sequence[Path], pipeline: Any, hop_frames: int | None) -> None:
@@ -200,12 +266,12 @@ class _FileWindows:
         path = self.paths[index]
         rate = self.pipeline.sample_rate
         try:
-            windows = self.pipeline.inputs(load_audio(path, rate), rate, self.hop_frames)
+            windows = self.pipeline.clip_windows(load_audio(path, rate), rate, self.hop_frames)
         except AudioError as error:
             return index, None, str(error)
         except (ValueError, OSError) as error:
             return index, None, f"Audio file {path}: {error}"
-        return index, windows, None  # (windows, valid frames or samples of each window)
+        return index, windows, None
 
 
 def _write_atomic(path: Path, write: Any) -> None:
@@ -217,23 +283,31 @@ def _write_atomic(path: Path, write: Any) -> None:
         write(handle)
 
 
-def _write_results(path: Path, rows: list[dict[str, Any]], top_k: int, meta: dict) -> None:
+def _write_rows(
+    path: Path,
+    key: str,
+    rows: list[dict[str, Any]],
+    meta: dict[str, Any],
+    top_k: int,
+    before: list[str],
+    after: Sequence[str] = (),
+) -> None:
+    """``rows`` to ``path``: a ``.json`` object (``meta`` and the rows under ``key``) or a
+    ``.csv`` with the columns ``before``, then ``label_i, probability_i`` from each row's
+    ``top_k`` list, then ``after`` (a row's other entries are JSON only)."""
     if path.suffix.lower() == ".json":
-        _write_atomic(path, lambda handle: json.dump({**meta, "clips": rows}, handle, indent=2))
+        _write_atomic(path, lambda handle: json.dump({**meta, key: rows}, handle, indent=2))
         return
-    fields = ["path", "num_windows"]
-    for rank in range(1, top_k + 1):
-        fields += [f"label_{rank}", f"probability_{rank}"]
-    fields.append("error")
+    ranks = [(f"label_{rank}", f"probability_{rank}") for rank in range(1, top_k + 1)]
+    fields = [*before, *(name for pair in ranks for name in pair), *after]
 
     def write(handle: Any) -> None:
-        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer = csv.DictWriter(handle, fieldnames=fields, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            flat = {"path": row["path"], "num_windows": row["num_windows"], "error": row["error"]}
-            for rank, entry in enumerate(row["top_k"], start=1):
-                flat[f"label_{rank}"] = entry["label"]
-                flat[f"probability_{rank}"] = entry["probability"]
+            flat = dict(row)
+            for (label, probability), entry in zip(ranks, row["top_k"]):
+                flat[label], flat[probability] = entry["label"], entry["probability"]
             writer.writerow(flat)
 
     _write_atomic(path, write)
@@ -243,8 +317,9 @@ def main(argv: Sequence[str]) -> int:
     """Runs ``add-lightning classify ARGS`` (``argv`` includes ``classify``); exit status.
 
     Returns:
-        0 when every file was classified, 1 when some could not be read (each named on
-        stderr; the others are classified and written).
+        0 when every file was classified or found silent, 1 when some could not be read
+        (each named on stderr; the others are classified and written), 2 when the command
+        line does not parse.
 
     Raises:
         ValueError: On invalid arguments, an unusable checkpoint or no input file at all.
@@ -255,7 +330,11 @@ def main(argv: Sequence[str]) -> int:
     try:
         args = parser.parse_args(list(argv[1:]))
     except argparse.ArgumentError as error:
-        raise ValueError(f"classify: {error} (see `add-lightning classify --help`)") from None
+        message = " ".join(str(error).split())  # jsonargparse's type errors span lines
+        sys.stderr.write(
+            f"add-lightning classify: error: {message} (see `add-lightning classify --help`)\n"
+        )
+        return USAGE_STATUS
     _check_arguments(args)
     paths = expand_inputs(args.inputs, args.csv_column)
 
@@ -264,7 +343,13 @@ def main(argv: Sequence[str]) -> int:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from add_lightning.inference import concat_inputs, load_trained_model
+    from add_lightning.inference import (
+        SILENCE_FLOOR_DBFS,
+        concat_inputs,
+        load_trained_model,
+        pool_windows,
+        silent_windows,
+    )
     from add_lightning.models.prediction import save_npz_atomic
 
     trained = load_trained_model(args.ckpt_path, map_location=args.device)
@@ -274,7 +359,8 @@ def main(argv: Sequence[str]) -> int:
             "(a speech encoder), which scores each file whole; leave `--hop_frames` out."
         )
     trained.model.to(args.device)
-    top_k = min(args.top_k, len(trained.class_names))
+    class_names = trained.class_names
+    top_k = min(args.top_k, len(class_names))
     loader = DataLoader(
         _FileWindows(paths, trained.pipeline, args.hop_frames),
         batch_size=None,
@@ -284,39 +370,61 @@ def main(argv: Sequence[str]) -> int:
     bar = tqdm(loader, total=len(paths), desc="classify", unit="file", disable=not show)
 
     rows: list[dict[str, Any] | None] = [None] * len(paths)
+    window_rows: dict[int, list[dict[str, Any]]] = {}
     embeddings: dict[int, Any] = {}
     probabilities: dict[int, Any] = {}
-    pending: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    pending: list[tuple[int, Any]] = []  # (file index, its ClipWindows)
+
+    def best(scores: torch.Tensor) -> list[dict[str, Any]]:
+        values, indices = scores.topk(top_k)
+        return [
+            {"label": class_names[int(i)], "probability": float(p)} for p, i in zip(values, indices)
+        ]
 
     def flush() -> None:
         if not pending:
             return
         window_probabilities, window_embeddings = trained.score_windows(
-            concat_inputs([windows for _, windows, _ in pending]),
+            concat_inputs([clip.inputs for _, clip in pending]),
             args.batch_size,
-            torch.cat([num_frames for _, _, num_frames in pending]),
+            torch.cat([clip.lengths for _, clip in pending]),
         )
         offset = 0
-        for index, windows, _ in pending:
-            count = windows.shape[0]
-            mean = window_probabilities[offset : offset + count].mean(dim=0)
-            embeddings[index] = window_embeddings[offset : offset + count].mean(dim=0)
-            probabilities[index] = mean
-            offset += count
-            best = mean.topk(top_k)
-            entries = [
-                {"label": trained.class_names[int(i)], "probability": float(p)}
-                for p, i in zip(best.values, best.indices)
-            ]
+        for index, clip in pending:
+            span = slice(offset, offset + len(clip.lengths))
+            offset = span.stop
+            scores = window_probabilities[span]
+            silent = silent_windows(clip.level_dbfs, args.silence_db)
+            pooled, embedding = pool_windows(scores, window_embeddings[span], silent, args.pooling)
+            path = str(paths[index])
+            if args.windows is not None:
+                window_rows[index] = [
+                    {
+                        "path": path,
+                        "window": window,
+                        "start_s": round(float(clip.start_s[window]), 6),
+                        "end_s": round(float(clip.end_s[window]), 6),
+                        "level_dbfs": round(float(clip.level_dbfs[window]), 2),
+                        "silent": bool(silent[window]),
+                        "top_k": best(scores[window]),
+                    }
+                    for window in range(len(silent))
+                ]
+            entries, by_class, line = [], None, "(silent)"  # silent throughout: no label
+            if pooled is not None:
+                embeddings[index], probabilities[index] = embedding, pooled
+                entries, by_class = best(pooled), dict(zip(class_names, pooled.tolist()))
+                line = "\t".join(f"{e['label']} {e['probability']:.4f}" for e in entries)
             rows[index] = {
-                "path": str(paths[index]),
-                "num_windows": count,
+                "path": path,
+                "status": "silent" if pooled is None else "classified",
+                "num_windows": len(silent),
+                "num_silent_windows": int(silent.sum()),
                 "top_k": entries,
-                "probabilities": dict(zip(trained.class_names, map(float, mean))),
+                "probabilities": by_class,
                 "error": None,
             }
-            line = "\t".join(f"{e['label']} {e['probability']:.4f}" for e in entries)
-            bar.write(f"{paths[index]}\t{line}", file=sys.stdout)
+            bar.write(f"{_escape_controls(path)}\t{line}", file=sys.stdout)
         pending.clear()
 
     failures = 0
@@ -326,24 +434,41 @@ def main(argv: Sequence[str]) -> int:
             flush()  # keep stdout in input order
             rows[index] = {
                 "path": str(paths[index]),
+                "status": "unreadable",
                 "num_windows": 0,
+                "num_silent_windows": 0,
                 "top_k": [],
                 "probabilities": None,
                 "error": error,
             }
             sys.stdout.flush()  # the results so far before the message, in a shared log
-            bar.write(f"add-lightning classify: skipped: {error}", file=sys.stderr)
+            bar.write(
+                f"add-lightning classify: skipped: {_escape_controls(error)}", file=sys.stderr
+            )
             continue
-        pending.append((index, *item))
-        if sum(w.shape[0] for _, w, _ in pending) >= args.batch_size:
+        pending.append((index, item))
+        if sum(len(clip.lengths) for _, clip in pending) >= args.batch_size:
             flush()
     flush()
     bar.close()
 
     done = [row for row in rows if row is not None]
+    silence = None
+    if args.silence_db is not None:
+        silence = {"below_peak_db": args.silence_db, "floor_dbfs": SILENCE_FLOOR_DBFS}
+    meta = {
+        "checkpoint": str(args.ckpt_path),
+        "class_names": class_names,
+        "pooling": args.pooling,
+        "silence": silence,
+    }
     if args.output is not None:
-        meta = {"checkpoint": str(args.ckpt_path), "class_names": trained.class_names}
-        _write_results(Path(args.output), done, top_k, meta)
+        before = ["path", "status", "num_windows", "num_silent_windows"]
+        _write_rows(Path(args.output), "clips", done, meta, top_k, before, ["error"])
+    if args.windows is not None:
+        before = ["path", "window", "start_s", "end_s", "level_dbfs", "silent"]
+        every_window = [row for index in sorted(window_rows) for row in window_rows[index]]
+        _write_rows(Path(args.windows), "windows", every_window, meta, top_k, before)
     if args.embeddings is not None and embeddings:
         order = sorted(embeddings)
         save_npz_atomic(
@@ -351,14 +476,26 @@ def main(argv: Sequence[str]) -> int:
             paths=np.array([str(paths[i]) for i in order]),
             embeddings=torch.stack([embeddings[i] for i in order]).numpy(),
             probabilities=torch.stack([probabilities[i] for i in order]).numpy(),
-            class_names=np.array(trained.class_names),
+            class_names=np.array(class_names),
         )
-    written = [name for name in (args.output, args.embeddings if embeddings else None) if name]
-    summary = f"classified {len(paths) - failures} of {len(paths)} files"
+    outputs = (args.output, args.windows, args.embeddings if embeddings else None)
+    written = [name for name in outputs if name]
+    classified = sum(row["status"] == "classified" for row in done)
+    silent_files = sum(row["status"] == "silent" for row in done)
+    summary = f"classified {classified} of {len(paths)} files"
+    if silent_files:
+        summary += f"; {silent_files} silent throughout (no label)"
     if failures:
         summary += f"; {failures} could not be read (named above)"
+    left_out = sum(row["num_silent_windows"] for row in done)
+    if left_out:
+        summary += (
+            f"; {left_out} of {sum(row['num_windows'] for row in done)} windows left out as "
+            f"silent (more than {args.silence_db:g} dB below their file's loudest or below "
+            f"{SILENCE_FLOOR_DBFS:g} dBFS)"
+        )
     if written:
         summary += f"; wrote {', '.join(written)}"
     sys.stdout.flush()
     sys.stderr.write(f"add-lightning classify: {summary}.\n")
-    return 1 if failures else 0
+    return ERROR_STATUS if failures else 0
