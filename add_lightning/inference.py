@@ -33,8 +33,6 @@ Fbank models:
    with it, so a backbone that takes a padding mask (BEATs) ignores the padding, as in
    training.
 4. Each window is normalised with the training statistics (``Normalization.apply``).
-5. Scores: the clip's class probabilities are the mean of its windows' softmax
-   probabilities, its embedding the mean of its windows' embeddings.
 
 Waveform models score a clip as evaluation does (``WaveformDataModule``'s evaluation clips
 are whole and unaugmented): the whole mono waveform of step 1 is one window, whatever its
@@ -42,13 +40,30 @@ length (``hop_frames`` does not apply); the encoder applies its own input normal
 Several clips in one forward pass are zero-padded to the longest with the padding mask passed
 to the encoder, which encodes each clip as alone (see ``HFAudioEncoder``), so a clip's scores
 do not depend on the clips batched with it.
+
+Both kinds, from the windows' scores to the clip's (:func:`silent_windows`,
+:func:`pool_windows`):
+
+5. Silence: a window's level is the RMS level of its loudest frame (the filterbank's frames,
+   25 ms every 10 ms for a waveform model; each frame's mean removed, as the filterbank
+   removes it), in dBFS (``20 log10 RMS``, samples in [-1, 1]; digital silence reads -200).
+   A window is silent when its level is more than ``SILENCE_BELOW_PEAK_DB`` (30) dB below
+   the clip's loudest window, or below ``SILENCE_FLOOR_DBFS`` (-80 dBFS) whatever the clip's
+   peak. 30 dB: the loudest frames of speech or of a sound event lie 30-50 dB above the room
+   noise of an everyday recording, so the pauses between takes fall under it (a noisier one
+   needs a smaller value), while a window that holds any part of an event holds a frame near
+   the event's level and stays. -80 dBFS: digital silence and 16-bit dither noise (about
+   -98 dBFS), but no recorded sound. The rule is relative to the clip, so a clip of room
+   noise alone is not silent (it is its own loudest part).
+6. Pooling: the clip's class probabilities are the mean (default) or the per-class maximum
+   of its non-silent windows' softmax probabilities, its embedding the mean of their
+   embeddings. A clip whose every window is silent has none: it is reported as silent.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +74,8 @@ import torch
 import torchaudio.functional
 from torch import Tensor
 
-from add_lightning.checks import check_int
+from add_lightning.checkpoint import load_checkpoint
+from add_lightning.checks import check_int, check_weight
 from add_lightning.data.datamodule import PIPELINE_KEY, parse_pipeline
 from add_lightning.data.fbank import FbankOptions, compute_fbank_frames, pad_or_crop
 from add_lightning.data.normalization import Normalization
@@ -67,31 +83,161 @@ from add_lightning.data.waveform_datamodule import parse_waveform_pipeline
 from add_lightning.models.classifier import AudioClassifier
 
 __all__ = [
+    "POOLINGS",
+    "SILENCE_BELOW_PEAK_DB",
+    "SILENCE_FLOOR_DBFS",
     "ClipScores",
+    "ClipWindows",
     "FbankPipeline",
     "TrainedModel",
     "WaveformPipeline",
     "concat_inputs",
+    "frame_levels",
     "load_trained_model",
+    "pool_windows",
+    "silent_windows",
     "to_mono",
     "waveform_windows",
     "window_starts",
 ]
 
+SILENCE_BELOW_PEAK_DB = 30.0
+"""A window more than this many dB below its clip's loudest window is silent (step 5)."""
+SILENCE_FLOOR_DBFS = -80.0
+"""A window below this level (dBFS) is silent whatever its clip's peak (step 5)."""
+POOLINGS = ("mean", "max")
+"""How the non-silent windows' probabilities make the clip's (step 6)."""
+_DIGITAL_SILENCE_DBFS = -200.0  # the level of an all-zero frame, instead of -inf
+# Frames of the levels of a waveform model's clip, which has no filterbank: Kaldi's defaults.
+_LEVEL_FRAME_S, _LEVEL_SHIFT_S = 0.025, 0.010
+
 
 @dataclass
 class ClipScores:
-    """The scores of one clip (the mean over its windows).
+    """The scores of one clip: its non-silent windows pooled (steps 5-6 of the module doc).
 
     Args:
-        probabilities: Class probabilities, ``[C]`` float32, summing to 1.
-        embedding: Mean backbone embedding of the windows, ``[D]`` float32.
+        probabilities: Class probabilities, ``[C]`` float32 (summing to 1 with mean pooling;
+            each class's highest window probability with max pooling); None when every
+            window is silent.
+        embedding: Mean backbone embedding of the non-silent windows, ``[D]`` float32; None
+            when every window is silent.
         num_windows: Number of windows the clip was cut into.
+        num_silent_windows: How many of them are silent (left out of the scores).
+        window_probabilities: Every window's softmax probabilities, ``[W, C]``, silent ones
+            included.
+        silent: Which windows are silent, ``[W]`` bool.
     """
 
-    probabilities: Tensor
-    embedding: Tensor
+    probabilities: Tensor | None
+    embedding: Tensor | None
     num_windows: int
+    num_silent_windows: int = 0
+    window_probabilities: Tensor | None = None
+    silent: Tensor | None = None
+
+    @property
+    def is_silent(self) -> bool:
+        """Whether every window of the clip is silent (it then has no scores)."""
+        return self.probabilities is None
+
+
+@dataclass
+class ClipWindows:
+    """The model's input windows of one clip, where they lie in it and how loud they are.
+
+    Args:
+        inputs: The windows (fbank: normalised; waveform model: the clip).
+        lengths: Valid (unpadded) frames of each window (waveform model: samples).
+        start_s: Where each window starts in the clip, in seconds.
+        end_s: Where each window ends: the end of its last valid frame (waveform model: of
+            the clip).
+        level_dbfs: The RMS level of each window's loudest frame in dBFS (step 5 of the
+            module doc).
+
+    Shape:
+        - inputs: ``[W, target_frames, num_mel_bins]`` float32 (waveform model: ``[1, N]``).
+        - lengths: ``[W]`` int64; start_s, end_s, level_dbfs: ``[W]`` float64.
+    """
+
+    inputs: Tensor
+    lengths: Tensor
+    start_s: Tensor
+    end_s: Tensor
+    level_dbfs: Tensor
+
+
+def frame_levels(waveform: Tensor, frame_samples: int, shift_samples: int) -> Tensor:
+    """RMS level in dBFS of each frame of a mono waveform, its mean removed (step 5).
+
+    Frames of ``frame_samples`` every ``shift_samples``, whole frames only (Kaldi's
+    ``snip_edges``); a waveform shorter than one frame is one frame. An all-zero frame reads
+    -200 dBFS rather than minus infinity (a constant one, a DC offset, about as low).
+
+    Shape:
+        - waveform: ``[num_samples]``.
+        - Output: ``[max(1, 1 + (num_samples - frame_samples) // shift_samples)]``, float64.
+    """
+    frames = waveform.unfold(0, min(frame_samples, waveform.shape[0]), shift_samples)
+    # the mean square about the frame's mean; reduced on the overlapping view, never copied
+    power = frames.var(dim=1, correction=0).double()
+    return 10 * torch.log10(power.clamp_min(10 ** (_DIGITAL_SILENCE_DBFS / 10)))
+
+
+def silent_windows(
+    level_dbfs: Tensor,
+    below_peak_db: float | None = SILENCE_BELOW_PEAK_DB,
+    floor_dbfs: float = SILENCE_FLOOR_DBFS,
+) -> Tensor:
+    """Which windows of a clip are silent (step 5 of the module doc).
+
+    Args:
+        level_dbfs: Each window's level (:attr:`ClipWindows.level_dbfs`).
+        below_peak_db: A window more than this many dB below the clip's loudest window is
+            silent; None: no window is silent (the floor does not apply either).
+        floor_dbfs: A window below this level is silent whatever the clip's peak.
+
+    Shape:
+        - level_dbfs: ``[W]``. Output: ``[W]`` bool.
+
+    Raises:
+        ValueError: If ``below_peak_db`` is negative or not finite.
+    """
+    if below_peak_db is None:
+        return torch.zeros(level_dbfs.shape, dtype=torch.bool)
+    check_weight("below_peak_db", below_peak_db)
+    return level_dbfs < max(float(level_dbfs.max()) - below_peak_db, floor_dbfs)
+
+
+def pool_windows(
+    probabilities: Tensor, embeddings: Tensor, silent: Tensor, pooling: str = "mean"
+) -> tuple[Tensor | None, Tensor | None]:
+    """A clip's probabilities and embedding from its non-silent windows' (step 6).
+
+    Args:
+        probabilities: The windows' softmax probabilities.
+        embeddings: The windows' embeddings.
+        silent: Which windows to leave out (:func:`silent_windows`).
+        pooling: ``"mean"``: the mean probabilities; ``"max"``: each class's highest
+            probability (these do not sum to 1). The embedding is the mean either way.
+
+    Shape:
+        - probabilities: ``[W, C]``; embeddings: ``[W, D]``; silent: ``[W]`` bool.
+        - Output: ``([C], [D])``, or ``(None, None)`` when every window is silent.
+
+    Raises:
+        ValueError: If ``pooling`` is not one of ``POOLINGS``.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(
+            f"Expected argument `pooling` to be one of {POOLINGS} but got {pooling!r}."
+        )
+    kept = ~silent
+    if not bool(kept.any()):
+        return None, None
+    scores = probabilities[kept]
+    pooled = scores.mean(dim=0) if pooling == "mean" else scores.amax(dim=0)
+    return pooled, embeddings[kept].mean(dim=0)
 
 
 def to_mono(waveform: Tensor | np.ndarray, sample_rate: int, target_rate: int) -> Tensor:
@@ -171,17 +317,8 @@ def waveform_windows(
         ValueError: If the waveform is invalid or shorter than one filterbank frame, or
             ``hop_frames`` is not a positive integer.
     """
-    target = features.target_frames
-    hop = max(1, target // 2) if hop_frames is None else hop_frames
-    check_int("hop_frames", hop)
-    frames = compute_fbank_frames(to_mono(waveform, sample_rate, features.sample_rate), features)
-    starts = window_starts(frames.shape[0], target, hop)
-    windows = torch.stack([pad_or_crop(frames[start : start + target], target) for start in starts])
-    windows = normalization.apply(windows)
-    if not return_num_frames:
-        return windows
-    num_frames = torch.tensor([min(target, frames.shape[0] - start) for start in starts])
-    return windows, num_frames
+    clip = FbankPipeline(features, normalization).clip_windows(waveform, sample_rate, hop_frames)
+    return (clip.inputs, clip.lengths) if return_num_frames else clip.inputs
 
 
 def concat_inputs(inputs: Sequence[Tensor]) -> Tensor:
@@ -225,6 +362,40 @@ class FbankPipeline:
         """The training rate in Hz (files are read at it)."""
         return self.features.sample_rate
 
+    def clip_windows(
+        self, waveform: Tensor | np.ndarray, sample_rate: int, hop_frames: int | None = None
+    ) -> ClipWindows:
+        """The model's windows of a waveform (steps 1-4 of the module doc), their place in it
+        and their levels (step 5).
+
+        Raises:
+            ValueError: See :func:`waveform_windows`.
+        """
+        features = self.features
+        target = features.target_frames
+        hop = max(1, target // 2) if hop_frames is None else hop_frames
+        check_int("hop_frames", hop)
+        mono = to_mono(waveform, sample_rate, features.sample_rate)
+        frames = compute_fbank_frames(mono, features)
+        starts = window_starts(frames.shape[0], target, hop)
+        windows = torch.stack(
+            [pad_or_crop(frames[start : start + target], target) for start in starts]
+        )
+        lengths = torch.tensor([min(target, frames.shape[0] - start) for start in starts])
+        # the same frames as the filterbank's (Kaldi's snip_edges), so one level per fbank frame
+        levels = frame_levels(mono, features.window_samples, features.shift_samples)
+        first = torch.tensor(starts, dtype=torch.float64) * features.shift_samples
+        last = first + (lengths - 1) * features.shift_samples + features.window_samples
+        return ClipWindows(
+            inputs=self.normalization.apply(windows),
+            lengths=lengths,
+            start_s=first / features.sample_rate,
+            end_s=last / features.sample_rate,
+            level_dbfs=torch.stack(
+                [levels[start : start + int(n)].max() for start, n in zip(starts, lengths)]
+            ),
+        )
+
     def inputs(
         self, waveform: Tensor | np.ndarray, sample_rate: int, hop_frames: int | None = None
     ) -> tuple[Tensor, Tensor]:
@@ -236,14 +407,8 @@ class FbankPipeline:
         Raises:
             ValueError: See :func:`waveform_windows`.
         """
-        return waveform_windows(
-            waveform,
-            sample_rate,
-            self.features,
-            self.normalization,
-            hop_frames,
-            return_num_frames=True,
-        )
+        clip = self.clip_windows(waveform, sample_rate, hop_frames)
+        return clip.inputs, clip.lengths
 
 
 @dataclass(frozen=True)
@@ -289,6 +454,18 @@ class WaveformPipeline:
             ValueError: If ``hop_frames`` is given (whole clips have no windows), or the
                 waveform is invalid (see :func:`to_mono`) or shorter than ``min_samples``.
         """
+        clip = self.clip_windows(waveform, sample_rate, hop_frames)
+        return clip.inputs, clip.lengths
+
+    def clip_windows(
+        self, waveform: Tensor | np.ndarray, sample_rate: int, hop_frames: int | None = None
+    ) -> ClipWindows:
+        """The clip as one window (see :meth:`inputs`), from 0 s to its end, and its level
+        (step 5 of the module doc, frames of 25 ms every 10 ms).
+
+        Raises:
+            ValueError: As :meth:`inputs`.
+        """
         if hop_frames is not None:
             raise ValueError(
                 "Expected argument `hop_frames` to be None for a waveform model, which scores "
@@ -301,7 +478,15 @@ class WaveformPipeline:
                 f"Hz ({self.min_samples / self.sample_rate:.4f} s, one encoder frame) but got "
                 f"{clip.shape[0]}."
             )
-        return clip[None], torch.tensor([clip.shape[0]])
+        rate, num_samples = self.sample_rate, clip.shape[0]
+        levels = frame_levels(clip, int(rate * _LEVEL_FRAME_S), int(rate * _LEVEL_SHIFT_S))
+        return ClipWindows(
+            inputs=clip[None],
+            lengths=torch.tensor([num_samples]),
+            start_s=torch.zeros(1, dtype=torch.float64),
+            end_s=torch.tensor([num_samples / rate], dtype=torch.float64),
+            level_dbfs=levels.max()[None],
+        )
 
 
 @dataclass
@@ -423,18 +608,30 @@ class TrainedModel:
         sample_rate: int,
         hop_frames: int | None = None,
         batch_size: int = 32,
+        pooling: str = "mean",
+        silence_db: float | None = SILENCE_BELOW_PEAK_DB,
     ) -> ClipScores:
-        """Class probabilities and embedding of one clip: the mean over its windows.
+        """Class probabilities and embedding of one clip from its non-silent windows (steps
+        1-6 of the module doc).
 
         Args:
             waveform: ``[num_samples]`` or ``[channels, num_samples]`` at ``sample_rate``.
             sample_rate: Rate of ``waveform`` in Hz.
             hop_frames: See :meth:`windows`.
             batch_size: Windows per forward pass.
+            pooling: ``"mean"`` or ``"max"`` (see :func:`pool_windows`).
+            silence_db: Windows more than this many dB below the clip's loudest (or below
+                ``SILENCE_FLOOR_DBFS``) are left out; None keeps every window (see
+                :func:`silent_windows`).
+
+        Raises:
+            ValueError: If the waveform, ``pooling`` or ``silence_db`` is invalid.
         """
-        windows, num_frames = self.pipeline.inputs(waveform, sample_rate, hop_frames)
-        probabilities, embeddings = self.score_windows(windows, batch_size, num_frames)
-        return ClipScores(probabilities.mean(dim=0), embeddings.mean(dim=0), windows.shape[0])
+        clip = self.pipeline.clip_windows(waveform, sample_rate, hop_frames)
+        silent = silent_windows(clip.level_dbfs, silence_db)
+        probabilities, embeddings = self.score_windows(clip.inputs, batch_size, clip.lengths)
+        pooled, embedding = pool_windows(probabilities, embeddings, silent, pooling)
+        return ClipScores(pooled, embedding, len(silent), int(silent.sum()), probabilities, silent)
 
 
 def _find_pipeline(checkpoint: dict[str, Any]) -> Any:
@@ -463,19 +660,14 @@ def load_trained_model(
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If it is not a checkpoint, or holds no input pipeline (written by an
-            older version or not by ``add-lightning fit``), or no model hyperparameters, or
-            its parts disagree.
+        ValueError: If it is not a checkpoint that loads with ``weights_only=True`` (see
+            :func:`~add_lightning.checkpoint.load_checkpoint`), or holds no input pipeline
+            (written by an older version or not by ``add-lightning fit``), or no model
+            hyperparameters, or its parts disagree.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} does not exist.")
-    if path.stat().st_size == 0 or not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"Checkpoint {path} is not a PyTorch checkpoint (empty, damaged or of another format)."
-        )
     # mmap: only the small entries are read here; load_from_checkpoint reads the weights.
-    checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
+    checkpoint = load_checkpoint(path, mmap=True)
     pipeline = _find_pipeline(checkpoint)
     if pipeline is None:
         raise ValueError(
@@ -498,7 +690,7 @@ def load_trained_model(
         features, normalization, class_names = parse_pipeline(pipeline, f"checkpoint {path}")
         waveform = None
     del checkpoint
-    model = AudioClassifier.load_from_checkpoint(path, map_location=map_location)
+    model = AudioClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
     model.eval()
     if model.class_names is not None and list(model.class_names) != class_names:
         raise ValueError(

@@ -3,9 +3,10 @@
 Run by :func:`add_lightning.experiments.runner.run_cv` as
 ``python -m add_lightning.experiments.unit --experiment DIR/experiment.yaml --run-dir RUN
 --seed S [--fold K] --config-hash H``. It resumes from ``RUN/checkpoints/last.ckpt`` when a
-complete one exists, tests the final weights (the paper trains a fixed number of epochs and has
-no model selection on the test fold), exports the test embeddings and writes
-``RUN/test_metrics.json`` last, atomically: its presence marks the unit as finished.
+readable one exists (read as data, see :func:`_resumable_checkpoint`), tests the final weights
+(the paper trains a fixed number of epochs and has no model selection on the test fold), exports
+the test embeddings and writes ``RUN/test_metrics.json`` last, atomically: its presence marks
+the unit as finished.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import os
 import random
 import signal
 import sys
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import yaml
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from add_lightning.checkpoint import CheckpointError, DamagedCheckpointError, load_checkpoint
 from add_lightning.experiments.aggregate import unit_is_finished
 from add_lightning.experiments.atomic import write_json_atomic
 from add_lightning.experiments.config import experiment_cli_class
@@ -88,15 +89,35 @@ class RNGStateCheckpoint(Callback):
             torch.cuda.set_rng_state_all(state_dict["cuda"])
 
 
-def _complete_checkpoint(path: Path) -> Path | None:
-    """``path`` if it is a complete checkpoint (torch saves zip archives), else None."""
-    if not path.is_file():
+def _resumable_checkpoint(path: Path) -> Path | None:
+    """``path`` when the unit resumes from it, None when the unit trains from the start.
+
+    The file is read as data first (:func:`~add_lightning.checkpoint.load_checkpoint`). One
+    that is not a readable checkpoint (cut short by an interrupted save of an older version, a
+    disk error) is renamed to ``last.ckpt.damaged``, kept for a look, and the unit trains from
+    the start; nothing is deleted.
+
+    Raises:
+        CheckpointError: If the file holds objects that are not loaded for safety, or is not a
+            Lightning checkpoint with the training state: this runner did not write it.
+    """
+    if not path.exists():
         return None
-    if zipfile.is_zipfile(path):
-        return path
-    log.warning("Ignoring the incomplete checkpoint %s: training this unit from scratch", path)
-    path.unlink(missing_ok=True)
-    return None
+    try:
+        load_checkpoint(path, mmap=True, resume=True)
+    except FileNotFoundError:  # moved aside meanwhile by the unit's first process
+        return None
+    except DamagedCheckpointError as error:
+        if _is_rank_zero():  # the unit's other processes (SLURM tasks) may read it too
+            aside = path.with_name(f"{path.name}.damaged")
+            os.replace(path, aside)
+            log.warning("%s Moved it to %s; training this unit from the start", error, aside)
+        return None
+    except CheckpointError as error:  # not left by a save of this runner: a person looks first
+        raise CheckpointError(
+            f"{error} Not resumed: move it away to train this unit from the start."
+        ) from None
+    return path
 
 
 def _exit_with_parent(parent_pid: int | None) -> None:
@@ -158,16 +179,18 @@ def run_unit(
     from add_lightning.models import EmbeddingWriter
 
     run_dir = Path(run_dir)
+    checkpoint = _resumable_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     cli = experiment_cli_class()(args=unit_arguments(experiment, run_dir, seed, fold), run=False)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     trainer.callbacks.append(RNGStateCheckpoint())
 
-    checkpoint = _complete_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     if checkpoint is not None:
         log.info("Resuming %s from %s", run_dir.name, checkpoint)
     fit_kwargs: dict[str, Any] = {"datamodule": datamodule, "ckpt_path": checkpoint}
-    if "weights_only" in inspect.signature(trainer.fit).parameters:
-        fit_kwargs["weights_only"] = False  # our own checkpoint, written by this runner
+    if "weights_only" in inspect.signature(trainer.fit).parameters:  # Lightning >= 2.6
+        # a file in the run folder is data, whoever wrote it (the Trainer's SafeCheckpointIO
+        # loads it so anyway)
+        fit_kwargs["weights_only"] = True
     trainer.fit(model, **fit_kwargs)
 
     (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
@@ -257,6 +280,10 @@ def main(argv: list[str] | None = None) -> int:
         return execute_unit(
             args.experiment, args.run_dir, args.seed, args.config_hash, args.fold, args.threads
         )
+    except CheckpointError as error:
+        # a file in the unit's folder, not a bug of the unit: one line, as the console prints
+        log.error("%s", error)
+        return 1
     except SIGTERMException:
         # Lightning turns SIGTERM into a SystemExit without a status, i.e. 0: report the signal
         # as a shell does (128 + 15), so that the runner never takes the unit for finished.

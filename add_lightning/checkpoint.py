@@ -1,0 +1,229 @@
+"""Checkpoint files: read as data (never executed), checked, and replaced whole when written.
+
+A checkpoint is a zip archive holding a pickle, and unpickling can run any code that the file
+names. Every checkpoint the package reads is read first by :func:`load_checkpoint`, which loads
+with ``torch.load(weights_only=True)``: tensors, containers and plain values are rebuilt, any
+other object refuses the file (Lightning's own reads after it, of LightningCLI's
+hyperparameters, ``load_from_checkpoint`` and the Trainer's restore, use ``weights_only=True``
+as well). Lightning's checkpoints of this package need nothing more (the model's
+weights, optimizer and scheduler states, loop and callback states including the random states
+of :class:`~add_lightning.experiments.unit.RNGStateCheckpoint`, the hyperparameters as parsed
+config values, the data module's input pipeline), so no global is allow-listed. A new piece of
+state that needs one would be allow-listed here by name, with
+``torch.serialization.safe_globals``, and nothing wider.
+
+Each way a file can fail to be a checkpoint gives one :class:`CheckpointError` (a ValueError)
+naming the file and what was expected. :class:`SafeCheckpointIO`, installed in every Trainer of
+the CLI, makes Lightning's own loads (``fit``/``test --ckpt_path``) use the same function, and
+writes each checkpoint to a temporary file beside it that replaces it only once complete.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.plugins import TorchCheckpointIO
+
+from add_lightning.atomic import atomic_path, remove_stale_temporary_files
+
+__all__ = [
+    "LIGHTNING_KEYS",
+    "RESUME_KEYS",
+    "CheckpointError",
+    "DamagedCheckpointError",
+    "SafeCheckpointIO",
+    "UnsafeCheckpointError",
+    "load_checkpoint",
+]
+
+#: What every Lightning checkpoint holds (``Trainer.save_checkpoint``).
+LIGHTNING_KEYS = ("state_dict", "pytorch-lightning_version")
+#: What ``fit`` needs besides to resume training (absent under ``save_weights_only``).
+RESUME_KEYS = ("loops", "optimizer_states")
+
+_EXPECTED = "expected a checkpoint written by `add-lightning fit`"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable checkpoint; the message names it and says what was expected."""
+
+
+class DamagedCheckpointError(CheckpointError):
+    """A file that cannot be read as a PyTorch checkpoint: empty, cut short, or another format."""
+
+
+class UnsafeCheckpointError(CheckpointError):
+    """A checkpoint that names objects other than tensors and plain values: not loaded."""
+
+
+def _label(path: Path, argument: str | None) -> str:
+    return f"Checkpoint {path}" + (f" (`{argument}`)" if argument else "")
+
+
+def _read(path: Path, label: str, map_location: Any, mmap: bool) -> Any:
+    """``torch.load(path, weights_only=True)`` with each failure as one CheckpointError."""
+    if path.stat().st_size == 0:
+        raise DamagedCheckpointError(
+            f"{label} is empty (0 bytes), e.g. left by an interrupted save; {_EXPECTED}."
+        )
+    if not zipfile.is_zipfile(path):
+        raise DamagedCheckpointError(
+            f"{label} is not a PyTorch checkpoint (torch.save writes a zip archive): the file is "
+            f"damaged or of another format; {_EXPECTED}."
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        raise DamagedCheckpointError(
+            f"{label} is a damaged zip archive ({error}); {_EXPECTED}."
+        ) from None
+    if not any(name.endswith("/data.pkl") for name in names):
+        raise DamagedCheckpointError(
+            f"{label} is a zip archive but not a PyTorch checkpoint (it holds no data.pkl); "
+            f"{_EXPECTED}."
+        )
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            raise UnsafeCheckpointError(
+                f"{label} holds objects that are not loaded for safety ({', '.join(unsafe)}): "
+                "a checkpoint is data and loads with weights_only=True, and one written by "
+                "`add-lightning fit` holds only tensors and plain values."
+            ) from None
+        reason = "its pickled data cannot be read"
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    raise DamagedCheckpointError(f"{label} is damaged ({reason}); {_EXPECTED}.") from None
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The names of the objects beyond weights_only's that the file's pickle refers to.
+
+    Read statically by torch: nothing in the file is run. Empty when the pickle is damaged.
+    """
+    try:
+        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except (pickle.UnpicklingError, RuntimeError, ValueError, EOFError):
+        return []
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    map_location: Any = "cpu",
+    *,
+    mmap: bool = False,
+    resume: bool = False,
+    argument: str | None = None,
+) -> dict[str, Any]:
+    """Reads a Lightning checkpoint as data and checks that it is one.
+
+    Args:
+        path: The ``.ckpt`` file.
+        map_location: ``torch.load``'s; the CPU by default.
+        mmap: Map the tensors' bytes instead of reading them (``torch.load(mmap=True)``): for
+            callers that need only the small entries (hyperparameters, input pipeline).
+        resume: Require what ``fit`` resumes from as well (:data:`RESUME_KEYS`).
+        argument: The argument that named the file (``--ckpt_path``), for the messages.
+
+    Returns:
+        The checkpoint: a dict with at least :data:`LIGHTNING_KEYS` (and :data:`RESUME_KEYS`
+        with ``resume``).
+
+    Raises:
+        FileNotFoundError: If the file does not exist.
+        DamagedCheckpointError: If it is empty, not a PyTorch checkpoint, or damaged.
+        UnsafeCheckpointError: If it holds objects that are not loaded for safety.
+        CheckpointError: If it holds something other than a Lightning checkpoint (a bare
+            tensor, a dict of weights alone), or, with ``resume``, no training state.
+    """
+    path = Path(path)
+    label = _label(path, argument)
+    if not path.exists():
+        raise FileNotFoundError(f"{label} does not exist.")
+    if not path.is_file():
+        raise CheckpointError(f"{label} is a folder, not a file; {_EXPECTED}.")
+    checkpoint = _read(path, label, map_location, mmap)
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"{label} holds a {type(checkpoint).__name__}, not a Lightning checkpoint (a dict "
+            f"with {', '.join(f'`{key}`' for key in LIGHTNING_KEYS)}); {_EXPECTED}."
+        )
+    missing = [key for key in LIGHTNING_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(
+            f"{label} is not a Lightning checkpoint: a dict without "
+            f"{', '.join(f'`{key}`' for key in missing)}; {_EXPECTED}."
+        )
+    if not isinstance(checkpoint["state_dict"], Mapping):
+        raise CheckpointError(
+            f"{label} is not a Lightning checkpoint: its `state_dict` is a "
+            f"{type(checkpoint['state_dict']).__name__}, not a dict of weights; {_EXPECTED}."
+        )
+    missing = [key for key in RESUME_KEYS if key not in checkpoint] if resume else []
+    if missing:
+        raise CheckpointError(
+            f"{label} holds the model's weights but not the training state that `fit` resumes "
+            f"({', '.join(f'`{key}`' for key in missing)}; written with `save_weights_only`?): "
+            "evaluate it with `add-lightning test --ckpt_path`, or train from the start."
+        )
+    return checkpoint
+
+
+def _is_local(path: str | os.PathLike[str]) -> bool:
+    return "://" not in str(path)
+
+
+class SafeCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``TorchCheckpointIO`` with the package's rules for checkpoint files.
+
+    Saves: a checkpoint is written to a temporary file in its own folder, flushed to disk, and
+    replaces the previous file with one rename (:func:`~add_lightning.atomic.atomic_path`), so
+    that a full disk or a kill during a save leaves the previous ``last.ckpt`` whole. Lightning's
+    own save stages the file in the system's temporary folder and, when that is on another file
+    system than the run, copies it over the previous checkpoint in place. The temporary files
+    of saves whose process was killed are removed at the next save in the folder.
+
+    Loads: :func:`load_checkpoint` (``weights_only=True``, one clear error per kind of bad file),
+    whatever ``weights_only`` Lightning passes. Remote paths (``s3://...``) keep Lightning's
+    behaviour, loading with ``weights_only=True``.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
+        if storage_options is not None or not _is_local(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        # Serialised in memory first, as Lightning does: torch.save into a file turns a full
+        # disk into an "unexpected pos" RuntimeError, a plain write keeps ENOSPC.
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        folder = Path(path).parent
+        if folder.is_dir():  # a save killed midway left a temporary file of a checkpoint's size
+            remove_stale_temporary_files(folder)
+        try:
+            with atomic_path(path) as temporary, open(temporary, "wb") as stream:
+                stream.write(buffer.getbuffer())
+        except OSError as error:
+            raise OSError(
+                error.errno,
+                f"Could not save checkpoint {path} ({error.strerror or error}); the previous "
+                "file there, if any, is unchanged",
+            ) from error
+
+    def load_checkpoint(
+        self, path: Any, map_location: Any = "cpu", weights_only: bool | None = None
+    ) -> dict[str, Any]:
+        if not _is_local(path):
+            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        return load_checkpoint(path, map_location=map_location)
