@@ -29,24 +29,32 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.plugins import TorchCheckpointIO
 
 from add_lightning.atomic import atomic_path, remove_stale_temporary_files
+from add_lightning.data.datamodule import AudioDataModule
+from add_lightning.data.pipeline import InputPipeline
 
 __all__ = [
     "LIGHTNING_KEYS",
+    "PIPELINE_KEY",
     "RESUME_KEYS",
     "CheckpointError",
     "DamagedCheckpointError",
+    "InputPipelineCheckpoint",
     "SafeCheckpointIO",
     "UnsafeCheckpointError",
     "load_checkpoint",
+    "stored_pipeline",
 ]
 
 #: What every Lightning checkpoint holds (``Trainer.save_checkpoint``).
 LIGHTNING_KEYS = ("state_dict", "pytorch-lightning_version")
 #: What ``fit`` needs besides to resume training (absent under ``save_weights_only``).
 RESUME_KEYS = ("loops", "optimizer_states")
+#: Where a checkpoint holds the input pipeline of its model (``InputPipeline.to_state()``).
+PIPELINE_KEY = "input_pipeline"
 
 _EXPECTED = "expected a checkpoint written by `add-lightning fit`"
 
@@ -227,3 +235,43 @@ class SafeCheckpointIO(TorchCheckpointIO):
         if not _is_local(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
         return load_checkpoint(path, map_location=map_location)
+
+
+def stored_pipeline(checkpoint: Mapping[str, Any], source: str) -> InputPipeline | None:
+    """The input pipeline a checkpoint holds under :data:`PIPELINE_KEY`, or None.
+
+    Args:
+        checkpoint: The checkpoint, as :func:`load_checkpoint` returns it.
+        source: What holds it, for error messages (e.g. ``"checkpoint <path>"``).
+
+    Raises:
+        ValueError: If the stored pipeline is damaged.
+    """
+    state = checkpoint.get(PIPELINE_KEY)
+    return None if state is None else InputPipeline.from_state(state, source)
+
+
+class InputPipelineCheckpoint(Callback):
+    """Keeps the data module's input pipeline in every checkpoint, under :data:`PIPELINE_KEY`.
+
+    On save, ``AudioDataModule.pipeline`` (the feature settings or sample rate, the training
+    statistics and the class names the model is trained with) is stored; on a restore
+    (``fit``/``test``/``predict`` with ``ckpt_path``) the stored pipeline replaces the data
+    module's (``AudioDataModule.use_pipeline``). One fixed key rather than Lightning's place
+    for a data module's state, which is named after its class: a reader of the checkpoint
+    need not know which data module wrote it. The CLI adds it to every Trainer. Lightning calls
+    no callback for a ``save_weights_only`` checkpoint, which then holds no pipeline.
+    """
+
+    def on_save_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        if isinstance(trainer.datamodule, AudioDataModule):
+            checkpoint[PIPELINE_KEY] = trainer.datamodule.pipeline.to_state()
+
+    def on_load_checkpoint(
+        self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        pipeline = stored_pipeline(checkpoint, "the checkpoint")
+        if pipeline is not None and isinstance(trainer.datamodule, AudioDataModule):
+            trainer.datamodule.use_pipeline(pipeline)

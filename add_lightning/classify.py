@@ -2,7 +2,8 @@
 
 Inputs are audio files, folders (every audio file below them, sorted, hidden files skipped) and
 ``.csv`` files (one column of paths, relative ones read from the CSV's folder). Each file is
-read as in training (channels averaged, resampled to the training rate) and scored as
+read as in training (channels averaged, resampled to the training rate), turned into model
+input by the checkpoint's input pipeline (:mod:`add_lightning.data.pipeline`) and scored as
 :mod:`add_lightning.inference` describes: for an fbank model (AST, BEATs) it is cut into
 windows of the model's input length; a waveform model (a speech encoder) scores the whole file
 as one window, as evaluation does. Windows far below the file's loudest (``--silence_db``, 30
@@ -248,7 +249,7 @@ class _FileWindows:
     """Map-style dataset: item i = ``(i, ClipWindows or None, error or None)``.
 
     The windows are the model's inputs, their times and levels from ``pipeline.clip_windows``
-    (see :attr:`~add_lightning.inference.TrainedModel.pipeline`). Errors are returned, not
+    (an :class:`~add_lightning.data.pipeline.InputPipeline`). Errors are returned, not
     raised, so that one unreadable file (in a DataLoader worker too) does not stop the others.
     """
 
@@ -343,6 +344,7 @@ def main(argv: Sequence[str]) -> int:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from add_lightning.data.pipeline import WaveformPipeline
     from add_lightning.inference import (
         SILENCE_FLOOR_DBFS,
         concat_inputs,
@@ -353,7 +355,7 @@ def main(argv: Sequence[str]) -> int:
     from add_lightning.models.prediction import save_npz_atomic
 
     trained = load_trained_model(args.ckpt_path, map_location=args.device)
-    if trained.waveform is not None and args.hop_frames is not None:
+    if isinstance(trained.pipeline, WaveformPipeline) and args.hop_frames is not None:
         raise ValueError(
             f"`--hop_frames` applies to fbank models, but {args.ckpt_path} is a waveform model "
             "(a speech encoder), which scores each file whole; leave `--hop_frames` out."

@@ -1,6 +1,7 @@
 """The ``add-lightning`` console script: one entry point, each command imported when it runs.
 
-This module imports nothing but the standard library, so ``add-lightning --help`` and the
+This module imports nothing but the standard library (and the exit statuses of
+:mod:`add_lightning.exit_statuses`), so ``add-lightning --help`` and the
 commands that need no model (``compare``, ``figures``) start without loading torch, Lightning
 or transformers. Each command is a ``"module:function"`` in :data:`COMMANDS`; the function
 takes the command's arguments (the command name included) and returns the exit status.
@@ -16,6 +17,13 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from add_lightning.exit_statuses import (
+    ERROR_STATUS,
+    INTERRUPTED_STATUS,
+    TRACEBACK_VARIABLE,
+    USAGE_STATUS,
+)
 
 __all__ = [
     "COMMANDS",
@@ -97,18 +105,6 @@ def main(argv: Sequence[str] | None = None) -> Any:
     return _command(COMMANDS[arguments[0]][0])(arguments)
 
 
-#: Set to 1 to see the full traceback of an error the console script reports in one line.
-TRACEBACK_VARIABLE = "ADD_LIGHTNING_TRACEBACK"
-
-#: Exit status of a user error: a file, config value or data that the command cannot use, a
-#: ``cv`` unit that failed, a ``classify`` input that could not be read.
-ERROR_STATUS = 1
-#: Exit status of a command line that does not parse (unknown command or argument, a missing
-#: or mistyped value), as argparse and jsonargparse exit.
-USAGE_STATUS = 2
-#: Exit status of a command stopped by Ctrl+C (128 + SIGINT, as a shell reports it).
-INTERRUPTED_STATUS = 130
-
 # What a user's data, paths, configs or numbers cause (AudioError and the config errors are
 # ValueErrors); anything else is a bug and keeps its traceback.
 _USER_ERRORS = (ValueError, OSError, FloatingPointError)
@@ -147,16 +143,6 @@ def _interrupted() -> int:
     sys.stdout.flush()
     sys.stderr.write("add-lightning: interrupted\n")
     return INTERRUPTED_STATUS
-
-
-def __getattr__(name: str) -> Any:
-    # `from add_lightning.cli import AddLightningCLI` keeps working without importing Lightning
-    # for every other use of this module.
-    if name in ("AddLightningCLI", "check_checkpoint_file"):
-        from add_lightning import lightning_cli
-
-        return getattr(lightning_cli, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from add_lightning.atomic import atomic_directory, atomic_path
 from add_lightning.data.normalization import BEATS_NORMALIZATION
+from add_lightning.data.pipeline import FbankPipeline
 from add_lightning.inference import TrainedModel
 from add_lightning.models.backbones.ast import ASTBackbone
 from add_lightning.models.backbones.beats import BEATsBackbone
@@ -89,7 +90,7 @@ _EXTRACTOR_FIXED = {
 
 def _check_fbank_model(trained: TrainedModel) -> None:
     """Refuses a waveform model (a speech encoder), which neither format supports."""
-    if trained.waveform is not None:
+    if not isinstance(trained.pipeline, FbankPipeline):
         raise ValueError(
             "`add-lightning export` supports fbank models: AST (`--format hf` or `onnx`) and "
             f"BEATs (`--format onnx`); this is a waveform model "
@@ -112,7 +113,7 @@ def _check_huggingface_exportable(trained: TrainedModel) -> ASTBackbone:
             f"(`pooling: cls_dist`); this model has `pooling: {backbone.pooling}`, which it "
             "cannot express; export it with `--format onnx`."
         )
-    features = trained.features
+    features = trained.pipeline.features
     different = [
         f"{name}={getattr(features, name)!r} (expected {value!r})"
         for name, value in _EXTRACTOR_FIXED.items()
@@ -125,7 +126,7 @@ def _check_huggingface_exportable(trained: TrainedModel) -> ASTBackbone:
             f"Nyquist and an unscaled waveform, but the model was trained with "
             f"{', '.join(different)}; export it with `--format onnx`."
         )
-    if trained.normalization == BEATS_NORMALIZATION:
+    if trained.pipeline.normalization == BEATS_NORMALIZATION:
         raise ValueError(
             "The model's normalisation is the BEATs preset (mean 15.41663, std 6.55582), the "
             "statistics of fbanks of waveforms x 2**15, which ASTFeatureExtractor never "
@@ -168,15 +169,15 @@ def _huggingface_model(trained: TrainedModel, backbone: ASTBackbone) -> nn.Modul
 def _feature_extractor(trained: TrainedModel) -> Any:
     from transformers import ASTFeatureExtractor
 
-    features = trained.inference_features
+    features = trained.pipeline.inference_features
     return ASTFeatureExtractor(
         sampling_rate=features.sample_rate,
         num_mel_bins=features.num_mel_bins,
         max_length=features.target_frames,
         padding_value=0.0,
         do_normalize=True,
-        mean=trained.normalization.mean,
-        std=trained.normalization.std,
+        mean=trained.pipeline.normalization.mean,
+        std=trained.pipeline.normalization.std,
     )
 
 
@@ -225,7 +226,7 @@ class _OnnxGraph(nn.Module):
     def __init__(self, trained: TrainedModel) -> None:
         super().__init__()
         self.model = trained.model
-        self.normalization = trained.normalization
+        self.normalization = trained.pipeline.normalization
 
     def forward(self, fbank: Tensor) -> tuple[Tensor, Tensor]:
         num_frames = None
@@ -249,7 +250,7 @@ def padded_num_frames(fbank: Tensor) -> Tensor:
 
 def onnx_metadata(trained: TrainedModel) -> dict[str, Any]:
     """The pipeline's settings that :func:`export_onnx` stores in the ONNX metadata."""
-    features = trained.inference_features
+    features = trained.pipeline.inference_features
     return {
         "format_version": 1,
         "input": {
@@ -266,8 +267,8 @@ def onnx_metadata(trained: TrainedModel) -> dict[str, Any]:
         "outputs": {"logits": ["batch", len(trained.class_names)], "embeddings": ["batch", "D"]},
         "features": dataclasses.asdict(features),
         "normalization": {
-            "mean": trained.normalization.mean,
-            "std": trained.normalization.std,
+            "mean": trained.pipeline.normalization.mean,
+            "std": trained.pipeline.normalization.std,
             "formula": "(fbank - mean) / (2 * std)",
         },
         "class_names": list(trained.class_names),
@@ -316,7 +317,7 @@ def export_onnx(trained: TrainedModel, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"Expected `--output` {path} to be a file name but it is a directory.")
-    features = trained.features
+    features = trained.pipeline.features
     graph = _OnnxGraph(trained).eval()
     example = torch.zeros(2, features.target_frames, features.num_mel_bins)
     device = next(trained.model.parameters()).device

@@ -1,45 +1,19 @@
 """A trained model with everything needed to use it on new audio.
 
-:class:`TrainedModel` is the unit that ``classify`` and ``export`` work on: the classifier,
-the input pipeline it was trained with and its class names in id order. The pipeline is one
-of two kinds (:attr:`TrainedModel.pipeline`, each with one method ``inputs`` turning a
-waveform into the model's inputs and their valid lengths):
+:class:`TrainedModel` is the unit that ``classify`` and ``export`` work on: the classifier and
+the input pipeline it was trained with (:attr:`TrainedModel.pipeline`, an
+:class:`~add_lightning.data.pipeline.FbankPipeline` or
+:class:`~add_lightning.data.pipeline.WaveformPipeline`, which holds the class names in id
+order). :func:`load_trained_model` reads both from a checkpoint that ``add-lightning fit``
+wrote (the pipeline is stored under :data:`~add_lightning.checkpoint.PIPELINE_KEY`).
 
-- :class:`FbankPipeline`, for models trained on filterbanks (AST, BEATs; ``AudioDataModule``):
-  the filterbank settings and normalisation statistics (``TrainedModel.features`` and
-  ``.normalization``).
-- :class:`WaveformPipeline`, for speech encoders trained on raw waveforms (``HFAudioEncoder``;
-  ``WaveformDataModule``): the sample rate (``TrainedModel.waveform``).
-
-:func:`load_trained_model` reads it from a checkpoint that ``add-lightning fit`` wrote (the
-data module stores the pipeline in every checkpoint, see ``AudioDataModule.state_dict`` and
-``WaveformDataModule.state_dict``).
-
-From a waveform to scores (:meth:`TrainedModel.windows`, :meth:`TrainedModel.classify`):
-
-1. Mono and rate: the channels of a ``[channels, num_samples]`` waveform are averaged, then
-   it is resampled to the training rate with ``torchaudio.functional.resample``, exactly as
-   ``load_audio`` reads training files.
-
-Fbank models:
-
-2. Filterbank: ``compute_fbank_frames`` with the training settings, dither off (so the scores
-   of a file are the same on every call).
-3. Windows: a clip of at most ``target_frames`` frames is zero-padded to ``target_frames``
-   as in training (one window). A longer clip is cut into windows of ``target_frames``
-   frames starting every ``hop_frames`` frames (default ``target_frames // 2``), plus one
-   window ending at the last frame when the hops do not reach it, so every frame is covered
-   and no window is padded. Each window's valid (unpadded) frame count goes to the model
-   with it, so a backbone that takes a padding mask (BEATs) ignores the padding, as in
-   training.
-4. Each window is normalised with the training statistics (``Normalization.apply``).
-
-Waveform models score a clip as evaluation does (``WaveformDataModule``'s evaluation clips
-are whole and unaugmented): the whole mono waveform of step 1 is one window, whatever its
-length (``hop_frames`` does not apply); the encoder applies its own input normalisation.
-Several clips in one forward pass are zero-padded to the longest with the padding mask passed
-to the encoder, which encodes each clip as alone (see ``HFAudioEncoder``), so a clip's scores
-do not depend on the clips batched with it.
+From a waveform to scores (:meth:`TrainedModel.classify`): steps 1-4, the model's input
+windows, their valid lengths and levels, are the pipeline's
+(:meth:`~add_lightning.data.pipeline.InputPipeline.clip_windows`, described in
+:mod:`add_lightning.data.pipeline`). Several clips in one forward pass are zero-padded to the
+longest (:func:`concat_inputs`) with their valid lengths, which give backbones that take a
+padding mask (BEATs, speech encoders) the mask, so a clip's scores do not depend on the clips
+batched with it.
 
 Both kinds, from the windows' scores to the clip's (:func:`silent_windows`,
 :func:`pool_windows`):
@@ -67,19 +41,14 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-import torchaudio.functional
 from torch import Tensor
 
-from add_lightning.checkpoint import load_checkpoint
-from add_lightning.checks import check_int, check_weight
-from add_lightning.data.datamodule import PIPELINE_KEY, parse_pipeline
-from add_lightning.data.fbank import FbankOptions, compute_fbank_frames, pad_or_crop
-from add_lightning.data.normalization import Normalization
-from add_lightning.data.waveform_datamodule import parse_waveform_pipeline
+from add_lightning.checkpoint import load_checkpoint, stored_pipeline
+from add_lightning.checks import check_weight
+from add_lightning.data.pipeline import InputPipeline, WaveformPipeline
 from add_lightning.models.classifier import AudioClassifier
 
 __all__ = [
@@ -87,18 +56,11 @@ __all__ = [
     "SILENCE_BELOW_PEAK_DB",
     "SILENCE_FLOOR_DBFS",
     "ClipScores",
-    "ClipWindows",
-    "FbankPipeline",
     "TrainedModel",
-    "WaveformPipeline",
     "concat_inputs",
-    "frame_levels",
     "load_trained_model",
     "pool_windows",
     "silent_windows",
-    "to_mono",
-    "waveform_windows",
-    "window_starts",
 ]
 
 SILENCE_BELOW_PEAK_DB = 30.0
@@ -107,9 +69,6 @@ SILENCE_FLOOR_DBFS = -80.0
 """A window below this level (dBFS) is silent whatever its clip's peak (step 5)."""
 POOLINGS = ("mean", "max")
 """How the non-silent windows' probabilities make the clip's (step 6)."""
-_DIGITAL_SILENCE_DBFS = -200.0  # the level of an all-zero frame, instead of -inf
-# Frames of the levels of a waveform model's clip, which has no filterbank: Kaldi's defaults.
-_LEVEL_FRAME_S, _LEVEL_SHIFT_S = 0.025, 0.010
 
 
 @dataclass
@@ -140,48 +99,6 @@ class ClipScores:
     def is_silent(self) -> bool:
         """Whether every window of the clip is silent (it then has no scores)."""
         return self.probabilities is None
-
-
-@dataclass
-class ClipWindows:
-    """The model's input windows of one clip, where they lie in it and how loud they are.
-
-    Args:
-        inputs: The windows (fbank: normalised; waveform model: the clip).
-        lengths: Valid (unpadded) frames of each window (waveform model: samples).
-        start_s: Where each window starts in the clip, in seconds.
-        end_s: Where each window ends: the end of its last valid frame (waveform model: of
-            the clip).
-        level_dbfs: The RMS level of each window's loudest frame in dBFS (step 5 of the
-            module doc).
-
-    Shape:
-        - inputs: ``[W, target_frames, num_mel_bins]`` float32 (waveform model: ``[1, N]``).
-        - lengths: ``[W]`` int64; start_s, end_s, level_dbfs: ``[W]`` float64.
-    """
-
-    inputs: Tensor
-    lengths: Tensor
-    start_s: Tensor
-    end_s: Tensor
-    level_dbfs: Tensor
-
-
-def frame_levels(waveform: Tensor, frame_samples: int, shift_samples: int) -> Tensor:
-    """RMS level in dBFS of each frame of a mono waveform, its mean removed (step 5).
-
-    Frames of ``frame_samples`` every ``shift_samples``, whole frames only (Kaldi's
-    ``snip_edges``); a waveform shorter than one frame is one frame. An all-zero frame reads
-    -200 dBFS rather than minus infinity (a constant one, a DC offset, about as low).
-
-    Shape:
-        - waveform: ``[num_samples]``.
-        - Output: ``[max(1, 1 + (num_samples - frame_samples) // shift_samples)]``, float64.
-    """
-    frames = waveform.unfold(0, min(frame_samples, waveform.shape[0]), shift_samples)
-    # the mean square about the frame's mean; reduced on the overlapping view, never copied
-    power = frames.var(dim=1, correction=0).double()
-    return 10 * torch.log10(power.clamp_min(10 ** (_DIGITAL_SILENCE_DBFS / 10)))
 
 
 def silent_windows(
@@ -240,87 +157,6 @@ def pool_windows(
     return pooled, embeddings[kept].mean(dim=0)
 
 
-def to_mono(waveform: Tensor | np.ndarray, sample_rate: int, target_rate: int) -> Tensor:
-    """A mono float32 waveform at ``target_rate``: channels averaged, then resampled.
-
-    The same steps, in the same order, as ``load_audio`` applies to a file.
-
-    Args:
-        waveform: ``[num_samples]`` or ``[channels, num_samples]`` (torchaudio's layout).
-        sample_rate: Rate of ``waveform`` in Hz.
-        target_rate: Rate of the output in Hz.
-
-    Shape:
-        - Output: ``[ceil(num_samples * target_rate / sample_rate)]``.
-
-    Raises:
-        ValueError: If the waveform is not 1-D or 2-D, is empty, holds non-finite samples, or
-            a rate is not a positive integer.
-    """
-    check_int("sample_rate", sample_rate)
-    check_int("target_rate", target_rate)
-    waveform = torch.as_tensor(waveform)
-    if waveform.dim() not in (1, 2) or waveform.shape[-1] == 0 or waveform.numel() == 0:
-        raise ValueError(
-            "Expected argument `waveform` to be [num_samples] or [channels, num_samples] with at "
-            f"least one sample but got shape {tuple(waveform.shape)}."
-        )
-    waveform = waveform.to(torch.float32)
-    if waveform.dim() == 2:
-        waveform = waveform.mean(dim=0) if waveform.shape[0] > 1 else waveform[0]
-    if not torch.isfinite(waveform).all():
-        raise ValueError("Expected argument `waveform` to hold finite samples (no NaN or inf).")
-    if sample_rate != target_rate:
-        waveform = torchaudio.functional.resample(waveform, sample_rate, target_rate)
-    return waveform
-
-
-def window_starts(num_frames: int, target_frames: int, hop_frames: int) -> list[int]:
-    """First frames of the windows of a clip of ``num_frames`` frames (rule in the module doc).
-
-    ``[0]`` when ``num_frames <= target_frames``; otherwise ``0, hop, 2 hop, ...`` up to
-    ``num_frames - target_frames``, which is added when the hops miss it.
-    """
-    last = num_frames - target_frames
-    if last <= 0:
-        return [0]
-    starts = list(range(0, last + 1, hop_frames))
-    if starts[-1] != last:
-        starts.append(last)
-    return starts
-
-
-def waveform_windows(
-    waveform: Tensor | np.ndarray,
-    sample_rate: int,
-    features: FbankOptions,
-    normalization: Normalization,
-    hop_frames: int | None = None,
-    return_num_frames: bool = False,
-) -> Tensor | tuple[Tensor, Tensor]:
-    """Normalised input windows of a waveform (steps 1-4 of the module doc).
-
-    Args:
-        waveform: ``[num_samples]`` or ``[channels, num_samples]`` at ``sample_rate``.
-        sample_rate: Rate of ``waveform`` in Hz (any; resampled to ``features.sample_rate``).
-        features: Filterbank settings (``target_frames`` is the window length).
-        normalization: Statistics applied to every window.
-        hop_frames: Frames between window starts of a long clip; None means
-            ``target_frames // 2``.
-        return_num_frames: Also return each window's valid frames (the rest is padding).
-
-    Shape:
-        - Output: ``[num_windows, target_frames, num_mel_bins]``, float32; with
-          ``return_num_frames``, also ``[num_windows]`` int64.
-
-    Raises:
-        ValueError: If the waveform is invalid or shorter than one filterbank frame, or
-            ``hop_frames`` is not a positive integer.
-    """
-    clip = FbankPipeline(features, normalization).clip_windows(waveform, sample_rate, hop_frames)
-    return (clip.inputs, clip.lengths) if return_num_frames else clip.inputs
-
-
 def concat_inputs(inputs: Sequence[Tensor]) -> Tensor:
     """The inputs of several clips as one batch: concatenated along dim 0, zero-padded at the end
     of dim 1 to the longest.
@@ -344,214 +180,37 @@ def concat_inputs(inputs: Sequence[Tensor]) -> Tensor:
     return batch
 
 
-@dataclass(frozen=True)
-class FbankPipeline:
-    """The input pipeline of an fbank model: waveform -> normalised filterbank windows.
-
-    Args:
-        features: The filterbank settings (use the training settings with dither off, as
-            :attr:`TrainedModel.inference_features`, for deterministic scores).
-        normalization: The normalisation statistics of training.
-    """
-
-    features: FbankOptions
-    normalization: Normalization
-
-    @property
-    def sample_rate(self) -> int:
-        """The training rate in Hz (files are read at it)."""
-        return self.features.sample_rate
-
-    def clip_windows(
-        self, waveform: Tensor | np.ndarray, sample_rate: int, hop_frames: int | None = None
-    ) -> ClipWindows:
-        """The model's windows of a waveform (steps 1-4 of the module doc), their place in it
-        and their levels (step 5).
-
-        Raises:
-            ValueError: See :func:`waveform_windows`.
-        """
-        features = self.features
-        target = features.target_frames
-        hop = max(1, target // 2) if hop_frames is None else hop_frames
-        check_int("hop_frames", hop)
-        mono = to_mono(waveform, sample_rate, features.sample_rate)
-        frames = compute_fbank_frames(mono, features)
-        starts = window_starts(frames.shape[0], target, hop)
-        windows = torch.stack(
-            [pad_or_crop(frames[start : start + target], target) for start in starts]
-        )
-        lengths = torch.tensor([min(target, frames.shape[0] - start) for start in starts])
-        # the same frames as the filterbank's (Kaldi's snip_edges), so one level per fbank frame
-        levels = frame_levels(mono, features.window_samples, features.shift_samples)
-        first = torch.tensor(starts, dtype=torch.float64) * features.shift_samples
-        last = first + (lengths - 1) * features.shift_samples + features.window_samples
-        return ClipWindows(
-            inputs=self.normalization.apply(windows),
-            lengths=lengths,
-            start_s=first / features.sample_rate,
-            end_s=last / features.sample_rate,
-            level_dbfs=torch.stack(
-                [levels[start : start + int(n)].max() for start, n in zip(starts, lengths)]
-            ),
-        )
-
-    def inputs(
-        self, waveform: Tensor | np.ndarray, sample_rate: int, hop_frames: int | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """The model's windows of a waveform and their valid frames (steps 1-4 of the module doc).
-
-        Shape:
-            - Output: ``([num_windows, target_frames, num_mel_bins], [num_windows])``.
-
-        Raises:
-            ValueError: See :func:`waveform_windows`.
-        """
-        clip = self.clip_windows(waveform, sample_rate, hop_frames)
-        return clip.inputs, clip.lengths
-
-
-@dataclass(frozen=True)
-class WaveformPipeline:
-    """The input pipeline of a speech encoder: waveform -> the whole clip at the training rate.
-
-    Args:
-        sample_rate: The training rate in Hz (the encoder's).
-        max_duration: The longest training crop in seconds (None: whole clips); for information
-            only, since clips are scored whole as in evaluation.
-        min_samples: The fewest samples (at ``sample_rate``) the encoder takes (one encoder
-            frame, ``HFAudioEncoder.min_samples``).
-
-    Raises:
-        ValueError: If ``sample_rate`` or ``min_samples`` is not a positive integer or
-            ``max_duration`` is not None or positive.
-    """
-
-    sample_rate: int
-    max_duration: float | None = None
-    min_samples: int = 1
-
-    def __post_init__(self) -> None:
-        check_int("sample_rate", self.sample_rate)
-        check_int("min_samples", self.min_samples)
-        duration = self.max_duration
-        if duration is not None and (
-            isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration <= 0
-        ):
-            raise ValueError(
-                f"Expected argument `max_duration` to be None or positive but got {duration!r}."
-            )
-
-    def inputs(
-        self, waveform: Tensor | np.ndarray, sample_rate: int, hop_frames: int | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """The clip as one window (step 1 of the module doc) and its number of samples.
-
-        Shape:
-            - Output: ``([1, num_samples], [1])``, ``num_samples`` at the training rate.
-
-        Raises:
-            ValueError: If ``hop_frames`` is given (whole clips have no windows), or the
-                waveform is invalid (see :func:`to_mono`) or shorter than ``min_samples``.
-        """
-        clip = self.clip_windows(waveform, sample_rate, hop_frames)
-        return clip.inputs, clip.lengths
-
-    def clip_windows(
-        self, waveform: Tensor | np.ndarray, sample_rate: int, hop_frames: int | None = None
-    ) -> ClipWindows:
-        """The clip as one window (see :meth:`inputs`), from 0 s to its end, and its level
-        (step 5 of the module doc, frames of 25 ms every 10 ms).
-
-        Raises:
-            ValueError: As :meth:`inputs`.
-        """
-        if hop_frames is not None:
-            raise ValueError(
-                "Expected argument `hop_frames` to be None for a waveform model, which scores "
-                f"each clip whole as evaluation does, but got {hop_frames!r}."
-            )
-        clip = to_mono(waveform, sample_rate, self.sample_rate)
-        if clip.shape[0] < self.min_samples:
-            raise ValueError(
-                f"Expected a clip of at least {self.min_samples} samples at {self.sample_rate} "
-                f"Hz ({self.min_samples / self.sample_rate:.4f} s, one encoder frame) but got "
-                f"{clip.shape[0]}."
-            )
-        rate, num_samples = self.sample_rate, clip.shape[0]
-        levels = frame_levels(clip, int(rate * _LEVEL_FRAME_S), int(rate * _LEVEL_SHIFT_S))
-        return ClipWindows(
-            inputs=clip[None],
-            lengths=torch.tensor([num_samples]),
-            start_s=torch.zeros(1, dtype=torch.float64),
-            end_s=torch.tensor([num_samples / rate], dtype=torch.float64),
-            level_dbfs=levels.max()[None],
-        )
-
-
 @dataclass
 class TrainedModel:
     """A classifier and the input pipeline it was trained with.
 
-    An fbank model has ``features`` and ``normalization`` and no ``waveform``; a waveform
-    model (a speech encoder) has ``waveform`` and neither of the others.
-
     Args:
         model: The classifier, in eval mode.
-        features: The filterbank settings of training; None for a waveform model.
-        normalization: The normalisation statistics of training; None for a waveform model.
-        class_names: Class names in id order (``len == model.num_classes``).
-        waveform: The waveform pipeline of a waveform model; None for an fbank model.
+        pipeline: The input pipeline of training, with the class names in id order.
 
     Raises:
-        ValueError: If the class names do not match the model, or the pipeline is neither
-            ``features`` and ``normalization`` nor ``waveform``.
+        ValueError: If the pipeline's class names do not match the model's classes.
     """
 
     model: AudioClassifier
-    features: FbankOptions | None
-    normalization: Normalization | None
-    class_names: list[str]
-    waveform: WaveformPipeline | None = None
+    pipeline: InputPipeline
 
     def __post_init__(self) -> None:
-        if len(self.class_names) != self.model.num_classes:
+        if len(self.pipeline.class_names) != self.model.num_classes:
             raise ValueError(
-                f"Expected {self.model.num_classes} `class_names` (one per class of the model) "
-                f"but got {len(self.class_names)}."
-            )
-        fbank = (self.features is not None, self.normalization is not None)
-        if fbank != ((False, False) if self.waveform is not None else (True, True)):
-            raise ValueError(
-                "Expected either `features` and `normalization` (an fbank model) or `waveform` "
-                "(a waveform model) but got "
-                f"features={self.features is not None}, "
-                f"normalization={self.normalization is not None}, "
-                f"waveform={self.waveform is not None}."
+                f"Expected {self.model.num_classes} class names in the pipeline (one per class "
+                f"of the model) but got {len(self.pipeline.class_names)}."
             )
 
     @property
-    def pipeline(self) -> FbankPipeline | WaveformPipeline:
-        """The input pipeline: waveform -> the model's inputs (fbank: with dither off)."""
-        if self.waveform is not None:
-            return self.waveform
-        return FbankPipeline(self.inference_features, self.normalization)
-
-    @property
-    def inference_features(self) -> FbankOptions:
-        """The training filterbank settings with dither off (deterministic features).
-
-        Raises:
-            ValueError: For a waveform model, which has no filterbank.
-        """
-        if self.features is None:
-            raise ValueError("A waveform model has no filterbank settings.")
-        return dataclasses.replace(self.features, dither=0.0)
+    def class_names(self) -> list[str]:
+        """The class names in id order."""
+        return list(self.pipeline.class_names)
 
     def windows(
         self, waveform: Tensor | np.ndarray, sample_rate: int, hop_frames: int | None = None
     ) -> Tensor:
-        """The model's input windows of a waveform (steps 1-4 of the module doc).
+        """The model's input windows of a waveform (the pipeline's, steps 1-4).
 
         Args:
             waveform: ``[num_samples]`` or ``[channels, num_samples]`` at ``sample_rate``.
@@ -634,14 +293,6 @@ class TrainedModel:
         return ClipScores(pooled, embedding, len(silent), int(silent.sum()), probabilities, silent)
 
 
-def _find_pipeline(checkpoint: dict[str, Any]) -> Any:
-    """The stored pipeline: under the data module's class name (any AudioDataModule subclass)."""
-    for value in checkpoint.values():
-        if isinstance(value, dict) and PIPELINE_KEY in value:
-            return value[PIPELINE_KEY]
-    return None
-
-
 def load_trained_model(
     path: str | os.PathLike[str], map_location: str | torch.device = "cpu"
 ) -> TrainedModel:
@@ -668,42 +319,36 @@ def load_trained_model(
     path = Path(path)
     # mmap: only the small entries are read here; load_from_checkpoint reads the weights.
     checkpoint = load_checkpoint(path, mmap=True)
-    pipeline = _find_pipeline(checkpoint)
+    pipeline = stored_pipeline(checkpoint, f"checkpoint {path}")
     if pipeline is None:
         raise ValueError(
             f"Checkpoint {path} holds no feature pipeline (feature settings, normalisation "
             "statistics or waveform settings, class names): it was written by an older "
-            "add-lightning or not by `add-lightning fit` with an AudioDataModule. Evaluate it "
-            "with `add-lightning test --config <its config.yaml> --ckpt_path ...`, or train it "
-            "again to classify files."
+            "add-lightning, with `save_weights_only`, or not by `add-lightning fit` with an "
+            "AudioDataModule. Evaluate it with `add-lightning test --config <its config.yaml> "
+            "--ckpt_path ...`, or train it again to classify files."
         )
     if not checkpoint.get("hyper_parameters"):
         raise ValueError(
             f"Checkpoint {path} holds no model hyperparameters, so the model cannot be rebuilt; "
             "expected a checkpoint written by `add-lightning fit`."
         )
-    if isinstance(pipeline, dict) and "waveform" in pipeline:
-        rate, max_duration, class_names = parse_waveform_pipeline(pipeline, f"checkpoint {path}")
-        waveform = WaveformPipeline(rate, max_duration)
-        features = normalization = None
-    else:
-        features, normalization, class_names = parse_pipeline(pipeline, f"checkpoint {path}")
-        waveform = None
     del checkpoint
     model = AudioClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
     model.eval()
+    class_names = list(pipeline.class_names)
     if model.class_names is not None and list(model.class_names) != class_names:
         raise ValueError(
             f"Checkpoint {path} is inconsistent: the model's class names "
             f"{list(model.class_names)[:5]}... differ from the data's {class_names[:5]}...."
         )
-    if waveform is not None:
+    if isinstance(pipeline, WaveformPipeline):
         backbone_rate = getattr(model.backbone, "sample_rate", None)
-        if backbone_rate not in (None, waveform.sample_rate):
+        if backbone_rate not in (None, pipeline.sample_rate):
             raise ValueError(
                 f"Checkpoint {path} is inconsistent: its encoder takes {backbone_rate} Hz but "
-                f"the data was read at {waveform.sample_rate} Hz."
+                f"the data was read at {pipeline.sample_rate} Hz."
             )
         minimum = getattr(model.backbone, "min_samples", 1)
-        waveform = dataclasses.replace(waveform, min_samples=minimum)
-    return TrainedModel(model, features, normalization, class_names, waveform)
+        pipeline = dataclasses.replace(pipeline, min_samples=minimum)
+    return TrainedModel(model, pipeline)

@@ -17,27 +17,38 @@ from __future__ import annotations
 
 import os
 import sys
-import zipfile
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from jsonargparse import Namespace
 from lightning.pytorch import LightningDataModule, Trainer
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from add_lightning.data.replaced_arguments import replacement_hints
+from add_lightning.checkpoint import (
+    InputPipelineCheckpoint,
+    SafeCheckpointIO,
+    load_checkpoint,
+    stored_pipeline,
+)
+from add_lightning.data.datamodule import AudioDataModule
 from add_lightning.models.classifier import (
-    BACKBONE_SOURCE_KEY,
     AudioClassifier,
     hyperparameters_from_config,
 )
 from add_lightning.models.heatmaps import ClassPairHeatmaps
 from add_lightning.models.prediction import EmbeddingWriter
 from add_lightning.run_log import EpochSummary, is_terminal, log_to_console, quiet_lightning
+from add_lightning.workarounds import (
+    ShortErrorParser,
+    constructor_error,
+    nested_nulls_as_objects,
+    predicted_last_checkpoint,
+    warn_about_replaced_model_arguments,
+)
 
 __all__ = ["AddLightningCLI", "check_checkpoint_file", "run_lightning_cli"]
 
@@ -74,59 +85,33 @@ _CHECKPOINT_DEFAULTS = {
 }
 
 
-def _wraps_its_cause(error: BaseException) -> bool:
-    """Whether ``error`` is jsonargparse's wrapper of a constructor's error.
-
-    jsonargparse reports a value that fits no member of a Union (a class argument that may be
-    None, e.g. ``data``) with a plain ValueError listing each member's error as a line
-    ``  - <message>``, raised from the error of the constructor it called.
-    """
-    cause = error.__cause__
-    if type(error) is not ValueError or cause is None:
-        return False
-    first_line = (str(cause).splitlines() or [""])[0]
-    return f"  - {first_line}" in str(error)
-
-
 # `--ckpt_path` values that Lightning resolves itself rather than naming a file.
 _SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 
-def check_checkpoint_file(path: str | os.PathLike[str] | None) -> None:
-    """Raises a clear error unless ``path`` is None, a special name, or a torch checkpoint file.
+def check_checkpoint_file(
+    path: str | os.PathLike[str] | None, resume: bool = False
+) -> dict[str, Any] | None:
+    """Reads ``--ckpt_path`` safely, unless it is None or a name that Lightning resolves.
 
-    ``torch.load`` of an empty file raises a bare ``EOFError`` and of a damaged one an
-    ``UnpicklingError`` advising ``weights_only=False``; neither names the file.
+    ``torch.load`` of an empty file raises a bare ``EOFError``, of a damaged one or one holding
+    other objects an ``UnpicklingError`` advising ``weights_only=False``; none names the file.
+
+    Args:
+        path: ``--ckpt_path``.
+        resume: Whether ``fit`` resumes from it (it must hold the training state too).
+
+    Returns:
+        The checkpoint (its tensors memory-mapped), None for no file.
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        ValueError: If it is empty or not the zip archive that ``torch.save`` writes.
+        ValueError: If it is not a Lightning checkpoint that loads with ``weights_only=True``
+            (see :func:`~add_lightning.checkpoint.load_checkpoint`).
     """
     if path is None or str(path) in _SPECIAL_CKPT_PATHS or "://" in str(path):
-        return
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"Checkpoint {path} (`--ckpt_path`) does not exist.")
-    if path.stat().st_size == 0:
-        raise ValueError(
-            f"Checkpoint {path} (`--ckpt_path`) is empty (0 bytes), e.g. left by an interrupted "
-            "save; use another checkpoint."
-        )
-    if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"Checkpoint {path} (`--ckpt_path`) is not a PyTorch checkpoint (torch.save writes a "
-            "zip archive): the file is damaged or of another format."
-        )
-
-
-def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested dicts as ``{"a.b.c": leaf}``; lists and tuples compare as lists."""
-    if isinstance(value, dict):
-        flat: dict[str, Any] = {}
-        for key, item in value.items():
-            flat.update(_flat(item, f"{prefix}{key}."))
-        return flat
-    return {prefix[:-1]: list(value) if isinstance(value, tuple) else value}
+        return None
+    return load_checkpoint(path, mmap=True, resume=resume, argument="--ckpt_path")
 
 
 def _unbounded(trainer_config: dict[str, Any]) -> bool:
@@ -173,83 +158,26 @@ def _check_input_shape(datamodule: Any, model: Any) -> None:
         )
 
 
-def _predicted_last_checkpoint(section: Namespace) -> Path | None:
-    """The file that ``--ckpt_path last`` finds: ``last.ckpt`` of the ``last_checkpoint`` callback.
+def _load_checkpoints_safely(section: Namespace) -> None:
+    """Has the Trainer load ``--ckpt_path`` with ``weights_only=True`` (Lightning's argument).
 
-    Its folder is ``last_checkpoint.dirpath`` or, with the run's own TensorBoard logger,
-    ``<default_root_dir>/checkpoints``; None where only the Trainer can tell (another logger,
-    or no ``default_root_dir``: a new ``lightning_logs/version_N``).
+    Its loads go through :class:`~add_lightning.checkpoint.SafeCheckpointIO` anyway; this also
+    covers a CheckpointIO plugin of the user's, and refuses ``--weights_only false``.
     """
-    callback = section.get("last_checkpoint")
-    if callback is None:
-        return None
-    name = callback.get("filename") or ModelCheckpoint.CHECKPOINT_NAME_LAST
-    filename = name + ModelCheckpoint.FILE_EXTENSION
-    if callback.get("dirpath") is not None:
-        return Path(str(callback.get("dirpath"))) / filename
-    root = section.get("trainer.default_root_dir")
-    if root is None or section.get("trainer.logger") not in (None, True):
-        return None
-    return Path(str(root)) / "checkpoints" / filename
-
-
-def _warn_about_replaced_model_arguments(section: Namespace) -> None:
-    """Warns when ``--ckpt_path``'s stored hyperparameters will replace given model arguments.
-
-    LightningCLI rebuilds the model from the checkpoint's hyperparameters (the weights fit only
-    that architecture), so a ``--model.*`` value that differs is ignored: say which.
-    """
-    path, model = section.get("ckpt_path"), section.get("model")
-    if path is None or model is None or not Path(str(path)).is_file():
+    if "weights_only" not in section:  # Lightning < 2.6 has no such argument
         return
-    import torch  # the checkpoint was checked by check_checkpoint_file
-
-    # mmap: only the hyperparameters are read here; LightningCLI loads the checkpoint itself next.
-    checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
-    stored = checkpoint.get("hyper_parameters", {})
-    # A self-contained checkpoint stores the backbone as its architecture (pretrained: null,
-    # see AudioClassifier.on_save_checkpoint) and the backbone as given for training beside it:
-    # a given value equal to either is what the model was trained with, not a replaced one.
-    source = checkpoint.get(BACKBONE_SOURCE_KEY)
-    trained_with = {**stored, "backbone": source} if source is not None else stored
-    given = model.as_dict() if isinstance(model, Namespace) else dict(model)
-    stored_flat = _flat({key: v for key, v in stored.items() if not key.startswith("_")})
-    source_flat = _flat({key: v for key, v in trained_with.items() if not key.startswith("_")})
-    given_flat = _flat(given.get("init_args") or {})
-    replaced = {
-        key: (given_flat[key], stored_flat[key])
-        for key in sorted(set(given_flat) & set(stored_flat))
-        if given_flat[key] is not None
-        and given_flat[key] != stored_flat[key]
-        and given_flat[key] != source_flat.get(key, stored_flat[key])
-    }
-    if replaced:
-        rank_zero_warn(
-            f"The model is rebuilt from the hyperparameters stored in {path}, so these given "
-            "model arguments are replaced by the checkpoint's: "
-            + ", ".join(f"{key} {new!r} (given {old!r})" for key, (old, new) in replaced.items())
-            + ". To change the architecture, train a new model."
+    if section.get("weights_only") is False:
+        raise ValueError(
+            "Expected `--weights_only` to be true or left out but got false: checkpoints are "
+            "data and load with weights_only=True, which is all that a checkpoint written by "
+            "`add-lightning fit` needs."
         )
+    section["weights_only"] = True
 
 
 def _unseen_class_names(data: LightningDataModule) -> list[str] | None:
     """The data module's classes held out of training, None for data modules without any."""
     return getattr(data, "unseen_class_names", None)
-
-
-class _ArgumentParser(LightningArgumentParser):
-    """LightningArgumentParser whose errors also say what replaces a replaced argument.
-
-    jsonargparse refuses an argument a class no longer takes ("Option 'freq_mask' is not
-    accepted"); for the data modules' replaced arguments the error then ends with the YAML to
-    write instead (:data:`~add_lightning.data.replaced_arguments.REPLACED_ARGUMENTS`).
-    """
-
-    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
-        hints = [hint for hint in replacement_hints(message) if hint not in message]
-        if hints:
-            message = "\n".join([message, *hints])
-        super().error(message, ex)
 
 
 class AddLightningCLI(LightningCLI):
@@ -260,9 +188,11 @@ class AddLightningCLI(LightningCLI):
     configurable ModelCheckpoints: ``checkpoint`` (``best.ckpt`` by ``val/acc``) and
     ``last_checkpoint`` (``last.ckpt``, the end of every training epoch),
     :class:`~add_lightning.models.ClassPairHeatmaps` (the test's heat maps in TensorBoard),
-    a TensorBoard logger whose directory is ``trainer.default_root_dir`` when given, and
-    ``seed_everything: 0``. The optimizer and scheduler are the model's own arguments
-    (``model.init_args.optimizer``/``scheduler``), not LightningCLI's top-level ones.
+    :class:`~add_lightning.checkpoint.InputPipelineCheckpoint` (the data module's input
+    pipeline in every checkpoint), a TensorBoard logger whose directory is
+    ``trainer.default_root_dir`` when given, and ``seed_everything: 0``. The optimizer and
+    scheduler are the model's own arguments (``model.init_args.optimizer``/``scheduler``), not
+    LightningCLI's top-level ones.
 
     Programmatic use: ``cli = AddLightningCLI(args=[...], run=False)`` builds ``cli.model``,
     ``cli.datamodule`` and ``cli.trainer`` without running anything.
@@ -281,7 +211,7 @@ class AddLightningCLI(LightningCLI):
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
             parser_kwargs={"description": _DESCRIPTION},
-            parser_class=_ArgumentParser,
+            parser_class=ShortErrorParser,
             args=(
                 nested_nulls_as_objects(list(args))
                 if isinstance(args, Sequence) and not isinstance(args, str)
@@ -303,16 +233,17 @@ class AddLightningCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         section = self.config[subcommand] if subcommand else self.config
         if subcommand == "fit" and section.get("ckpt_path") == "last":
-            last = _predicted_last_checkpoint(section)
+            last = predicted_last_checkpoint(section)
             if last is not None and last.is_file():
                 # resolved here, not by the Trainer after the model is built, so that the model is
                 # rebuilt from the checkpoint (as for a file path) without its pretrained weights
                 section["ckpt_path"] = str(last)
                 rank_zero_info(f"Resuming from {last} (`--ckpt_path last`)")
         if subcommand:
-            check_checkpoint_file(section.get("ckpt_path"))
-        if subcommand and subcommand != "fit":
-            _warn_about_replaced_model_arguments(section)
+            _load_checkpoints_safely(section)
+            checkpoint = check_checkpoint_file(section.get("ckpt_path"), subcommand == "fit")
+            if checkpoint is not None and subcommand != "fit":
+                warn_about_replaced_model_arguments(section, checkpoint)
         # The link from data.num_classes replaces any value given for the model; keep the
         # given one to refuse a contradiction instead of replacing it silently.
         self._given_num_classes = section.get("model.init_args.num_classes")
@@ -354,12 +285,7 @@ class AddLightningCLI(LightningCLI):
             with hyperparameters_from_config():  # the model saves the parsed config
                 super().instantiate_classes()
         except ValueError as error:
-            # jsonargparse wraps errors of the constructors (missing data set, offline hub id,
-            # bad argument) in a long "Does not validate against any of the Union subtypes"
-            # message; raise the constructor's own error, which says what to do.
-            root: BaseException = error
-            while root.__cause__ is not None and _wraps_its_cause(root):
-                root = root.__cause__
+            root = constructor_error(error)  # the constructor's own, which says what to do
             if root is error:
                 raise
             raise root from None
@@ -374,22 +300,21 @@ class AddLightningCLI(LightningCLI):
     def _restore_data_pipeline(self) -> None:
         """Gives the data module the state stored in ``--ckpt_path`` before the run starts.
 
-        Lightning restores a data module's ``load_state_dict`` only after ``prepare_data`` and
-        ``setup``, which would first compute normalisation statistics from the files on disk
-        (or fail if the training files are gone); the feature pipeline the model was trained
-        with (see ``AudioDataModule.state_dict``) is applied here instead, before either.
+        Lightning restores a checkpoint (``InputPipelineCheckpoint.on_load_checkpoint``) only
+        after ``prepare_data`` and ``setup``, which would first compute normalisation statistics
+        from the files on disk (or fail if the training files are gone); the input pipeline the
+        model was trained with is applied here instead, before either.
         """
         if self.subcommand is None:  # run=False: no subcommand, no --ckpt_path
             return
+        # None, or a special name ("last") that Lightning resolves and restores
         path = self.config[self.subcommand].get("ckpt_path")
-        if path is None or not Path(str(path)).is_file():
-            return  # none, or a special name ("last") that Lightning resolves and restores
-        import torch  # the checkpoint was checked by check_checkpoint_file
-
-        checkpoint = torch.load(path, weights_only=True, map_location="cpu", mmap=True)
-        state = checkpoint.get(type(self.datamodule).__qualname__)
-        if state is not None:
-            self.datamodule.load_state_dict(state)
+        checkpoint = check_checkpoint_file(path)
+        if checkpoint is None:
+            return
+        pipeline = stored_pipeline(checkpoint, f"checkpoint {path}")
+        if pipeline is not None and isinstance(self.datamodule, AudioDataModule):
+            self.datamodule.use_pipeline(pipeline)
 
     def predict(self, **kwargs: Any) -> Any:
         """``Trainer.predict`` that writes ``<run dir>/predictions.npz`` by default.
@@ -408,7 +333,12 @@ class AddLightningCLI(LightningCLI):
         return self.trainer.predict(**kwargs)
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        """LightningCLI's Trainer with the run's logger and checkpoint callbacks (see the class)."""
+        """LightningCLI's Trainer with the run's logger and checkpoint callbacks (see the class).
+
+        Its checkpoints are saved atomically and loaded safely by
+        :class:`~add_lightning.checkpoint.SafeCheckpointIO`, unless a CheckpointIO plugin is
+        given in ``trainer.plugins``.
+        """
         section = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer_config = {**section.get("trainer", {}), **kwargs}
         overrides = dict(kwargs)
@@ -444,12 +374,18 @@ class AddLightningCLI(LightningCLI):
         callbacks = [*(given if isinstance(given, list) else [given])]
         callbacks += [section[key] for key in callback_keys]
         callbacks.append(ClassPairHeatmaps())  # the test's heat maps in TensorBoard
+        callbacks.append(InputPipelineCheckpoint())  # the data's input pipeline in checkpoints
         if not is_terminal(sys.stderr) and not trainer_config.get("enable_progress_bar"):
             # Written to a file, a progress bar keeps only its last state: print one line per
             # epoch (with its time) instead. An explicit `enable_progress_bar true` keeps it.
             overrides["enable_progress_bar"] = False
             callbacks.append(EpochSummary())
         overrides["callbacks"] = callbacks
+        given = trainer_config.get("plugins")
+        plugins = [*(given if isinstance(given, list) else [] if given is None else [given])]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            # atomic saves and safe loads of checkpoints (a CheckpointIO of the user's is kept)
+            overrides["plugins"] = [*plugins, SafeCheckpointIO()]
         if self.subcommand == "fit" and _unbounded(trainer_config):
             rank_zero_warn(
                 "No `trainer.max_epochs` (nor max_steps or max_time) is set, so Lightning trains "
@@ -457,41 +393,6 @@ class AddLightningCLI(LightningCLI):
                 "configs/experiments/ that sets it."
             )
         return super().instantiate_trainer(**overrides)
-
-
-_NULLS = ("null", "None", "~")
-_NESTED = ".init_args."
-
-
-def nested_nulls_as_objects(argv: Sequence[str]) -> list[str]:
-    """``--A.init_args.B.init_args.C null`` as ``--A.init_args.B={init_args: {C: null}}``.
-
-    jsonargparse (4.53) turns a ``null`` given on the command line for an argument of a class
-    inside another class's ``init_args`` into the string ``"None"``: an ``int | None`` argument
-    is then refused, and a ``str | None`` one (AST's ``pretrained``) silently becomes "None".
-    The same value given as an object one level up is parsed as YAML and merged with the
-    values given before, so nothing else changes. Other arguments are returned as they are.
-    """
-    rewritten: list[str] = []
-    index = 0
-    while index < len(argv):
-        argument = argv[index]
-        key, value, width = argument, None, 1
-        if argument.startswith("--") and "=" in argument:
-            key, value = argument.split("=", 1)
-        elif argument.startswith("--") and index + 1 < len(argv):
-            value, width = argv[index + 1], 2
-        if value in _NULLS and key.count(_NESTED) >= 2:
-            owner, _, leaf = key.rpartition(_NESTED)
-            nested = "null"
-            for part in reversed(leaf.split(".")):
-                nested = f"{{{part}: {nested}}}"
-            rewritten.append(f"{owner}={{init_args: {nested}}}")
-            index += width
-            continue
-        rewritten.append(argument)
-        index += 1
-    return rewritten
 
 
 def run_lightning_cli(argv: Sequence[str]) -> int:

@@ -1,5 +1,6 @@
 """Audio data: the data modules and what their YAML names (dataset indexes, features,
-augmentation, training batches), plus the file-to-fbank functions a user calls.
+augmentation, training batches), the input pipelines that checkpoints store (waveform ->
+model input), plus the file-to-fbank functions a user calls.
 
 Everything else (caches, samplers, datasets of clips, downloads, dataset constants) is
 imported from the module that defines it, e.g. ``add_lightning.data.sampler``.
@@ -19,6 +20,7 @@ from add_lightning.data.datasets import (
 )
 from add_lightning.data.fbank import FbankOptions, compute_fbank
 from add_lightning.data.normalization import Normalization
+from add_lightning.data.pipeline import FbankPipeline, InputPipeline, WaveformPipeline
 from add_lightning.data.sampler import ClassBalancedBatches
 from add_lightning.data.waveform_datamodule import WaveformDataModule
 
@@ -29,14 +31,17 @@ __all__ = [
     "AudioDatasetIndex",
     "ClassBalancedBatches",
     "FbankOptions",
+    "FbankPipeline",
     "FolderDataset",
     "HuggingFaceDataset",
+    "InputPipeline",
     "Mixup",
     "Normalization",
     "SpecAugment",
     "SpeechCommands",
     "SyntheticDataset",
     "WaveformDataModule",
+    "WaveformPipeline",
     "compute_fbank",
     "load_audio",
 ]

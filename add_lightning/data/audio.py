@@ -50,10 +50,41 @@ def load_audio(path: str | os.PathLike[str], sample_rate: int = 16000) -> Tensor
         raise AudioError(f"Could not decode audio file {path}: {err}") from err
     if samples.shape[0] == 0:
         raise AudioError(f"Audio file {path} contains no samples (expected at least one).")
-    mono = samples.mean(axis=1, dtype=np.float32) if samples.shape[1] > 1 else samples[:, 0]
-    if not np.isfinite(mono).all():
+    if not np.isfinite(samples).all():
         raise AudioError(f"Audio file {path} contains non-finite samples (NaN or infinity).")
-    waveform = torch.from_numpy(np.ascontiguousarray(mono))
-    if file_rate != sample_rate:
-        waveform = torchaudio.functional.resample(waveform, int(file_rate), sample_rate)
-    return waveform
+    return to_mono(torch.from_numpy(samples.T), int(file_rate), sample_rate)
+
+
+def to_mono(waveform: Tensor | np.ndarray, sample_rate: int, target_rate: int) -> Tensor:
+    """A mono float32 waveform at ``target_rate``: channels averaged, then resampled.
+
+    What :func:`load_audio` does to a file's samples, for a waveform already in memory.
+
+    Args:
+        waveform: ``[num_samples]`` or ``[channels, num_samples]`` (torchaudio's layout).
+        sample_rate: Rate of ``waveform`` in Hz.
+        target_rate: Rate of the output in Hz.
+
+    Shape:
+        - Output: ``[ceil(num_samples * target_rate / sample_rate)]``.
+
+    Raises:
+        ValueError: If the waveform is not 1-D or 2-D, is empty, holds non-finite samples, or
+            a rate is not a positive integer.
+    """
+    check_int("sample_rate", sample_rate)
+    check_int("target_rate", target_rate)
+    waveform = torch.as_tensor(waveform)
+    if waveform.dim() not in (1, 2) or waveform.shape[-1] == 0 or waveform.numel() == 0:
+        raise ValueError(
+            "Expected argument `waveform` to be [num_samples] or [channels, num_samples] with at "
+            f"least one sample but got shape {tuple(waveform.shape)}."
+        )
+    waveform = waveform.to(torch.float32)
+    if waveform.dim() == 2:
+        waveform = waveform.mean(dim=0) if waveform.shape[0] > 1 else waveform[0]
+    if not torch.isfinite(waveform).all():
+        raise ValueError("Expected argument `waveform` to hold finite samples (no NaN or inf).")
+    if sample_rate != target_rate:
+        waveform = torchaudio.functional.resample(waveform, sample_rate, target_rate)
+    return waveform.contiguous()

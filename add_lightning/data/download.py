@@ -9,6 +9,7 @@ file (``EXTRACTED_MARKER``) recording the completed extraction.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -405,6 +406,15 @@ def extract_archive(
     return destination
 
 
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 def download_and_extract(
     url: str,
     root: str | os.PathLike[str],
@@ -444,7 +454,16 @@ def download_and_extract(
     destination = Path(destination)
     if (destination / EXTRACTED_MARKER).exists():
         return destination
-    archive = download_url(url, root / name, sha256=sha256, md5=md5, progress=progress)
+    created = _missing_folders(root)
+    try:
+        archive = download_url(url, root / name, sha256=sha256, md5=md5, progress=progress)
+    except BaseException:
+        # A mistyped root must not stay behind as an empty folder; a folder holding a partial
+        # download (resumed by the next run) is kept.
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # only if empty
+        raise
     try:
         return extract_archive(archive, destination, strip_components=strip_components)
     except UnsafeArchiveError as err:

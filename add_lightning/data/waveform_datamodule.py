@@ -2,51 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from add_lightning.checks import check_int
 from add_lightning.data.augment import Mixup
 from add_lightning.data.clip_dataset import ClipDataset
-from add_lightning.data.datamodule import PIPELINE_KEY, AudioDataModule
+from add_lightning.data.datamodule import AudioDataModule
 from add_lightning.data.datasets.base import AudioDatasetIndex, Split
-from add_lightning.data.fbank import FbankOptions
-from add_lightning.data.normalization import Normalization
-from add_lightning.data.replaced_arguments import refuse_replaced_arguments
+from add_lightning.data.pipeline import InputPipeline, WaveformPipeline
 from add_lightning.data.sampler import ClassBalancedBatches
 from add_lightning.data.waveform_dataset import WaveformClipDataset, collate_waveforms
 
-__all__ = ["WaveformDataModule", "parse_waveform_pipeline"]
-
-# Waveforms are not normalised by the data module (the encoder does it): identity statistics
-# keep AudioDataModule from computing fbank statistics.
-_IDENTITY = Normalization(mean=0.0, std=0.5)
-
-
-def parse_waveform_pipeline(pipeline: Any, source: str) -> tuple[int, float | None, list[str]]:
-    """Sample rate, training crop and class names of a stored waveform pipeline.
-
-    The counterpart of ``parse_pipeline`` for :meth:`WaveformDataModule.state_dict`.
-
-    Args:
-        pipeline: The value stored under :data:`PIPELINE_KEY`, with a ``"waveform"`` entry.
-        source: What holds it, for error messages (e.g. the checkpoint's path).
-
-    Raises:
-        ValueError: If an entry is missing or invalid.
-    """
-    try:
-        settings = pipeline["waveform"]
-        sample_rate = int(settings["sample_rate"])
-        max_duration = settings.get("max_duration")
-        max_duration = None if max_duration is None else float(max_duration)
-        class_names = [str(name) for name in pipeline["class_names"]]
-    except (KeyError, TypeError, AttributeError, ValueError) as error:
-        raise ValueError(
-            f"The waveform pipeline stored in {source} is damaged ({type(error).__name__}: "
-            f"{error}); expected the waveform settings and class_names that `add-lightning fit` "
-            "stores."
-        ) from None
-    return sample_rate, max_duration, class_names
+__all__ = ["WaveformDataModule"]
 
 
 class WaveformDataModule(AudioDataModule):
@@ -95,43 +62,39 @@ class WaveformDataModule(AudioDataModule):
         predict_split: Split = "test",
         pin_memory: bool = False,
         allow_duplicate_audio: bool = False,
-        **replaced: Any,
     ) -> None:
-        refuse_replaced_arguments(type(self).__name__, replaced)
-        check_int("sample_rate", sample_rate)
-        if max_duration is not None and not (
-            isinstance(max_duration, (int, float)) and max_duration * sample_rate >= 1
-        ):
-            raise ValueError(
-                "Expected argument `max_duration` to be None or a positive number of seconds "
-                f"(at least one sample) but got {max_duration!r}."
-            )
+        pipeline = WaveformPipeline(sample_rate, max_duration)  # checks both
+        # No fbank, no feature cache, no normalisation statistic: the pipeline is the waveform's.
         super().__init__(
             dataset,
             fold=fold,
-            features=FbankOptions(sample_rate=sample_rate),
-            normalization=_IDENTITY,
             mixup=mixup,
             batch_size=batch_size,
             num_workers=num_workers,
             train_batches=train_batches,
             val_fraction=val_fraction,
-            cache_dir=None,
-            cache_features=False,
             seed=seed,
             predict_split=predict_split,
             pin_memory=pin_memory,
             allow_duplicate_audio=allow_duplicate_audio,
         )
-        self.sample_rate = sample_rate
-        self.max_duration = None if max_duration is None else float(max_duration)
+        self._pipeline = dataclasses.replace(pipeline, class_names=self.class_names)
 
     @property
-    def max_samples(self) -> int | None:
-        """``max_duration`` in samples (rounded down), or None."""
-        if self.max_duration is None:
-            return None
-        return int(self.max_duration * self.sample_rate)
+    def pipeline(self) -> WaveformPipeline:
+        """The input pipeline the model is trained with, which every checkpoint stores: the
+        sample rate, ``max_duration`` and the class names."""
+        return self._pipeline
+
+    @property
+    def sample_rate(self) -> int:
+        """Rate the waveforms are read (resampled) at, in Hz."""
+        return self._pipeline.sample_rate
+
+    @property
+    def max_duration(self) -> float | None:
+        """Longest training crop in seconds, or None."""
+        return self._pipeline.max_duration
 
     def _dataset(self, role: str) -> ClipDataset:
         if role not in self._datasets:
@@ -141,7 +104,7 @@ class WaveformDataModule(AudioDataModule):
                 self._split_clips()[split],
                 self.num_classes,
                 sample_rate=self.sample_rate,
-                max_samples=self.max_samples if train else None,
+                max_samples=self._pipeline.max_samples if train else None,
                 train=train,
                 mixup=self.mixup if train else None,
                 seed=self.seed,
@@ -151,40 +114,23 @@ class WaveformDataModule(AudioDataModule):
     def _loader_options(self) -> dict[str, Any]:
         return {**super()._loader_options(), "collate_fn": collate_waveforms}
 
-    def state_dict(self) -> dict[str, Any]:
-        """The waveform pipeline of this run, stored by Lightning in every checkpoint.
-
-        Returns:
-            ``{PIPELINE_KEY: {"waveform": {"sample_rate", "max_duration"}, "class_names":
-            [...]}}``.
-        """
-        return {
-            PIPELINE_KEY: {
-                "waveform": {"sample_rate": self.sample_rate, "max_duration": self.max_duration},
-                "class_names": list(self.class_names),
-            }
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Checks a checkpoint's waveform pipeline against this one.
+    def use_pipeline(self, pipeline: InputPipeline) -> None:
+        """Checks a checkpoint's input pipeline against this one (nothing of it is computed
+        from the files, so nothing is replaced).
 
         Raises:
             ValueError: If the checkpoint was trained on other classes, at another sample rate,
                 or on fbanks (an ``AudioDataModule`` checkpoint).
         """
-        pipeline = state_dict.get(PIPELINE_KEY)
-        if pipeline is None:
-            return
-        if "waveform" not in pipeline:
+        if not isinstance(pipeline, WaveformPipeline):
             raise ValueError(
-                "The checkpoint was trained on fbank features (AudioDataModule), not waveforms; "
-                "use the data module it was trained with."
+                f"The checkpoint was trained on {pipeline.kind} features (AudioDataModule), not "
+                "waveforms; use the data module it was trained with."
             )
-        stored_rate, _, class_names = parse_waveform_pipeline(pipeline, "the checkpoint")
-        self._check_checkpoint_classes(class_names)
-        if stored_rate != self.sample_rate:
+        self._check_checkpoint_classes(list(pipeline.class_names))
+        if pipeline.sample_rate != self.sample_rate:
             raise ValueError(
-                f"The checkpoint was trained on waveforms at {stored_rate} Hz but "
+                f"The checkpoint was trained on waveforms at {pipeline.sample_rate} Hz but "
                 f"`sample_rate` is {self.sample_rate}; use --data.init_args.sample_rate "
-                f"{stored_rate}."
+                f"{pipeline.sample_rate}."
             )

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from add_lightning.experiments.atomic import write_text_atomic
+from add_lightning.atomic import write_text_atomic
 from add_lightning.experiments.files import EMBEDDINGS_FILENAME, METRICS_FILENAME
 
 __all__ = [

@@ -1,6 +1,7 @@
 """The paper's analysis figure from exported test embeddings, and the property statistics.
 
-For each run (a run directory holding ``test_embeddings.npz``, or such a file):
+For each run (a run directory holding ``test_embeddings.npz`` of ``cv`` or ``predictions.npz``
+of ``add-lightning predict``, or such a file):
 
 - heat maps over class pairs ``(a, b)`` of a subset of classes: top row the mean of the cosine
   distance ``d(z_i, z_j)`` (``y_i = a, y_j = b, i != j``), bottom row its coefficient of
@@ -25,9 +26,9 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from add_lightning.atomic import atomic_path, write_text_atomic
 from add_lightning.checks import check_int
 from add_lightning.experiments.aggregate import markdown_table
-from add_lightning.experiments.atomic import atomic_path, write_text_atomic
 from add_lightning.experiments.files import EMBEDDINGS_FILENAME
 from add_lightning.metrics import (
     RETRIEVAL_SCALAR_KEYS,
@@ -58,6 +59,10 @@ _PROPERTY_LABELS = {
     "sigma_n": r"$\sigma_n$",
 }
 _REQUIRED_ARRAYS = ("embeddings", "targets", "class_names")
+# What `add-lightning predict` writes into the run directory (EmbeddingWriter's default file);
+# it holds the arrays of _REQUIRED_ARRAYS too.
+PREDICTIONS_FILENAME = "predictions.npz"
+_RUN_FILES = (EMBEDDINGS_FILENAME, PREDICTIONS_FILENAME)
 
 
 @dataclass(frozen=True)
@@ -76,14 +81,29 @@ class RunEmbeddings:
 
 
 def _embeddings_file(path: Path) -> Path:
-    return path / EMBEDDINGS_FILENAME if path.is_dir() else path
+    """The file of ``path``: itself, or a run directory's first file of ``_RUN_FILES``."""
+    if not path.is_dir():
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Expected a run directory or an .npz file, but {path} does not exist"
+            )
+        return path
+    for name in _RUN_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise FileNotFoundError(
+        f"Expected the run directory {path} to hold {EMBEDDINGS_FILENAME} (written by `cv`) or "
+        f"{PREDICTIONS_FILENAME}, but it holds neither. For a run of `fit`, write its "
+        f"embeddings first: add-lightning predict --config {path / 'config.yaml'} --ckpt_path "
+        f"{path / 'checkpoints' / 'last.ckpt'}"
+    )
 
 
 def default_label(path: str | os.PathLike[str]) -> str:
     """``experiment/fold1_seed0`` for a run directory (or its ``test_embeddings.npz``), else
     the file's stem."""
     path = Path(path)
-    if path.is_file() and path.name == EMBEDDINGS_FILENAME:
+    if path.is_file() and path.name in _RUN_FILES:
         path = path.parent
     if path.is_dir():
         return "/".join(path.resolve().parts[-2:])
@@ -94,20 +114,17 @@ def load_run_embeddings(path: str | os.PathLike[str], label: str | None = None) 
     """Loads a run's exported test embeddings.
 
     Args:
-        path: A run directory (holding ``test_embeddings.npz``) or an ``.npz`` file.
+        path: A run directory (holding ``test_embeddings.npz`` or ``predictions.npz``) or an
+            ``.npz`` file.
         label: Name of the run in figures; default: :func:`default_label`.
 
     Raises:
-        FileNotFoundError: If the file does not exist.
+        FileNotFoundError: If the file does not exist, or the run directory holds neither file
+            (the message says how to write ``predictions.npz``).
         ValueError: If it lacks ``embeddings``, ``targets`` or ``class_names``, or their shapes
             or class ids do not fit together.
     """
     file = _embeddings_file(Path(path))
-    if not file.is_file():
-        raise FileNotFoundError(
-            f"Expected a run directory holding {EMBEDDINGS_FILENAME} or an .npz file, but {file} "
-            "does not exist"
-        )
     with np.load(file, allow_pickle=False) as data:
         missing = [key for key in _REQUIRED_ARRAYS if key not in data.files]
         if missing:

@@ -27,9 +27,9 @@ import yaml
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from add_lightning.atomic import write_json_atomic
 from add_lightning.checkpoint import CheckpointError, DamagedCheckpointError, load_checkpoint
 from add_lightning.experiments.aggregate import unit_is_finished
-from add_lightning.experiments.atomic import write_json_atomic
 from add_lightning.experiments.config import experiment_cli_class
 from add_lightning.experiments.files import (
     EMBEDDINGS_FILENAME,
