@@ -11,8 +11,8 @@ import logging
 import sys
 from pathlib import Path
 
+from add_lightning.atomic import write_text_atomic
 from add_lightning.cli import ERROR_STATUS, USAGE_STATUS
-from add_lightning.experiments.atomic import write_text_atomic
 from add_lightning.experiments.files import UNIT_BUSY_STATUS
 from add_lightning.experiments.locks import LockBusyError
 
@@ -146,9 +146,10 @@ def _add_launcher_arguments(cv: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--gpus-per-unit",
         type=int,
-        default=1,
-        help="GPUs of each unit (CUDA_VISIBLE_DEVICES; slurm: --gpus-per-node); without "
-        "GPUs, parallel units divide the CPU threads (default 1)",
+        default=None,
+        help="GPUs of each unit (CUDA_VISIBLE_DEVICES; slurm: --gpus-per-node, with one task "
+        "per device of trainer.devices); without GPUs, parallel units divide the CPU threads "
+        "(default: the trainer config's, trainer.devices on GPUs and none for accelerator: cpu)",
     )
     group.add_argument(
         "--keep-going",

@@ -8,7 +8,9 @@ unit under its own lock and resumes it from ``checkpoints/last.ckpt``; they diff
   else with the CPU threads divided between them. Each unit's output goes to ``RUN/unit.log``.
 - :class:`SubmititBackend`: one submitit job per unit (a SLURM job array, or submitit's local
   executor on this machine). A job that SLURM preempts or times out is requeued by submitit
-  (:class:`UnitJob` is checkpointable) and resumes from its last checkpoint.
+  (:class:`UnitJob` is checkpointable) and resumes from its last checkpoint. Whether a SLURM
+  job has ended is read from ``squeue`` (:mod:`~add_lightning.experiments.slurm`), which
+  answers on clusters without an accounting database too.
 
 :func:`schedule` drives either: it skips finished units, leaves a unit whose lock another
 worker holds until that worker lets go (then it is finished, or is run here), records failures
@@ -37,6 +39,7 @@ from add_lightning.experiments.config import ExperimentConfigError
 from add_lightning.experiments.files import EXPERIMENT_FILENAME, LOG_FILENAME, UNIT_BUSY_STATUS
 from add_lightning.experiments.locks import lock_is_free
 from add_lightning.experiments.progress import Progress
+from add_lightning.experiments.slurm import SlurmQueue, log_submitit_once
 
 __all__ = [
     "Failure",
@@ -383,7 +386,9 @@ class UnitJob(Checkpointable):
     Checkpointable: when SLURM preempts the job or its time runs out, submitit calls
     :meth:`checkpoint` and requeues the same callable; the requeued job resumes the unit from
     ``checkpoints/last.ckpt`` (with its random state), so the result is that of an
-    uninterrupted run.
+    uninterrupted run. Nothing is saved at the signal: a checkpoint from the middle of an
+    epoch could not resume that epoch's shuffled order, so a requeue costs at most the epoch
+    in progress (``last.ckpt`` is saved at every epoch's end).
     """
 
     def __init__(self, task: Task, threads: int | None = None) -> None:
@@ -395,6 +400,7 @@ class UnitJob(Checkpointable):
 
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        log_submitit_once()  # its signal handler's lines, once in the job's log
         task = self.task
         return execute_unit(
             task.experiment, task.run_dir, task.seed, task.config_hash, task.fold, self.threads
@@ -418,6 +424,10 @@ class SubmititBackend:
         max_parallel: At most this many units at once: SLURM's job-array parallelism; on this
             machine, jobs are submitted as running ones end.
         max_requeues: How often a unit may be requeued after a preemption or timeout.
+
+    A unit of several processes (``tasks_per_node`` > 1, Lightning's DDP under SLURM) is one
+    job of that many tasks; srun stops them all when one fails, rather than leave the others
+    waiting for it (``--kill-on-bad-exit``).
 
     Raises:
         ExperimentConfigError: If submitit rejects a parameter.
@@ -452,9 +462,13 @@ class SubmititBackend:
                 f"Expected SLURM's commands (srun, sbatch) on PATH for --launcher slurm ({error}); "
                 "run on a login node of the cluster, or use --launcher local"
             ) from None
+        log_submitit_once()
+        self.queue: SlurmQueue | None = None
         if cluster == "slurm":
             parameters.setdefault("slurm_array_parallelism", max_parallel)
+            parameters.setdefault("slurm_srun_args", ["--kill-on-bad-exit=1"])
             self.capacity = sys.maxsize  # SLURM runs max_parallel of the array at once
+            self.queue = SlurmQueue()
         else:
             self.capacity = max_parallel
         parameters.setdefault("name", "add-lightning-cv")
@@ -472,22 +486,30 @@ class SubmititBackend:
         with self.executor.batch():  # one SLURM job array
             for task in tasks:
                 jobs.append(self.executor.submit(UnitJob(task, self.threads)))
+        if self.queue is not None:
+            self.queue.expire()  # an older answer would not list the new jobs
         return jobs
 
     def poll(self, handle: Any) -> Outcome | None:
-        if not handle.done():
+        if self.queue is None:
+            return _outcome(handle) if handle.done() else None
+        # On SLURM not handle.done(): it asks sacct, which a cluster without accounting
+        # refuses (a warning at every poll, and a job that died stays "not done").
+        first = handle.task(0)  # the unit's first process: its outcome is the unit's
+        if _has_results(handle):
+            return _outcome(first)
+        if not self.queue.ended(handle.job_id):
             return None
-        exception = handle.exception()
-        if exception is None:
-            return Outcome(int(handle.result()))
-        message = str(exception).strip().splitlines()
-        return Outcome(None, f"job {handle.job_id}: {message[-1] if message else exception!r}")
+        if first.paths.result_pickle.exists():  # the other tasks were stopped with it
+            return _outcome(first)
+        return Outcome(None, f"ended without a result (SLURM job {handle.job_id})")
 
     def log_path(self, handle: Any) -> Path:
-        return Path(handle.paths.stderr)
+        return Path(handle.task(0).paths.stderr)
 
     def where(self, handle: Any) -> str:
-        return f" as job {handle.job_id}"
+        tasks = f" of {handle.num_tasks} tasks" if handle.num_tasks > 1 else ""
+        return f" as job {handle.job_id}{tasks}"
 
     def finish(self, handle: Any) -> None:
         pass
@@ -495,3 +517,17 @@ class SubmititBackend:
     def stop(self, handle: Any) -> None:
         if self.cluster != "slurm":  # SLURM jobs outlive the launcher (see --no-wait)
             handle.cancel(check=False)
+
+
+def _outcome(job: Any) -> Outcome:
+    """The exit status of a finished submitit job, or its error's last line."""
+    exception = job.exception()
+    if exception is None:
+        return Outcome(int(job.results()[0]))
+    message = str(exception).strip().splitlines()
+    return Outcome(None, f"job {job.job_id}: {message[-1] if message else exception!r}")
+
+
+def _has_results(job: Any) -> bool:
+    """Whether every task of a submitit job has written its result (or its error)."""
+    return all(job.task(index).paths.result_pickle.exists() for index in range(job.num_tasks))

@@ -27,13 +27,14 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from add_lightning.atomic import write_json_atomic, write_text_atomic
 from add_lightning.experiments.aggregate import (
     Summary,
     aggregate,
@@ -41,7 +42,6 @@ from add_lightning.experiments.aggregate import (
     unit_is_finished,
     write_results,
 )
-from add_lightning.experiments.atomic import write_json_atomic, write_text_atomic
 from add_lightning.experiments.config import (
     EXPERIMENT_FILENAME,
     ExperimentConfigError,
@@ -65,6 +65,12 @@ from add_lightning.experiments.locks import (
     lock_is_free,
 )
 from add_lightning.experiments.progress import Progress
+from add_lightning.experiments.slurm import (
+    RESOURCE_PARAMETERS,
+    UnitDevices,
+    slurm_resources,
+    unit_devices,
+)
 from add_lightning.experiments.sweep import _UNSET, SWEEP_FILENAME, Variant
 
 __all__ = [
@@ -285,7 +291,9 @@ class Launch:
             array) or ``"submitit-local"`` (the same submitit jobs on this machine).
         max_parallel: Units at once (SLURM: the job array's parallelism).
         gpus_per_unit: GPUs of each unit (``CUDA_VISIBLE_DEVICES`` locally; SLURM
-            ``gpus_per_node``, with one task per GPU for Lightning's DDP).
+            ``gpus_per_node``); None: the trainer config's (``trainer.devices`` on GPUs, none
+            for ``accelerator: cpu``). On SLURM a unit has one task per device either way
+            (:func:`~add_lightning.experiments.slurm.slurm_resources`).
         keep_going: Run the other units after one failed.
         wait: Wait for the units and aggregate (False: submit and return; SLURM only).
         slurm: submitit ``AutoExecutor`` parameters (``slurm_partition``, ``timeout_min``, ...).
@@ -294,7 +302,7 @@ class Launch:
 
     launcher: str = "local"
     max_parallel: int = 1
-    gpus_per_unit: int = 1
+    gpus_per_unit: int | None = None
     keep_going: bool = False
     wait: bool = True
     slurm: dict[str, Any] = field(default_factory=dict)
@@ -322,13 +330,39 @@ def _cpu_threads(max_parallel: int) -> int | None:
     return max(1, len(os.sched_getaffinity(0)) // max_parallel)
 
 
-def _backend(launch: Launch, root: Path) -> Any:
+def _local_gpus(launch: Launch, devices: set[UnitDevices]) -> int:
+    """GPUs per unit on this machine: ``--gpus-per-unit``, else the most a trainer config
+    uses (``devices`` taking all GPUs: all of this machine's)."""
+    if launch.gpus_per_unit is not None:
+        return launch.gpus_per_unit
+    return max((each.devices or len(visible_gpus()) or 1) if each.gpu else 0 for each in devices)
+
+
+def _slurm_resources(launch: Launch, devices: set[UnitDevices]) -> dict[str, Any]:
+    """The GPUs, tasks and nodes of every unit's job: one set for the whole job array."""
+    resources = {
+        tuple(slurm_resources(each, launch.slurm, launch.gpus_per_unit).items()) for each in devices
+    }
+    if len(resources) > 1:
+        found = " and ".join(str(dict(each)) for each in sorted(resources, key=str))
+        raise ExperimentConfigError(
+            "Expected the experiments of one command to need the same SLURM resources per "
+            f"unit, got {found} (from their trainer.accelerator, devices, num_nodes): run them "
+            "as separate commands"
+        )
+    return dict(resources.pop())
+
+
+def _backend(launch: Launch, root: Path, configs: Sequence[Mapping[str, Any]] = ()) -> Any:
+    """The launcher of ``launch`` for units of the experiment ``configs`` (their trainer
+    configs size the units; none: Lightning's defaults)."""
+    devices = {unit_devices(config) for config in configs} or {unit_devices({})}
     if launch.launcher == "local":
         if not launch.wait:
             raise ExperimentConfigError(
                 "Expected --no-wait only with --launcher slurm: local units end with the launcher"
             )
-        return LocalBackend(launch.max_parallel, launch.gpus_per_unit)
+        return LocalBackend(launch.max_parallel, _local_gpus(launch, devices))
     if launch.launcher not in ("slurm", "submitit-local"):
         raise ExperimentConfigError(
             f"Expected argument `--launcher` to be local, slurm or submitit-local, got "
@@ -336,11 +370,20 @@ def _backend(launch: Launch, root: Path) -> Any:
         )
     cluster = "slurm" if launch.launcher == "slurm" else "local"
     parameters = dict(launch.slurm)
-    gpus = launch.gpus_per_unit if cluster == "slurm" or visible_gpus() else 0
-    parameters.setdefault("gpus_per_node", gpus)
-    parameters.setdefault("tasks_per_node", max(1, gpus))  # Lightning's DDP: a task per GPU
-    cpus = parameters.get("cpus_per_task")
-    threads = cpus if cluster == "slurm" else _cpu_threads(launch.max_parallel)
+    if cluster == "slurm":
+        resources = _slurm_resources(launch, devices)
+        for names in RESOURCE_PARAMETERS.values():
+            for name in names:
+                parameters.pop(name, None)
+        parameters.update(resources)
+        threads = parameters.get("cpus_per_task")
+    else:
+        # One task: on this machine Lightning starts the processes of a multi-device unit.
+        parameters.setdefault(
+            "gpus_per_node", _local_gpus(launch, devices) if visible_gpus() else 0
+        )
+        parameters.setdefault("tasks_per_node", 1)
+        threads = _cpu_threads(launch.max_parallel)
     return SubmititBackend(
         root / ".submitit",
         cluster,
@@ -367,7 +410,8 @@ def _run(
         UnitsFailedError: If units failed (after the complete experiments' results are written).
     """
     summaries: dict[Path, Summary] = {}
-    backend = _backend(launch, root)  # its errors come before anything is written
+    # its errors come before anything is written
+    backend = _backend(launch, root, [experiment.config for experiment in experiments])
     with contextlib.ExitStack() as stack:
         tasks, hashes = [], {}
         for experiment in experiments:
