@@ -28,3 +28,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
             f"({error}). Install the locked pair: pip install -c requirements.lock -e '.[dev]'",
             returncode=1,
         )
+
+
+@pytest.fixture(autouse=True)
+def _seeded_global_random_state() -> None:
+    # Draws a test does not seed itself (a model's initial weights, dropout, an unseeded
+    # loader) start from the same state whatever ran before: test order cannot change inputs.
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)  # noqa: NPY002
+    torch.manual_seed(0)

@@ -3,17 +3,23 @@
 ``run_ranks(fn, args)`` starts ``world_size`` processes (``torch.multiprocessing.spawn``). Each
 joins a gloo process group (file rendezvous in a fresh temporary folder), calls
 ``fn(rank, world_size, *args)``, waits at a barrier until every rank is done, destroys the group
-and leaves with ``os._exit(0)``, past the interpreter's finalisation (where gloo's threads and
-the objects they hold would be torn down in no defined order).
+and leaves with ``os._exit(0)``, past the interpreter's finalisation.
 
-Why: on the CI machine a rank of these tests died now and then with "terminate called without
-an active exception" (SIGABRT), a crash that never occurred in 21 repetitions here and whose
-place is unknown. So an exception in ``fn`` fails the test with the rank's traceback and is
-never retried, but a rank killed by a signal, or ranks still running after ``timeout`` (then
-sent SIGABRT), are reported as a pytest warning with the Python stacks that faulthandler wrote
-for every thread of every rank (of the rank that died, and of the others at the SIGTERM that
-spawn then sends them), and the ranks are started once more; a second failure of that kind
-fails the test with those stacks.
+Why ``os._exit``: a rank that left through the interpreter's normal exit, even after
+``barrier`` and ``destroy_process_group``, died now and then with "terminate called without an
+active exception" (SIGABRT), the CI failure of these tests. A core dump of one (2 of 47 runs of
+the old worker on a loaded machine) shows why: the ``barrier`` returns as soon as its work is
+done, but a gloo worker thread (``ProcessGroupGloo::runLoop``, still running after
+``destroy_process_group``: DDP's reducer still holds the group) releases that work afterwards.
+The work's saved thread-local state holds a Python object, so the thread takes the GIL, while
+the main thread is already in ``Py_FinalizeEx``. CPython ends such a thread with
+``pthread_exit``, whose unwinding through that C++ destructor (``noexcept``) calls
+``std::terminate``. ``os._exit`` skips finalisation; a rank has nothing left to flush.
+
+Nothing is retried: an exception in ``fn`` fails the test with the rank's traceback; a rank
+killed by a signal, or ranks still running after ``timeout`` (then sent SIGABRT), fail it with
+the Python stacks that faulthandler wrote for every thread of every rank (of the rank that
+died, and of the others at the SIGTERM that spawn then sends them).
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ import sys
 import tempfile
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -90,38 +95,29 @@ def _join(context: mp.ProcessContext, timeout: float) -> bool:
 
 
 def run_ranks(
-    fn: Callable[..., None],
-    args: Sequence = (),
-    world_size: int = 2,
-    retries: int = 1,
-    timeout: float = 180,
+    fn: Callable[..., None], args: Sequence = (), world_size: int = 2, timeout: float = 180
 ) -> None:
     """Runs ``fn(rank, world_size, *args)`` on ``world_size`` gloo ranks (see the module doc).
 
     ``fn`` must be a module-level function (the spawned processes import it) and ``args``
     picklable; results go to files, and assertions inside ``fn`` fail the test. Ranks still
     running after ``timeout`` seconds count as hung: they are killed (with their stacks) and
-    treated like a rank killed by a signal.
+    the test fails, as it does when a rank is killed by a signal.
     """
-    for attempt in range(retries + 1):
-        with tempfile.TemporaryDirectory(prefix="gloo_ranks_") as folder:
-            try:
-                context = mp.spawn(
-                    _rank_main,
-                    args=(world_size, folder, fn, tuple(args)),
-                    nprocs=world_size,
-                    join=False,
-                )
-                if not _join(context, timeout):
-                    return
-                failure = f"the ranks hung for {timeout} s"
-            except mp.ProcessExitedException as error:  # killed by a signal, not an exception
-                failure = str(error)
-            except mp.ProcessRaisedException as error:
-                raised = [path.read_text() for path in sorted(Path(folder).glob("error*.txt"))]
-                raise AssertionError("\n".join(raised) or str(error)) from None
-            report = f"{failure}; the stacks of each rank:\n{_stacks(folder)}"
-        if attempt < retries:
-            warnings.warn(f"{report}\n(started once more)", stacklevel=2)
-        else:
-            raise AssertionError(report)
+    with tempfile.TemporaryDirectory(prefix="gloo_ranks_") as folder:
+        try:
+            context = mp.spawn(
+                _rank_main,
+                args=(world_size, folder, fn, tuple(args)),
+                nprocs=world_size,
+                join=False,
+            )
+            if not _join(context, timeout):
+                return
+            failure = f"the ranks hung for {timeout} s"
+        except mp.ProcessExitedException as error:  # killed by a signal, not an exception
+            failure = str(error)
+        except mp.ProcessRaisedException as error:
+            raised = [path.read_text() for path in sorted(Path(folder).glob("error*.txt"))]
+            raise AssertionError("\n".join(raised) or str(error)) from None
+        raise AssertionError(f"{failure}; the stacks of each rank:\n{_stacks(folder)}")

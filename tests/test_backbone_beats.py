@@ -192,24 +192,27 @@ def test_matches_float64_reference(arch: dict) -> None:
 @pytest.mark.parametrize("pooling", ["patch_mean", "pre_head"])
 @pytest.mark.parametrize(("frames", "bins"), [(64, 128), (70, 128), (32, 40)], ids=str)
 def test_output_shape(pooling: str, frames: int, bins: int) -> None:
+    generator = torch.Generator().manual_seed(0)
     model = tiny_backbone(pooling=pooling)
-    output = model(torch.randn(3, frames, bins))
+    output = model(torch.randn(3, frames, bins, generator=generator))
     assert output.shape == (3, model.embedding_dim)
     assert model.embedding_dim == TINY["encoder_embed_dim"]
     assert torch.isfinite(output).all()
 
 
 def test_eval_mode_is_deterministic() -> None:
+    generator = torch.Generator().manual_seed(0)
     model = tiny_backbone(dropout=0.3, attention_dropout=0.3, encoder_layerdrop=0.5).eval()
-    features = torch.randn(2, 64, 128)
+    features = torch.randn(2, 64, 128, generator=generator)
     torch.testing.assert_close(model(features), model(features), rtol=0, atol=0)
 
 
 def test_pre_head_pooling_applies_predictor_dropout_in_training_only() -> None:
+    generator = torch.Generator().manual_seed(0)
     kwargs = {"dropout": 0.0, "attention_dropout": 0.0, "predictor_dropout": 0.5}
     patch_mean = tiny_backbone(**kwargs)
     pre_head = tiny_backbone(pooling="pre_head", **kwargs)
-    features = torch.randn(2, 64, 128)
+    features = torch.randn(2, 64, 128, generator=generator)
     torch.testing.assert_close(pre_head.eval()(features), patch_mean.eval()(features))
     assert not torch.allclose(pre_head.train()(features), patch_mean.train()(features))
 
@@ -242,8 +245,9 @@ def test_gradients_reach_every_parameter() -> None:
 
 
 def test_layer_wise_gradient_decay_scales_gradients_by_depth() -> None:
-    features = torch.randn(2, 64, 128)
-    projection = torch.randn(TINY["encoder_embed_dim"])
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(2, 64, 128, generator=generator)
+    projection = torch.randn(TINY["encoder_embed_dim"], generator=generator)
     grads = {}
     for ratio in (1.0, 0.5):
         model = tiny_backbone(layer_wise_gradient_decay_ratio=ratio, dropout=0.0)
@@ -259,39 +263,42 @@ def test_layer_wise_gradient_decay_scales_gradients_by_depth() -> None:
 
 
 def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
     model = tiny_backbone(seed=3).eval()
     path = write_checkpoint(tmp_path / "beats.pt", model.config, model.state_dict())
     loaded = BEATsBackbone(checkpoint=str(path)).eval()
     assert loaded.config == model.config
-    features = torch.randn(2, 64, 128)
+    features = torch.randn(2, 64, 128, generator=generator)
     torch.testing.assert_close(loaded(features), model(features), rtol=0, atol=0)
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
 
 
 def test_finetuned_checkpoint_ignores_predictor_and_label_dict(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
     model = tiny_backbone(seed=4).eval()
     config = dataclasses.replace(model.config, finetuned_model=True, predictor_class=5)
     state = {
         **model.state_dict(),
-        "predictor.weight": torch.randn(5, 32),
-        "predictor.bias": torch.randn(5),
+        "predictor.weight": torch.randn(5, 32, generator=generator),
+        "predictor.bias": torch.randn(5, generator=generator),
     }
     path = tmp_path / "finetuned.pt"
     cfg = {**dataclasses.asdict(config), "some_future_key": 1}
     torch.save({"cfg": cfg, "model": state, "label_dict": {"/m/09x0r": 0}}, path)
     loaded = BEATsBackbone(checkpoint=str(path)).eval()
-    features = torch.randn(1, 64, 128)
+    features = torch.randn(1, 64, 128, generator=generator)
     torch.testing.assert_close(loaded(features), model(features), rtol=0, atol=0)
 
 
 def test_checkpoint_with_relative_table_in_first_layer_only(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
     model = tiny_backbone(seed=5).eval()
     state = model.state_dict()
     del state["encoder.layers.1.self_attn.relative_attention_bias.weight"]
     path = write_checkpoint(tmp_path / "first_only.pt", model.config, state)
     loaded = BEATsBackbone(checkpoint=str(path)).eval()
-    features = torch.randn(1, 64, 128)
+    features = torch.randn(1, 64, 128, generator=generator)
     torch.testing.assert_close(loaded(features), model(features), rtol=0, atol=0)
 
 
@@ -320,10 +327,11 @@ def test_missing_and_unexpected_keys_are_named(tmp_path: Path) -> None:
 
 
 def test_predictor_keys_without_finetuned_cfg_are_ignored_too(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
     model = tiny_backbone().eval()
     state = {**model.state_dict(), "predictor.weight": torch.zeros(3, 32)}
     path = write_checkpoint(tmp_path / "head.pt", model.config, state)
-    features = torch.randn(1, 64, 128)
+    features = torch.randn(1, 64, 128, generator=generator)
     torch.testing.assert_close(
         BEATsBackbone(checkpoint=str(path)).eval()(features), model(features)
     )
@@ -399,19 +407,20 @@ def test_every_accepted_activation_is_implemented() -> None:
 
 
 def test_invalid_forward_arguments_are_named() -> None:
+    generator = torch.Generator().manual_seed(0)
     model = tiny_backbone()
     with pytest.raises(ValueError, match="`pooling`"):
         BEATsBackbone(**TINY, pooling="cls")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"`features`.*\(2, 8, 128\)"):
-        model(torch.randn(2, 8, 128))
+        model(torch.randn(2, 8, 128, generator=generator))
     with pytest.raises(ValueError, match=r"`features`.*\(64, 128\)"):
-        model(torch.randn(64, 128))
+        model(torch.randn(64, 128, generator=generator))
     with pytest.raises(ValueError, match=r"`padding_mask` of shape \(2, 64\), got \(2, 63\)"):
-        model(torch.randn(2, 64, 128), torch.zeros(2, 63, dtype=torch.bool))
+        model(torch.randn(2, 64, 128, generator=generator), torch.zeros(2, 63, dtype=torch.bool))
     mask = torch.zeros(2, 64, dtype=torch.bool)
     mask[1] = True
     with pytest.raises(ValueError, match=r"no valid frame .* clips \[1\]"):
-        model(torch.randn(2, 64, 128), mask)
+        model(torch.randn(2, 64, 128, generator=generator), mask)
 
 
 def test_config_from_dict_ignores_unknown_and_defaults_missing(
@@ -425,6 +434,7 @@ def test_config_from_dict_ignores_unknown_and_defaults_missing(
 
 
 def test_builds_from_yaml_like_lightning_cli(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
     from jsonargparse import ArgumentParser
 
     model = tiny_backbone(seed=6).eval()
@@ -439,5 +449,5 @@ def test_builds_from_yaml_like_lightning_cli(tmp_path: Path) -> None:
     backbone = parser.instantiate(config).backbone.eval()
     assert isinstance(backbone, BEATsBackbone)
     assert backbone.pooling == "pre_head"
-    features = torch.randn(1, 64, 128)
+    features = torch.randn(1, 64, 128, generator=generator)
     torch.testing.assert_close(backbone(features), model(features), rtol=0, atol=0)

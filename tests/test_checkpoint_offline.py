@@ -240,11 +240,12 @@ def test_classify_through_the_console_script(trained, tmp_path):
     np.testing.assert_allclose(got, expected.numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_fit_resumes_from_last_without_the_source(trained):
-    run = trained["run"]
+def test_fit_resumes_from_last_without_the_source(trained, tmp_path):
+    # a copy of the shared run: resuming rewrites its last.ckpt, which the other tests read
+    run = shutil.copytree(trained["run"], tmp_path / "run")
     args = ["fit", "--config", str(run / "config.yaml"), "--trainer.default_root_dir", str(run)]
     assert main([*args, "--trainer.max_epochs", "2", "--ckpt_path", "last"]) == 0
-    resumed = torch.load(trained["checkpoint"], weights_only=True)
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     reference = trained["two_epochs"]
     assert resumed["epoch"] == reference["epoch"] == 1
     assert resumed["global_step"] == reference["global_step"]

@@ -23,11 +23,11 @@ from tiny_runs import tiny_run_config
 
 from add_lightning.classify import build_parser
 from add_lightning.cli import main
+from add_lightning.data.pipeline import WaveformPipeline
 from add_lightning.inference import (
     SILENCE_BELOW_PEAK_DB,
     SILENCE_FLOOR_DBFS,
     TrainedModel,
-    WaveformPipeline,
     load_trained_model,
 )
 
@@ -285,7 +285,7 @@ def test_a_waveform_model_reports_a_silent_file_as_silence():
 
     torch.manual_seed(0)
     model = AudioClassifier(HFAudioEncoder(config=TINY["wav2vec2"]), num_classes=2).eval()
-    trained = TrainedModel(model, None, None, ["a", "b"], WaveformPipeline(RATE))
+    trained = TrainedModel(model, WaveformPipeline(RATE, class_names=["a", "b"]))
     silence = trained.classify(torch.zeros(RATE), RATE)
     assert silence.is_silent and (silence.num_windows, silence.num_silent_windows) == (1, 1)
     noise = torch.from_numpy(_noise(RATE, seed=3)).float()

@@ -5,9 +5,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +13,6 @@ import soundfile
 import torch
 import yaml
 from config_files import resolved
-from console_runs import console_env
 from jsonargparse import ArgumentParser
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from reference_features import reference_fbank
@@ -244,45 +240,6 @@ def test_class_balanced_batches_build_the_sampler() -> None:
     reference = ClassBalancedBatchSampler(labels, 2, 3, seed=5, num_replicas=2, rank=1)
     assert list(sampler) == list(reference) and seen == [0]
     assert spec.batch_size == 6 and spec == ClassBalancedBatches(2, 3)
-
-
-@pytest.mark.parametrize(
-    ("replaced", "new"),
-    [
-        ({"freq_mask": 24}, "spec_augment: {class_path: add_lightning.data.SpecAugment"),
-        ({"time_mask": 96}, "spec_augment: {class_path: add_lightning.data.SpecAugment"),
-        ({"mixup_rate": 0.5}, "mixup: {class_path: add_lightning.data.Mixup"),
-        ({"balanced_batches": (2, 2)}, "train_batches: {class_path: add_lightning.data.Class"),
-    ],
-)
-def test_replaced_arguments_say_what_replaces_them(
-    synthetic_root: Path, replaced: dict, new: str
-) -> None:
-    (name,) = replaced
-    with pytest.raises(TypeError, match=rf"`{name}[^`]*` is now `{re.escape(new)}"):
-        datamodule(synthetic_root, **replaced)
-    with pytest.raises(TypeError, match="`no_such_option` is not an argument of AudioDataModule"):
-        datamodule(synthetic_root, no_such_option=1)
-
-
-def test_replaced_argument_in_a_config_file_says_what_replaces_it(tmp_path: Path) -> None:
-    """What a user with an old config sees: jsonargparse's refusal, then the new YAML."""
-    config = resolved(REPO / "configs" / "data" / "esc50.yaml")
-    del config["data"]["init_args"]["spec_augment"]
-    config["data"]["init_args"]["freq_mask"] = 48
-    path = tmp_path / "old.yaml"
-    path.write_text(yaml.safe_dump(config))
-    result = subprocess.run(
-        [sys.executable, "-m", "add_lightning.cli", "fit", "--config", str(path), "--print_config"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=console_env(),
-    )
-    assert result.returncode != 0
-    assert "Option 'freq_mask' is not accepted" in result.stderr
-    expected = "`freq_mask` is now `spec_augment: {class_path: add_lightning.data.SpecAugment"
-    assert result.stderr.count(expected) == 1
 
 
 def test_setup_is_idempotent_and_evaluation_is_not_augmented(synthetic_root: Path) -> None:

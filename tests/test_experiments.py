@@ -25,6 +25,7 @@ import torch
 import yaml
 from tiny_runs import synthetic_dataset, tiny_run_config
 
+from add_lightning.atomic import atomic_path, write_json_atomic, write_text_atomic
 from add_lightning.experiments import cli
 from add_lightning.experiments.aggregate import (
     UnitResult,
@@ -33,7 +34,6 @@ from add_lightning.experiments.aggregate import (
     load_unit_result,
     write_results,
 )
-from add_lightning.experiments.atomic import atomic_path, write_json_atomic, write_text_atomic
 from add_lightning.experiments.compare import compare_table, describe_experiment, describe_loss
 from add_lightning.experiments.config import EXPERIMENT_FILENAME, ExperimentConfigError, config_hash
 from add_lightning.experiments.figures import load_run_embeddings, make_figures, select_classes
@@ -170,7 +170,7 @@ def test_write_atomic_survives_kill_9(tmp_path):
     script = textwrap.dedent(
         f"""
         import os, signal
-        from add_lightning.experiments.atomic import atomic_path
+        from add_lightning.atomic import atomic_path
         with atomic_path({str(path)!r}) as tmp:
             with open(tmp, "w") as stream:
                 stream.write("half of the new cont")
@@ -444,7 +444,32 @@ def _fake_embeddings(path: Path, num_classes: int = 4, per_class: int = 5, seed:
     return path
 
 
-def test_figures_write_two_pngs(tmp_path):
+def _class_pair_mean_distance(path: Path, a: int, b: int) -> float:
+    """Mean cosine distance over the ordered pairs (i in a, j in b, i != j), in float64;
+    NaN without such a pair (drawn blank)."""
+    with np.load(path) as run:
+        embeddings, targets = run["embeddings"].astype(np.float64), run["targets"]
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    d = [
+        1.0 - unit[i] @ unit[j]
+        for i in np.flatnonzero(targets == a)
+        for j in np.flatnonzero(targets == b)
+        if i != j
+    ]
+    return float(np.mean(d)) if d else math.nan
+
+
+def test_figures_write_two_pngs(tmp_path, monkeypatch):
+    from add_lightning.experiments import figures
+
+    drawn = []  # the heat-map figure's mean-of-d images, as drawn (column = run)
+    save_figure = figures.save_figure
+
+    def recording(figure, path, dpi=150):
+        drawn.append([image.get_array() for axes in figure.axes for image in axes.images])
+        return save_figure(figure, path, dpi)
+
+    monkeypatch.setattr(figures, "save_figure", recording)
     run_dir = tmp_path / "exp" / "fold1_seed0"
     _fake_embeddings(run_dir / "test_embeddings.npz")
     other = _fake_embeddings(tmp_path / "other.npz", seed=1)
@@ -455,13 +480,28 @@ def test_figures_write_two_pngs(tmp_path):
         assert path.read_bytes()[:8] == PNG_SIGNATURE
     assert load_run_embeddings(run_dir).label == "exp/fold1_seed0"
     assert load_run_embeddings(other).label == "other"
-    assert (
-        cli.main(
-            ["figures", str(other), "--class-ids", "0", "3", "--output", str(tmp_path / "c.png")]
-        )
-        == 0
-    )
+    # the first 3 of the 4 classes, one column per run, each the float64 reference
+    for image, path in zip(drawn[0][:2], [run_dir / "test_embeddings.npz", other], strict=True):
+        expected = [[_class_pair_mean_distance(path, a, b) for b in range(3)] for a in range(3)]
+        np.testing.assert_allclose(image, expected, rtol=1e-5)
+
+    # explicit class ids; class 3 cut to one clip has no same-class pair: drawn blank, not 0
+    with np.load(other) as run:
+        arrays = dict(run)
+    keep = arrays["targets"] != 3
+    keep[np.flatnonzero(~keep)[0]] = True
+    for key in ("embeddings", "logits", "targets", "clip_ids"):
+        arrays[key] = arrays[key][keep]
+    single = tmp_path / "single.npz"
+    np.savez(single, **arrays)
+    drawn.clear()
+    output = tmp_path / "c.png"
+    assert cli.main(["figures", str(single), "--class-ids", "0", "3", "--output", str(output)]) == 0
     assert (tmp_path / "c_properties.png").read_bytes()[:8] == PNG_SIGNATURE
+    image = drawn[0][0]
+    assert image.mask.tolist() == [[False, False], [False, True]]
+    expected = [[_class_pair_mean_distance(single, a, b) for b in (0, 3)] for a in (0, 3)]
+    np.testing.assert_allclose(image.filled(np.nan), expected, rtol=1e-5)
 
 
 def test_figures_errors(tmp_path):
@@ -535,7 +575,7 @@ def uninterrupted(tiny_config, tmp_path_factory) -> Path:
     return output
 
 
-def test_cv_runs_every_fold_and_seed(uninterrupted):
+def test_cv_runs_every_fold_and_seed(uninterrupted, tmp_path):
     for name in UNITS:
         run_dir = uninterrupted / name
         for file in (
@@ -570,14 +610,16 @@ def test_cv_runs_every_fold_and_seed(uninterrupted):
     assert "test/geometry/mu_p" in rows[("mean", "mean")]
     assert (uninterrupted / "results.md").read_text().startswith("# Results: uninterrupted")
     heatmaps, properties = make_figures(
-        [uninterrupted / name for name in UNITS[:2]], uninterrupted / "fig.png"
+        [uninterrupted / name for name in UNITS[:2]], tmp_path / "fig.png"
     )
     assert heatmaps.read_bytes()[:8] == properties.read_bytes()[:8] == PNG_SIGNATURE
 
 
 def test_cv_rerun_skips_finished_units_and_refuses_another_config(
-    uninterrupted, tiny_config, capsys
+    uninterrupted, tiny_config, tmp_path, capsys
 ):
+    # a copy of the shared run (copytree keeps the times): a rerun must not change the reference
+    uninterrupted = shutil.copytree(uninterrupted, tmp_path / "rerun")
     stamps = {
         name: (uninterrupted / name / "test_metrics.json").stat().st_mtime_ns for name in UNITS
     }
@@ -590,8 +632,11 @@ def test_cv_rerun_skips_finished_units_and_refuses_another_config(
     assert "--force" in capsys.readouterr().err
 
 
-def test_cv_rerun_with_fewer_folds_and_seeds_keeps_the_whole_table(uninterrupted, tiny_config):
+def test_cv_rerun_with_fewer_folds_and_seeds_keeps_the_whole_table(
+    uninterrupted, tiny_config, tmp_path
+):
     table = (uninterrupted / "results.csv").read_text()
+    uninterrupted = shutil.copytree(uninterrupted, tmp_path / "rerun")  # the reference stays
     subset = [*_cv_args(tiny_config, uninterrupted)[:3], "--folds", "1", "--seeds", "0"]
     subset += ["--output", str(uninterrupted)]
     assert cli.main(subset) == 0

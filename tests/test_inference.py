@@ -19,6 +19,7 @@ import torch
 import torchaudio.functional
 from tiny_runs import synthetic_dataset, tiny_run_config
 
+from add_lightning.checkpoint import PIPELINE_KEY
 from add_lightning.cli import main
 from add_lightning.data import FbankOptions, Normalization, compute_fbank, load_audio
 from add_lightning.data.datasets.synthetic import synthetic_class_names
@@ -64,7 +65,8 @@ def _statistics(paths: list[Path]) -> tuple[float, float]:
 
 def test_checkpoint_stores_the_feature_pipeline_of_training(trained):
     checkpoint = torch.load(trained["checkpoint"], weights_only=True)
-    pipeline = checkpoint["AudioDataModule"]["add_lightning_pipeline"]
+    pipeline = checkpoint[PIPELINE_KEY]
+    assert pipeline["kind"] == "fbank"
     assert FbankOptions(**pipeline["features"]) == FEATURES
     assert pipeline["class_names"] == synthetic_class_names(3)
     mean, std = _statistics(_training_files(trained["root"]))
@@ -93,8 +95,8 @@ def test_test_with_a_checkpoint_ignores_training_files_changed_after_fit(trained
         samples, rate = soundfile.read(path, dtype="float32")
         noisy = 3 * samples + 0.05 * rng.standard_normal(samples.shape).astype(np.float32)
         soundfile.write(path, np.clip(noisy, -1, 1), rate, subtype="PCM_16")
-    stored = torch.load(trained["checkpoint"], weights_only=True)["AudioDataModule"]
-    stored_mean = stored["add_lightning_pipeline"]["normalization"]["mean"]
+    stored = torch.load(trained["checkpoint"], weights_only=True)[PIPELINE_KEY]
+    stored_mean = stored["normalization"]["mean"]
     changed_mean, _ = _statistics(_training_files(root))
     assert abs(changed_mean - stored_mean) > 0.5  # recomputed statistics would differ
 
@@ -119,11 +121,11 @@ def test_load_trained_model(trained):
     loaded = load_trained_model(trained["checkpoint"])
     assert isinstance(loaded, TrainedModel)
     assert not loaded.model.training
-    assert loaded.features == FEATURES
+    assert loaded.pipeline.features == FEATURES
     assert loaded.class_names == synthetic_class_names(3)
     stored = torch.load(trained["checkpoint"], weights_only=True)
-    pipeline = stored["AudioDataModule"]["add_lightning_pipeline"]
-    assert loaded.normalization == Normalization(**pipeline["normalization"])
+    pipeline = stored[PIPELINE_KEY]
+    assert loaded.pipeline.normalization == Normalization(**pipeline["normalization"])
     weights = loaded.model.state_dict()
     assert weights.keys() == stored["state_dict"].keys()
     for name, value in stored["state_dict"].items():
@@ -132,7 +134,7 @@ def test_load_trained_model(trained):
 
 def test_load_trained_model_errors(trained, tmp_path):
     old = torch.load(trained["checkpoint"], weights_only=True)
-    del old["AudioDataModule"]  # as written before the pipeline was stored
+    del old[PIPELINE_KEY]  # as written before the pipeline was stored
     torch.save(old, tmp_path / "old.ckpt")
     with pytest.raises(ValueError, match=r"old\.ckpt holds no feature pipeline"):
         load_trained_model(tmp_path / "old.ckpt")
@@ -151,7 +153,7 @@ def _reference_probabilities(
     for start in starts:
         window = fbank[start : start + 48]
         window = torch.nn.functional.pad(window, (0, 0, 0, 48 - window.shape[0]))
-        features = model.normalization.apply(window).unsqueeze(0)
+        features = model.pipeline.normalization.apply(window).unsqueeze(0)
         with torch.no_grad():
             embedding = model.model.embed(features)
             probabilities.append(model.model(features).softmax(-1)[0])
@@ -344,7 +346,7 @@ def test_classify_through_the_console_script(trained, audio_files, tmp_path):
 
 def test_classify_refuses_a_checkpoint_without_the_pipeline(trained, audio_files, tmp_path):
     old = torch.load(trained["checkpoint"], weights_only=True)
-    del old["AudioDataModule"]
+    del old[PIPELINE_KEY]
     torch.save(old, tmp_path / "old.ckpt")
     with pytest.raises(ValueError, match=r"old\.ckpt holds no feature pipeline"):
         main(["classify", "--ckpt_path", str(tmp_path / "old.ckpt"), str(audio_files["short"])])

@@ -124,8 +124,9 @@ def test_soft_terms_and_gradients_match_reference(dtype):
 
 def test_one_hot_soft_targets_equal_weighted_hard_terms():
     """docs/method.md: with one-hot labels, L_mu = (|D_p| mu_p + |D_n| mu_n) / (B (B - 1))."""
+    generator = torch.Generator().manual_seed(0)
     labels = torch.tensor([0, 0, 1, 2, 2, 2, 3])
-    z = torch.randn(7, 4, dtype=torch.float64)
+    z = torch.randn(7, 4, dtype=torch.float64, generator=generator)
     hard = add_terms(z, labels)
     soft = add_terms(z, F.one_hot(labels).double())
     same = (labels[:, None] == labels[None, :]).sum().item() - len(labels)
@@ -153,23 +154,27 @@ def test_hand_computed_orthogonal_case():
 
 
 def test_gradcheck_float64():
+    generator = torch.Generator().manual_seed(0)
     labels = torch.tensor([0, 0, 1, 1, 1, 2])
-    z = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    z = torch.randn(6, 4, dtype=torch.float64, requires_grad=True, generator=generator)
     loss = ADDLoss(1.0, 0.5, 2.0, 1.5)
     assert torch.autograd.gradcheck(lambda e: loss(e, labels), (z,))
     soft = F.one_hot(labels).double() * 0.8 + 0.2 / 3
     assert torch.autograd.gradcheck(lambda e: loss(e, soft), (z,))
 
 
+# module-level inputs come from their own seeded stream: test order cannot change them
+_GENERATOR = torch.Generator().manual_seed(0)
+
 DEGENERATE = {
-    "batch_of_one": (torch.randn(1, 8), torch.tensor([3])),
-    "one_class": (torch.randn(5, 8), torch.zeros(5, dtype=torch.long)),
-    "no_same_class_pair": (torch.randn(4, 8), torch.arange(4)),
-    "one_same_class_pair": (torch.randn(4, 8), torch.tensor([0, 0, 1, 2])),
+    "batch_of_one": (torch.randn(1, 8, generator=_GENERATOR), torch.tensor([3])),
+    "one_class": (torch.randn(5, 8, generator=_GENERATOR), torch.zeros(5, dtype=torch.long)),
+    "no_same_class_pair": (torch.randn(4, 8, generator=_GENERATOR), torch.arange(4)),
+    "one_same_class_pair": (torch.randn(4, 8, generator=_GENERATOR), torch.tensor([0, 0, 1, 2])),
     "identical_embeddings": (torch.ones(6, 8), torch.tensor([0, 0, 0, 1, 1, 1])),
     "zero_vectors": (torch.zeros(4, 8), torch.tensor([0, 0, 1, 1])),
     "some_zero_vectors": (
-        torch.cat([torch.zeros(2, 8), torch.randn(3, 8)]),
+        torch.cat([torch.zeros(2, 8), torch.randn(3, 8, generator=_GENERATOR)]),
         torch.tensor([0, 0, 0, 1, 1]),
     ),
 }
@@ -189,7 +194,8 @@ def test_degenerate_batches_are_finite(case, soft):
 
 
 def test_empty_sets_contribute_zero():
-    z = torch.randn(4, 8, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 8, dtype=torch.float64, generator=generator)
     terms = add_terms(z, torch.arange(4))
     assert terms["mu_p"] == 0 and terms["sigma_p"] == 0
     terms = add_terms(z, torch.zeros(4, dtype=torch.long))
@@ -210,8 +216,9 @@ def test_identical_embeddings_have_zero_spread():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_autocast_statistics_in_float32(dtype):
+    generator = torch.Generator().manual_seed(0)
     linear = torch.nn.Linear(16, 32)
-    x = torch.randn(12, 16)
+    x = torch.randn(12, 16, generator=generator)
     labels = torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
     with torch.autocast("cpu", dtype=dtype):
         embeddings = linear(x)
@@ -229,10 +236,18 @@ def test_autocast_statistics_in_float32(dtype):
 @pytest.mark.parametrize(
     ("embeddings", "targets", "message"),
     [
-        (torch.randn(4), torch.arange(4), "`embeddings` to have shape"),
-        (torch.randn(4, 3), torch.arange(5), "batch size"),
-        (torch.randn(4, 3), torch.zeros(4, 2, dtype=torch.long), "integer `targets`"),
-        (torch.randn(4, 3), torch.rand(4), "class probabilities"),
+        (torch.randn(4, generator=_GENERATOR), torch.arange(4), "`embeddings` to have shape"),
+        (torch.randn(4, 3, generator=_GENERATOR), torch.arange(5), "batch size"),
+        (
+            torch.randn(4, 3, generator=_GENERATOR),
+            torch.zeros(4, 2, dtype=torch.long),
+            "integer `targets`",
+        ),
+        (
+            torch.randn(4, 3, generator=_GENERATOR),
+            torch.rand(4, generator=_GENERATOR),
+            "class probabilities",
+        ),
     ],
     ids=["1d_embeddings", "batch_mismatch", "2d_integer_targets", "1d_float_targets"],
 )
@@ -247,7 +262,8 @@ def test_negative_lambda_is_rejected():
 
 
 def test_ablation_lambdas_select_terms():
-    z = torch.randn(8, 5)
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(8, 5, generator=generator)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     terms = add_terms(z, labels)
     total = ADDLoss(1.0, 0.0, 1.0, 0.0)(z, labels)

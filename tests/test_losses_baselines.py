@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from jsonargparse import ArgumentParser
+from test_losses_add import reference_hard
 
 from add_lightning.losses import (
     ADDLoss,
@@ -55,7 +56,8 @@ def test_focal_matches_reference(gamma, alpha, soft):
 
 
 def test_focal_gamma_zero_is_torch_cross_entropy():
-    logits = torch.randn(5, 3, requires_grad=True)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 3, requires_grad=True, generator=generator)
     labels = torch.tensor([0, 2, 1, 1, 0])
     torch.testing.assert_close(
         FocalLoss(gamma=0.0)(logits, labels), F.cross_entropy(logits, labels)
@@ -63,7 +65,8 @@ def test_focal_gamma_zero_is_torch_cross_entropy():
 
 
 def test_focal_gradient_matches_reference_and_gradcheck():
-    logits = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, dtype=torch.float64, requires_grad=True, generator=generator)
     labels = torch.tensor([0, 1, 2, 1])
     focal = FocalLoss(gamma=2.0)
     assert torch.autograd.gradcheck(lambda x: focal(x, labels), (logits,))
@@ -81,7 +84,8 @@ def test_focal_confident_logits_and_small_gamma_are_finite():
 
 
 def test_cross_entropy_soft_and_smoothing_match_reference():
-    logits = torch.randn(5, 4, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 4, dtype=torch.float64, generator=generator)
     labels = torch.tensor([0, 1, 2, 3, 0])
     smoothing = 0.1
     probabilities = F.one_hot(labels, 4).double() * (1 - smoothing) + smoothing / 4
@@ -94,7 +98,8 @@ def test_cross_entropy_soft_and_smoothing_match_reference():
 
 
 def test_cross_entropy_under_autocast_is_float32():
-    logits = torch.randn(4, 3, dtype=torch.bfloat16)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 3, dtype=torch.bfloat16, generator=generator)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = CrossEntropyLoss()(logits, torch.tensor([0, 1, 2, 0]))
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
@@ -120,7 +125,8 @@ def reference_opl(z, same_weight):
     ids=["balanced", "no_positive_pair", "one_class", "one_pair"],
 )
 def test_opl_matches_reference(labels):
-    z = torch.randn(len(labels), 5, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(len(labels), 5, dtype=torch.float64, generator=generator)
     y = torch.tensor(labels)
     terms = opl_terms(z, y)
     same = (y[:, None] == y[None, :]).double()
@@ -132,7 +138,8 @@ def test_opl_matches_reference(labels):
 
 
 def test_opl_soft_targets_weight_pairs_by_label_similarity():
-    z = torch.randn(5, 4, dtype=torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    z = torch.randn(5, 4, dtype=torch.float64, generator=generator)
     labels = torch.tensor([0, 1, 1, 2, 0])
     one_hot = F.one_hot(labels, 3).double()
     hard, from_one_hot = opl_terms(z, labels), opl_terms(z, one_hot)
@@ -148,10 +155,11 @@ def test_opl_soft_targets_weight_pairs_by_label_similarity():
 
 
 def test_opl_degenerate_batches_are_finite():
+    generator = torch.Generator().manual_seed(0)
     for z, y in [
         (torch.zeros(3, 4), torch.tensor([0, 0, 1])),
         (torch.ones(3, 4), torch.tensor([0, 0, 1])),
-        (torch.randn(1, 4), torch.tensor([0])),
+        (torch.randn(1, 4, generator=generator), torch.tensor([0])),
     ]:
         z = z.clone().requires_grad_()
         OrthogonalProjectionLoss()(z, y).backward()
@@ -159,8 +167,9 @@ def test_opl_degenerate_batches_are_finite():
 
 
 def test_classification_loss_sums_and_names_terms():
-    embeddings = torch.randn(8, 6)
-    logits = torch.randn(8, 4)
+    generator = torch.Generator().manual_seed(0)
+    embeddings = torch.randn(8, 6, generator=generator)
+    logits = torch.randn(8, 4, generator=generator)
     labels = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
     out = ClassificationLoss(CrossEntropyLoss(), ADDLoss())(embeddings, logits, labels)
     ce = F.cross_entropy(logits, labels)
@@ -197,15 +206,19 @@ def test_bad_options_are_named(factory, message):
 
 
 def test_focal_alpha_length_must_match_classes():
+    generator = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="3 `alpha` weights but the logits have 4 classes"):
-        FocalLoss(alpha=[1.0, 1.0, 1.0])(torch.randn(2, 4), torch.tensor([0, 1]))
+        FocalLoss(alpha=[1.0, 1.0, 1.0])(
+            torch.randn(2, 4, generator=generator), torch.tensor([0, 1])
+        )
 
 
 def test_logit_shape_errors_are_named():
+    generator = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match="integer `targets`"):
-        CrossEntropyLoss()(torch.randn(3, 4), torch.tensor([0, 1]))
+        CrossEntropyLoss()(torch.randn(3, 4, generator=generator), torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="soft `targets`"):
-        FocalLoss()(torch.randn(3, 4), torch.rand(3, 5))
+        FocalLoss()(torch.randn(3, 4, generator=generator), torch.rand(3, 5, generator=generator))
 
 
 YAML_SNIPPETS = {
@@ -228,25 +241,41 @@ loss:
 loss:
   class_path: add_lightning.losses.ClassificationLoss
   init_args:
-    classifier: {class_path: add_lightning.losses.FocalLoss, init_args: {gamma: 2.0}}
+    classifier: {class_path: add_lightning.losses.FocalLoss, init_args: {gamma: 1.5}}
 """,
     "ce_opl": """
 loss:
   class_path: add_lightning.losses.ClassificationLoss
   init_args:
-    embedding: {class_path: add_lightning.losses.OrthogonalProjectionLoss}
+    embedding:
+      class_path: add_lightning.losses.OrthogonalProjectionLoss
+      init_args: {gamma: 0.5, weight: 0.3}
 """,
 }
 
 
-@pytest.mark.parametrize("snippet", YAML_SNIPPETS.values(), ids=YAML_SNIPPETS.keys())
-def test_losses_are_yaml_snippets(snippet, tmp_path):
+@pytest.mark.parametrize("name", list(YAML_SNIPPETS))
+def test_losses_are_yaml_snippets(name, tmp_path):
+    generator = torch.Generator().manual_seed(0)
     path = tmp_path / "loss.yaml"
-    path.write_text(snippet)
+    path.write_text(YAML_SNIPPETS[name])
     parser = ArgumentParser()
     parser.add_argument("--config", action="config")
     parser.add_argument("--loss", type=ClassificationLoss)
     loss = parser.instantiate(parser.parse_args(["--config", str(path)])).loss
     assert isinstance(loss, ClassificationLoss)
-    out = loss(torch.randn(4, 3), torch.randn(4, 2), torch.tensor([0, 0, 1, 1]))
-    assert torch.isfinite(out.total)
+    embeddings = torch.randn(6, 3, dtype=torch.float64, generator=generator)
+    logits = torch.randn(6, 4, dtype=torch.float64, generator=generator)
+    labels = torch.tensor([0, 0, 1, 1, 2, 3])
+    out = loss(embeddings, logits, labels)
+    # float64 references with the weights the YAML gives (none of them a default)
+    ce = F.cross_entropy(logits, labels).item()
+    add = {k: v.item() for k, v in reference_hard(embeddings, labels.tolist()).items()}
+    intra, inter = reference_opl(embeddings, (labels[:, None] == labels[None, :]).double())
+    expected = {
+        "ce_add": ce + sum(add.values()),
+        "ce_add_1010": ce + add["mu_p"] + add["mu_n"],
+        "focal": reference_focal(logits, F.one_hot(labels, 4).double(), gamma=1.5),
+        "ce_opl": ce + 0.3 * (intra + 0.5 * inter),
+    }[name]
+    assert out.total.item() == pytest.approx(expected, rel=1e-9)

@@ -168,11 +168,19 @@ def test_logged_metrics(tmp_path):
 
 def test_soft_targets_train_and_score_argmax(tmp_path):
     model = tiny_model()
-    trainer = tiny_trainer(tmp_path, limit_train_batches=2, limit_val_batches=1)
-    trainer.fit(model, datamodule=ToyData(soft=True))
+    data = ToyData(soft=True)
+    trainer = tiny_trainer(tmp_path, max_epochs=6)
+    trainer.fit(model, datamodule=data)
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
     assert "train/add/mu" in trainer.callback_metrics
-    assert 0.0 <= float(trainer.callback_metrics["val/acc"]) <= 1.0
+    # val/acc scores the argmax of a soft target (its 0.7 class, the clip's label) against a
+    # reference computed here from the trained model's logits
+    model.eval()
+    with torch.no_grad():
+        logits = model(data.eval_set.features)
+    accuracy = float((logits.argmax(-1) == data.eval_set.labels).float().mean())
+    assert float(trainer.callback_metrics["val/acc"]) == pytest.approx(accuracy, abs=1e-6)
+    assert accuracy > 0.5  # learned from the soft targets (chance is 1/3)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -214,12 +222,11 @@ def test_frozen_backbone_is_left_out_of_optimizer():
     assert not any(p.requires_grad for p in model.backbone.parameters())
 
 
-def test_default_optimizer_is_authors_adam():
+def test_no_optimizer_is_refused_with_what_to_add():
+    # no hidden default: the paper's fine-tuning Adam (lr 6.7e-6) leaves a random AST at chance
     model = AudioClassifier(tiny_backbone(), NUM_CLASSES)
-    optimizer = model.configure_optimizers()
-    assert isinstance(optimizer, torch.optim.Adam)
-    group = optimizer.param_groups[0]
-    assert (group["lr"], group["betas"], group["weight_decay"]) == (6.7e-6, (0.95, 0.999), 5e-6)
+    with pytest.raises(ValueError, match=r"no `optimizer`; set `model.init_args.optimizer`"):
+        model.configure_optimizers()
 
 
 def test_scheduler_is_stepped_per_epoch():
@@ -300,10 +307,22 @@ def test_mask_empty_class_pairs_by_hand():
 
 
 def test_bf16_mixed_on_cpu(tmp_path):
-    model = tiny_model()
-    trainer = tiny_trainer(tmp_path, precision="bf16-mixed", fast_dev_run=1)
-    trainer.fit(model, datamodule=ToyData())
-    assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+    losses, dtypes = {}, {}
+    for precision in ("bf16-mixed", "32-true"):
+        model = tiny_model()  # seeded: both runs start from the same weights and batches
+        first_linear = next(m for m in model.backbone.modules() if isinstance(m, torch.nn.Linear))
+        seen = dtypes.setdefault(precision, set())
+        first_linear.register_forward_hook(lambda _, args, output, s=seen: s.add(output.dtype))
+        recorder = LossRecorder()
+        trainer = tiny_trainer(tmp_path, precision=precision, max_steps=1, callbacks=[recorder])
+        trainer.fit(model, datamodule=ToyData())
+        losses[precision] = recorder.losses[0]
+    # autocast ran: the backbone's matrix products were computed in bfloat16
+    assert dtypes == {"bf16-mixed": {torch.bfloat16}, "32-true": {torch.float32}}
+    assert math.isfinite(losses["bf16-mixed"])
+    # the same loss as float32 within bfloat16's precision (8 bits of mantissa, a few layers)
+    assert losses["bf16-mixed"] == pytest.approx(losses["32-true"], rel=3e-2)
+    assert losses["bf16-mixed"] != losses["32-true"]
 
 
 @pytest.mark.parametrize(
@@ -335,30 +354,3 @@ def test_heatmap_rejects_bad_inputs():
         class_pair_heatmap(torch.zeros(2, 2), ["a", "b", "c"])
     figure = class_pair_heatmap(torch.tensor([[0.1, float("nan")], [0.9, 0.2]]), ["a", "b"])
     assert figure.axes[0].get_title() == ""
-
-
-def test_batch_transfer_equals_lightnings_move():
-    """The direct move of a flat batch gives what Lightning's ``move_data_to_device`` gives."""
-    from lightning.fabric.utilities.apply_func import move_data_to_device
-
-    model = tiny_model()
-    batch = {
-        "features": torch.randn(3, 8, 4),
-        "target": torch.tensor([0, 2, 1]),
-        "num_frames": torch.tensor([8, 5, 3]),
-        "clip_id": ["a.wav", "b.wav", "c.wav"],
-    }
-    for device in (torch.device("cpu"), torch.device("meta")):  # meta: a move that happens
-        moved = model.transfer_batch_to_device(batch, device, 0)
-        expected = move_data_to_device(batch, device)
-        assert type(moved) is dict and list(moved) == list(expected)
-        assert moved["clip_id"] == expected["clip_id"] == ["a.wav", "b.wav", "c.wav"]
-        for key in ("features", "target", "num_frames"):
-            assert moved[key].device == expected[key].device == device
-            assert moved[key].dtype == batch[key].dtype and moved[key].shape == batch[key].shape
-            if device.type == "cpu":
-                assert torch.equal(moved[key], batch[key])
-    # anything else (here a nested dict) is Lightning's, which moves the nested tensor too
-    nested = {"features": torch.zeros(2), "extra": {"mask": torch.zeros(2)}}
-    moved = model.transfer_batch_to_device(nested, torch.device("meta"), 0)
-    assert moved["extra"]["mask"].device.type == "meta"

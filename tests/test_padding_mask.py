@@ -137,10 +137,10 @@ def test_ast_keeps_the_recipe_without_mask():
 
 def test_classify_masks_the_padding_of_a_short_clip():
     features = FbankOptions(num_mel_bins=BINS, target_frames=TARGET_FRAMES)
-    from add_lightning.data import Normalization
+    from add_lightning.data import FbankPipeline, Normalization
 
     normalization = Normalization(mean=-4.0, std=3.0)
-    trained = TrainedModel(_beats_model(), features, normalization, ["a", "b"])
+    trained = TrainedModel(_beats_model(), FbankPipeline(features, normalization, ["a", "b"]))
     waveform = 0.1 * torch.randn(_samples(32), generator=torch.Generator().manual_seed(2))
     scores = trained.classify(waveform, RATE)
     windows = trained.windows(waveform, RATE)
