@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from tiny_runs import tiny_ast
 from transformers import ASTConfig, ASTModel
 
 from add_lightning.lightning_cli import AddLightningCLI
-from add_lightning.losses import ClassificationLoss
+from add_lightning.losses import ADDLoss, ClassificationLoss
 from add_lightning.models import AudioClassifier
 
 REPO = Path(__file__).resolve().parents[1]
@@ -29,7 +30,9 @@ TINY_MODEL = {
             "backbone": {
                 "class_path": "add_lightning.models.ASTBackbone",
                 "init_args": tiny_ast(128, 128),
-            }
+            },
+            # a model has no default optimizer; the files under test that set one replace it
+            "optimizer": {"class_path": "torch.optim.Adam", "init_args": {"lr": 1.0e-3}},
         }
     },
 }
@@ -154,15 +157,27 @@ def test_data_config_parses_with_model_configs(path):
 
 def test_quickstart_runs_one_batch(local_data, tmp_path):
     """configs/quickstart.yaml end to end for one batch (fast_dev_run) on generated audio."""
-    from add_lightning.cli import main
-
-    main(
-        [
+    cli = AddLightningCLI(
+        args=[
             *("fit", "--config", str(REPO / "configs/quickstart.yaml"), "--config", local_data),
             *("--data.init_args.normalization", "audioset", "--trainer.fast_dev_run", "true"),
             *("--trainer.default_root_dir", str(tmp_path / "run")),
         ]
     )
+    # reference: the values written in the YAML reached the run, and it trained one batch
+    quickstart = yaml.safe_load((REPO / "configs/quickstart.yaml").read_text())
+    data, model = quickstart["data"]["init_args"], quickstart["model"]["init_args"]
+    assert cli.trainer.global_step == 1
+    assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
+    assert cli.datamodule.batch_size == data["batch_size"]
+    assert cli.datamodule.num_classes == data["dataset"]["init_args"]["num_classes"]
+    assert cli.model.backbone.input_shape == (data["features"]["target_frames"], 128)
+    config = cli.model.backbone.ast.config
+    for name in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size"):
+        assert getattr(config, name) == model["backbone"]["init_args"][name], name
+    (group,) = cli.trainer.optimizers[0].param_groups
+    assert group["initial_lr"] == model["optimizer"]["init_args"]["lr"]
+    assert isinstance(cli.model.loss.embedding, ADDLoss)
 
 
 def test_configs_exist():

@@ -147,7 +147,7 @@ def _write_clips(root: Path, classes: tuple[str, ...], per_class: int) -> list[s
 def test_own_data_commands_of_the_readme_run_on_a_cpu(tmp_path):
     audio = tmp_path / "my_audio"
     paths = _write_clips(audio, ("bird", "car", "dog"), per_class=5)
-    command = _readme_command("configs/model/ast_tiny.yaml")
+    command = _readme_command("data/folder.yaml --config configs/experiments/ast_tiny_cpu.yaml")
     words = shlex.split(command.replace("path/to/my_audio", str(audio)))
     assert words[0] == ".venv/bin/add-lightning"
     run = tmp_path / "run"
@@ -214,28 +214,14 @@ def test_compare_and_figures_load_no_model_code():
     assert result.stdout.strip() == "[]"
 
 
-def test_null_for_an_argument_of_a_nested_class_is_none():
-    from add_lightning.lightning_cli import nested_nulls_as_objects
-
-    argv = ["fit", "--data.init_args.fold", "null", "--a.init_args.b.init_args.c", "null"]
-    argv += ["--a.init_args.b.init_args.d.e=~", "--a.init_args.b.init_args.f", "1"]
-    assert nested_nulls_as_objects(argv) == [
-        "fit",
-        "--data.init_args.fold",  # one level: jsonargparse parses it right
-        "null",
-        "--a.init_args.b={init_args: {c: null}}",
-        "--a.init_args.b={init_args: {d: {e: null}}}",
-        "--a.init_args.b.init_args.f",
-        "1",
-    ]
-
-
 def test_null_from_the_command_line_reaches_nested_classes(tmp_path):
     from add_lightning.lightning_cli import AddLightningCLI
 
     audio = tmp_path / "my_audio"
     _write_clips(audio, ("bird", "car", "dog"), per_class=4)
-    command = shlex.split(_readme_command("configs/model/ast_tiny.yaml"))
+    command = shlex.split(
+        _readme_command("data/folder.yaml --config configs/experiments/ast_tiny_cpu.yaml")
+    )
     args = [word.replace("path/to/my_audio", str(audio)) for word in command[2:]]
     args += ["--data.init_args.dataset.init_args.num_folds", "null"]
     args += ["--data.init_args.fold", "null", "--data.init_args.val_fraction", "0.25"]

@@ -10,25 +10,35 @@ import math
 
 import numpy as np
 import torch
-import torchaudio.transforms
+import torchaudio.functional
 from torch import Tensor, nn
-
-from add_lightning.checks import check_int
 
 _LOG_POWER_FLOOR = math.log(torch.finfo(torch.float32).eps)  # Kaldi floors mel power at eps
 
 
+#: The widest a mask may be, as a fraction of the input's frames (or bins): wider masks hide
+#: most of the clip (Park et al. bound the time mask by a fraction ``p`` of the input too).
+_MAX_MASK_FRACTION = 0.5
+
+
 class SpecAugment(nn.Module):
-    """Frequency and time masking (Park et al., 2019) with torchaudio's masking transforms.
+    """Frequency and time masking (Park et al., 2019) with torchaudio's masking functions.
 
     One frequency band of width ``U[0, freq_mask)`` bins and one time span of width
     ``U[0, time_mask)`` frames are set to ``mask_value``, independently per example of a batch.
     AST masks the un-normalised log-mel fbank with 0 before normalising; ``ClipDataset`` does the
     same. A width of 0 disables that mask.
 
+    A width is either absolute (an int: AST's ``freqm``/``timem``, sized for one input length,
+    e.g. 96 of 512 frames for ESC-50) or relative to the input (a float in ``[0, 0.5]``: 0.1875
+    masks up to 96 of 512 frames and 24 of 128), which stays right when ``target_frames``
+    changes. An absolute width larger than half the input's frames (or bins) is refused when
+    the input's size is known (:meth:`mask_widths`, first called by :meth:`forward`): with 128
+    frames, AST's ``time_mask: 96`` would hide up to 75 % of every clip.
+
     Args:
-        freq_mask: Largest frequency mask width in bins (AST's ``freqm``).
-        time_mask: Largest time mask width in frames (AST's ``timem``).
+        freq_mask: Largest frequency mask width: bins (int) or a fraction of the bins (float).
+        time_mask: Largest time mask width: frames (int) or a fraction of the frames (float).
         mask_value: Value written into the masked cells.
 
     Shape:
@@ -36,20 +46,37 @@ class SpecAugment(nn.Module):
         - Output: same as the input.
     """
 
-    def __init__(self, freq_mask: int = 0, time_mask: int = 0, mask_value: float = 0.0) -> None:
+    def __init__(
+        self, freq_mask: int | float = 0, time_mask: int | float = 0, mask_value: float = 0.0
+    ) -> None:
         super().__init__()
-        check_int("freq_mask", freq_mask, minimum=0)
-        check_int("time_mask", time_mask, minimum=0)
+        _check_width("freq_mask", freq_mask, "bins")
+        _check_width("time_mask", time_mask, "frames")
         self.freq_mask = freq_mask
         self.time_mask = time_mask
         self.mask_value = mask_value
-        # torchaudio masks (..., freq, time) inputs; iid_masks draws one mask per batch element.
-        masks = []
-        if freq_mask > 0:
-            masks.append(torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True))
-        if time_mask > 0:
-            masks.append(torchaudio.transforms.TimeMasking(time_mask, iid_masks=True))
-        self.masks = nn.ModuleList(masks)
+        #: (name, width) of the masks that mask anything: ``ClipDataset`` augments when non-empty.
+        self.masks = tuple(
+            (name, width)
+            for name, width in (("freq_mask", freq_mask), ("time_mask", time_mask))
+            if width > 0
+        )
+
+    def mask_widths(self, frames: int, bins: int) -> tuple[int, int]:
+        """The largest time and frequency mask widths for inputs of ``frames`` x ``bins``.
+
+        A data module can call it with its input size to refuse a too wide mask before training.
+
+        Returns:
+            ``(time width in frames, frequency width in bins)``.
+
+        Raises:
+            ValueError: If an absolute width is larger than half of the input's size.
+        """
+        return (
+            _width_for("time_mask", self.time_mask, frames, "frames"),
+            _width_for("freq_mask", self.freq_mask, bins, "bins"),
+        )
 
     def forward(self, features: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Masks ``features``; with a ``generator`` the masks are a function of its state alone.
@@ -64,25 +91,56 @@ class SpecAugment(nn.Module):
             )
         if not self.masks:
             return features
+        time_width, freq_width = self.mask_widths(features.shape[-2], features.shape[-1])
         batch = features if features.dim() == 3 else features.unsqueeze(0)
         specgram = batch.transpose(1, 2)  # [B, F, T] as torchaudio expects
         if generator is None:
-            specgram = self._mask(specgram)
+            specgram = self._mask(specgram, freq_width, time_width)
         else:
             seed = int(torch.randint(2**62, (1,), generator=generator))
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                specgram = self._mask(specgram)
+                specgram = self._mask(specgram, freq_width, time_width)
         masked = specgram.transpose(1, 2)
         return masked if features.dim() == 3 else masked.squeeze(0)
 
-    def _mask(self, specgram: Tensor) -> Tensor:
-        for mask in self.masks:
-            specgram = mask(specgram, self.mask_value)
+    def _mask(self, specgram: Tensor, freq_width: int, time_width: int) -> Tensor:
+        # one mask per example (torchaudio's iid_masks), frequency first, then time
+        for axis, width in ((1, freq_width), (2, time_width)):
+            if width > 0:
+                specgram = torchaudio.functional.mask_along_axis_iid(
+                    specgram, width, self.mask_value, axis
+                )
         return specgram
 
     def extra_repr(self) -> str:
         return f"freq_mask={self.freq_mask}, time_mask={self.time_mask}"
+
+
+def _check_width(name: str, width: object, unit: str) -> None:
+    valid = not isinstance(width, bool) and (
+        (isinstance(width, int) and width >= 0)
+        or (isinstance(width, float) and 0.0 <= width <= _MAX_MASK_FRACTION)
+    )
+    if not valid:
+        raise ValueError(
+            f"Expected argument `{name}` to be {unit} (an int >= 0) or a fraction of the "
+            f"input's {unit} (a float in [0, {_MAX_MASK_FRACTION}]) but got {width!r}."
+        )
+
+
+def _width_for(name: str, width: int | float, size: int, unit: str) -> int:
+    """The mask width in ``unit`` for an input of ``size``; refuses one wider than allowed."""
+    if isinstance(width, float):
+        return int(width * size)
+    if width > _MAX_MASK_FRACTION * size:
+        raise ValueError(
+            f"SpecAugment `{name}` {width} can mask {width / size:.0%} of the input's {size} "
+            f"{unit}; expected at most {int(_MAX_MASK_FRACTION * size)} (half): give a smaller "
+            "width or a fraction of the input (AST's ESC-50 masks, 96 of 512 frames and 24 of "
+            "128 bins, are 0.1875)"
+        )
+    return width
 
 
 class Mixup:
@@ -213,4 +271,11 @@ def mixup_targets(target: int, other_target: int, lam: float, num_classes: int) 
     return soft
 
 
-__all__ = ["Mixup", "SpecAugment", "mix_fbanks", "mix_waveforms", "mixup_targets"]
+__all__ = [
+    "_MAX_MASK_FRACTION",
+    "Mixup",
+    "SpecAugment",
+    "mix_fbanks",
+    "mix_waveforms",
+    "mixup_targets",
+]

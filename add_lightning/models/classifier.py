@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
@@ -21,24 +22,28 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 from add_lightning.checks import check_int
 from add_lightning.losses import ClassificationLoss
 from add_lightning.metrics import EmbeddingGeometry, EmbeddingRetrieval
+from add_lightning.models.optim import describe_optimizer
 from add_lightning.tensor_utils import hard_targets, padding_mask_from_lengths
 
-__all__ = [
-    "BACKBONE_SOURCE_KEY",
-    "AudioClassifier",
-    "hard_targets",
-    "hyperparameters_from_config",
-    "padding_mask_from_lengths",
-]
+__all__ = ["BACKBONE_SOURCE_KEY", "AudioClassifier", "hyperparameters_from_config"]
 
 #: Checkpoint key of the backbone's hyperparameters as given for training (e.g. its pretrained
 #: weights), kept beside the self-contained ones that replace them (``on_save_checkpoint``).
 BACKBONE_SOURCE_KEY = "add_lightning_backbone_source"
 
+log = logging.getLogger(__name__)
 
-# Authors' AST configs (docs/method.md, ESC-50 and ER): Adam, lr 6.7e-6, betas (0.95, 0.999),
-# weight decay 5e-6.
-_PAPER_ADAM = {"lr": 6.7e-6, "betas": (0.95, 0.999), "weight_decay": 5e-6}
+
+# No default optimizer: the right one depends on what is trained (the paper's Adam at 6.7e-6
+# fine-tunes a pretrained AST and leaves a randomly initialised one at chance), so a model
+# without one is refused with the two settings the shipped recipes use.
+_NO_OPTIMIZER = (
+    "AudioClassifier has no `optimizer`; set `model.init_args.optimizer`, e.g. "
+    "{class_path: torch.optim.AdamW, init_args: {lr: 2.0e-3, weight_decay: 0.05}} to train a "
+    "randomly initialised backbone (configs/experiments/ast_tiny_cpu.yaml) or "
+    "{class_path: torch.optim.Adam, init_args: {lr: 6.7e-6, betas: [0.95, 0.999], "
+    "weight_decay: 5.0e-6}} to fine-tune a pretrained AST (configs/experiments/ast_esc50.yaml)"
+)
 
 # The arguments that are live objects when the model is built in Python (see AudioClassifier).
 _MODULE_ARGUMENTS = ("backbone", "loss", "optimizer", "scheduler")
@@ -63,13 +68,6 @@ def hyperparameters_from_config() -> Iterator[None]:
         yield
     finally:
         _FROM_CONFIG.reset(token)
-
-
-def _flat_batch_value(value: object) -> bool:
-    """Whether ``value`` moves to a device as it is: a tensor, or a list of clip ids."""
-    if isinstance(value, Tensor):
-        return True
-    return type(value) in (list, tuple) and all(isinstance(item, str) for item in value)
 
 
 class AudioClassifier(LightningModule):
@@ -110,8 +108,10 @@ class AudioClassifier(LightningModule):
             get the padded features alone.
         num_classes: Number of classes ``C`` (linked from the data module by the CLI).
         loss: Training loss; None means cross-entropy alone.
-        optimizer: Callable ``params -> Optimizer``; None means the authors' AST setting,
-            Adam(lr=6.7e-6, betas=(0.95, 0.999), weight_decay=5e-6).
+        optimizer: Callable ``params -> Optimizer``. Required to train (``fit``): None is
+            refused there with a message naming what to add, since no one setting suits both
+            a randomly initialised and a pretrained backbone; a model only evaluated or used
+            for inference needs none. The optimizer is logged when training starts.
         scheduler: Callable ``optimizer -> LRScheduler`` stepped once per epoch, or None.
         freeze_backbone: Linear probe: the backbone is frozen (kept in eval mode, left out of
             the optimizer) and only the head trains.
@@ -179,6 +179,12 @@ class AudioClassifier(LightningModule):
         self.scheduler = scheduler
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+        # Lightning's model summary counts FLOPs (and shows in/out sizes) on a forward pass of
+        # this input; without one its FLOPs column is all zeros. Backbones without a fixed
+        # input shape (waveform encoders) have no such input.
+        shape = getattr(self.backbone, "input_shape", None)
+        if shape is not None and None not in shape:
+            self.example_input_array = torch.zeros(1, *shape)
 
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -458,24 +464,6 @@ class AudioClassifier(LightningModule):
             "clip_id": batch.get("clip_id"),
         }
 
-    def transfer_batch_to_device(
-        self, batch: Any, device: torch.device, dataloader_idx: int
-    ) -> Any:
-        """Moves a batch of this package's data modules to ``device`` directly.
-
-        Their batches are flat dicts of tensors and clip-id lists; Lightning's generic walk
-        (``move_data_to_device``) gives the same batch at several times the cost, about
-        0.2 ms per training step on the quickstart's CPU. Anything else goes to Lightning.
-        Non-blocking copies except to the CPU and MPS, as Lightning makes them.
-        """
-        if type(batch) is not dict or not all(_flat_batch_value(v) for v in batch.values()):
-            return super().transfer_batch_to_device(batch, device, dataloader_idx)
-        non_blocking = device.type not in ("cpu", "mps")
-        return {
-            key: value.to(device, non_blocking=non_blocking) if isinstance(value, Tensor) else value
-            for key, value in batch.items()
-        }
-
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Lets the backbone clear gradients it added only for DDP (BEATs layer drop)."""
         release = getattr(self.backbone, "release_dropped_gradients", None)
@@ -549,14 +537,19 @@ class AudioClassifier(LightningModule):
     # ------------------------------------------------------------- optimizers
     def configure_optimizers(self) -> Any:
         """The optimizer over trainable parameters (frozen ones are left out), epoch schedule."""
-        parameters = [p for p in self.parameters() if p.requires_grad]
         if self.optimizer is None:
-            optimizer = torch.optim.Adam(parameters, **_PAPER_ADAM)
-        else:
-            optimizer = self.optimizer(parameters)
-        if self.scheduler is None:
+            raise ValueError(_NO_OPTIMIZER)
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer(parameters)
+        scheduler = None if self.scheduler is None else self.scheduler(optimizer)
+        log.info(
+            "Optimizer %s over %d trainable parameters, schedule %s",
+            describe_optimizer(optimizer),
+            sum(p.numel() for p in parameters),
+            "none" if scheduler is None else type(scheduler).__name__,
+        )
+        if scheduler is None:
             return optimizer
-        scheduler = self.scheduler(optimizer)
         self._fit_schedule_to_trainer(scheduler)
         config = {"scheduler": scheduler, "interval": "epoch"}
         if isinstance(scheduler, ReduceLROnPlateau):

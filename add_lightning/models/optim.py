@@ -22,7 +22,7 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from add_lightning.checks import check_int, check_range
 
-__all__ = ["WarmupConstantLR", "WarmupCosineLR", "WarmupExponentialLR"]
+__all__ = ["WarmupConstantLR", "WarmupCosineLR", "WarmupExponentialLR", "describe_optimizer"]
 
 
 class _WarmupLR(LRScheduler):
@@ -194,3 +194,16 @@ class WarmupConstantLR(_WarmupLR):
 
     def decay_factor(self, epochs_after_warmup: int) -> float:
         return 1.0
+
+
+def describe_optimizer(optimizer: Optimizer) -> str:
+    """The optimizer's class and the settings that decide training, as logged at its start.
+
+    E.g. ``AdamW(lr=0.001, betas=(0.9, 0.999), weight_decay=0.05)``: the rate given to it (a
+    warm-up then scales it per epoch), not the first epoch's.
+    """
+    settings = ("lr", "betas", "momentum", "weight_decay")
+    given = ", ".join(
+        f"{key}={optimizer.defaults[key]}" for key in settings if key in optimizer.defaults
+    )
+    return f"{type(optimizer).__name__}({given})"
