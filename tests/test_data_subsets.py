@@ -326,7 +326,7 @@ def test_readme_subset_of_ten_words_parses_to_the_keywords(tmp_path: Path) -> No
     make_speech_commands(tmp_path / "speech_commands_v0.02")
     model = tmp_path / "model.yaml"
     model.write_text(TINY_MODEL)
-    words = '["yes","no","up","down","left","right","on","off","stop","go"]'  # as in README.md
+    words = '["yes","no","up","down","left","right","on","off","stop","go"]'  # docs/own-data.md
     args = [
         *("--config", str(REPO / "configs/data/speech_commands.yaml"), "--config", str(model)),
         *("--data.init_args.dataset.init_args.root", str(tmp_path)),
@@ -338,7 +338,7 @@ def test_readme_subset_of_ten_words_parses_to_the_keywords(tmp_path: Path) -> No
     cli = AddLightningCLI(args=args, run=False)
     assert cli.datamodule.class_names == sorted(KEYWORDS)
     assert cli.model.num_classes == 10
-    assert words in (REPO / "README.md").read_text()
+    assert words in (REPO / "docs" / "own-data.md").read_text()
 
 
 def test_v2_12_config_fits_through_the_console_script(tmp_path: Path) -> None:

@@ -30,8 +30,9 @@ def test_ci_runs_both_readme_commands_verbatim():
 
 
 def test_readme_commands_use_the_virtualenv():
-    # the README never activates .venv: a bare `add-lightning` is "command not found"
-    text = (ROOT / "README.md").read_text()
+    # the README and docs/ never activate .venv: a bare `add-lightning` is "command not found"
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
     blocks = re.findall(r"```bash\n(.+?)\n```", text, flags=re.S)
     bare = [
         line
