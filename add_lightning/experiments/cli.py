@@ -95,6 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument(
         "--output", type=Path, default=None, help="also write the table to this file"
     )
+    compare.add_argument(
+        "--baseline",
+        default=None,
+        metavar="ROW",
+        help="also tabulate each row's difference to this row (a loss, e.g. CE) per column: "
+        "paired over the (fold, seed) units both have, 95%% interval, Holm-adjusted p-values",
+    )
+    compare.add_argument(
+        "--statistics",
+        type=Path,
+        default=None,
+        metavar="CSV",
+        help="with --baseline: write every number of the differences to this CSV file",
+    )
 
     figures = commands.add_parser(
         "figures",
@@ -317,13 +331,25 @@ def _unseen_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from add_lightning.experiments.compare import compare_table
+    from add_lightning.experiments.compare import (
+        baseline_comparisons,
+        compare_table,
+        comparisons_csv,
+    )
 
+    if args.statistics is not None and args.baseline is None:
+        raise ValueError("Expected --baseline ROW with --statistics, got no --baseline")
     table = compare_table(
-        args.directories, args.metric, higher_is_better=False if args.lower_is_better else None
+        args.directories,
+        args.metric,
+        higher_is_better=False if args.lower_is_better else None,
+        baseline=args.baseline,
     )
     if args.output is not None:
         write_text_atomic(args.output, table)
+    if args.statistics is not None:
+        comparisons = baseline_comparisons(args.directories, args.metric, args.baseline)
+        write_text_atomic(args.statistics, comparisons_csv(comparisons))
     sys.stdout.write(table)
     return 0
 
