@@ -298,6 +298,7 @@ model:
       class_path: add_lightning.losses.ClassificationLoss
       init_args:
         embedding: {class_path: add_lightning.losses.ADDLoss}
+    optimizer: {class_path: torch.optim.AdamW, init_args: {lr: 2.0e-3}}
 trainer: {accelerator: cpu, devices: 1, enable_progress_bar: false, enable_model_summary: false}
 """
 
