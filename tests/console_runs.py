@@ -27,7 +27,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["console_env", "faulthandler_stacks", "run_console"]
+__all__ = ["console_env", "console_status", "faulthandler_stacks", "run_console"]
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -109,3 +109,15 @@ def run_console(
         )
     assert result.returncode == 0, result.stderr[-4000:]
     return result
+
+
+def console_status(argv: Sequence[str]) -> int:
+    """The exit status of ``add-lightning ARGV`` run in this process, as ``sys.exit`` turns
+    the console script's result into one (argparse and jsonargparse usage errors and
+    ``--help`` raise SystemExit)."""
+    from add_lightning.cli import console_main
+
+    try:
+        return console_main(list(argv))
+    except SystemExit as exit_:
+        return 0 if exit_.code is None else exit_.code

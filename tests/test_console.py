@@ -17,22 +17,13 @@ import pytest
 import torch
 import yaml
 from console_runs import console_env, run_console
+from console_runs import console_status as _status
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
 from tiny_runs import synthetic_dataset, tiny_ast, tiny_run_config
 
-from add_lightning.cli import console_main
-
 # the CPU cores this process may use, as the data module counts them
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _status(argv: list[str]) -> int:
-    """The exit status of ``add-lightning ARGV`` run in-process."""
-    try:
-        return console_main(argv)
-    except SystemExit as exit_:
-        return 0 if exit_.code is None else exit_.code
 
 
 @pytest.fixture(scope="module")

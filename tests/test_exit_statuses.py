@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 from console_runs import console_env
+from console_runs import console_status as _status
 from lightning.pytorch.callbacks import Callback
 from tiny_runs import synthetic_dataset, tiny_run_config
 
-from add_lightning.cli import console_main
 from add_lightning.experiments.locks import hold_lock
 
 
@@ -28,14 +28,6 @@ class InterruptAtFirstBatch(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         os.kill(os.getpid(), signal.SIGINT)
-
-
-def _status(argv: list[str]) -> int:
-    """The exit status of ``add-lightning ARGV``, as ``sys.exit`` turns the result into one."""
-    try:
-        return console_main(argv)
-    except SystemExit as exit_:  # argparse/jsonargparse usage errors, --help
-        return 0 if exit_.code is None else exit_.code
 
 
 @pytest.fixture(scope="module")
