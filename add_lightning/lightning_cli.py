@@ -239,14 +239,19 @@ class AddLightningCLI(LightningCLI):
                 # rebuilt from the checkpoint (as for a file path) without its pretrained weights
                 section["ckpt_path"] = str(last)
                 rank_zero_info(f"Resuming from {last} (`--ckpt_path last`)")
+        self._checkpoint = None
         if subcommand:
             _load_checkpoints_safely(section)
-            checkpoint = check_checkpoint_file(section.get("ckpt_path"), subcommand == "fit")
-            if checkpoint is not None and subcommand != "fit":
-                warn_about_replaced_model_arguments(section, checkpoint)
+            self._checkpoint = check_checkpoint_file(section.get("ckpt_path"), subcommand == "fit")
+            if self._checkpoint is not None and subcommand != "fit":
+                warn_about_replaced_model_arguments(section, self._checkpoint)
         # The link from data.num_classes replaces any value given for the model; keep the
         # given one to refuse a contradiction instead of replacing it silently.
         self._given_num_classes = section.get("model.init_args.num_classes")
+
+    # `--ckpt_path` as parse_arguments read it (tensors memory-mapped), for
+    # _restore_data_pipeline; None for no file, or where parse_arguments is overridden.
+    _checkpoint: dict[str, Any] | None = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
@@ -305,14 +310,12 @@ class AddLightningCLI(LightningCLI):
         from the files on disk (or fail if the training files are gone); the input pipeline the
         model was trained with is applied here instead, before either.
         """
-        if self.subcommand is None:  # run=False: no subcommand, no --ckpt_path
+        # None without a subcommand (run=False) or a file: no --ckpt_path, or a special name
+        # ("last") that Lightning resolves and restores itself
+        if self._checkpoint is None:
             return
-        # None, or a special name ("last") that Lightning resolves and restores
         path = self.config[self.subcommand].get("ckpt_path")
-        checkpoint = check_checkpoint_file(path)
-        if checkpoint is None:
-            return
-        pipeline = stored_pipeline(checkpoint, f"checkpoint {path}")
+        pipeline = stored_pipeline(self._checkpoint, f"checkpoint {path}")
         if pipeline is not None and isinstance(self.datamodule, AudioDataModule):
             self.datamodule.use_pipeline(pipeline)
 
