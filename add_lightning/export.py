@@ -230,7 +230,7 @@ class _OnnxGraph(nn.Module):
 
     def forward(self, fbank: Tensor) -> tuple[Tensor, Tensor]:
         num_frames = None
-        if getattr(self.model.backbone, "accepts_padding_mask", False):
+        if self.model.backbone.accepts_padding_mask:
             num_frames = padded_num_frames(fbank)
         embeddings = self.model.embed(self.normalization.apply(fbank), num_frames=num_frames)
         return self.model.head(embeddings), embeddings

@@ -50,6 +50,7 @@ from add_lightning.checkpoint import load_checkpoint, stored_pipeline
 from add_lightning.checks import check_weight
 from add_lightning.data.pipeline import InputPipeline, WaveformPipeline
 from add_lightning.models.classifier import AudioClassifier
+from add_lightning.workarounds import module_from_checkpoint
 
 __all__ = [
     "POOLINGS",
@@ -317,7 +318,8 @@ def load_trained_model(
             hyperparameters, or its parts disagree.
     """
     path = Path(path)
-    # mmap: only the small entries are read here; load_from_checkpoint reads the weights.
+    # the one read of the file: mapped, so that the weights are read as the model takes them
+    # (and the optimizer's states, which a training checkpoint holds too, not at all)
     checkpoint = load_checkpoint(path, mmap=True)
     pipeline = stored_pipeline(checkpoint, f"checkpoint {path}")
     if pipeline is None:
@@ -333,9 +335,9 @@ def load_trained_model(
             f"Checkpoint {path} holds no model hyperparameters, so the model cannot be rebuilt; "
             "expected a checkpoint written by `add-lightning fit`."
         )
-    del checkpoint
-    model = AudioClassifier.load_from_checkpoint(path, map_location=map_location, weights_only=True)
-    model.eval()
+    model = module_from_checkpoint(AudioClassifier, checkpoint, f"Checkpoint {path}")
+    del checkpoint  # the model holds copies of the weights: unmap the file
+    model.to(map_location).eval()
     class_names = list(pipeline.class_names)
     if model.class_names is not None and list(model.class_names) != class_names:
         raise ValueError(
@@ -343,12 +345,11 @@ def load_trained_model(
             f"{list(model.class_names)[:5]}... differ from the data's {class_names[:5]}...."
         )
     if isinstance(pipeline, WaveformPipeline):
-        backbone_rate = getattr(model.backbone, "sample_rate", None)
+        backbone_rate = model.backbone.sample_rate
         if backbone_rate not in (None, pipeline.sample_rate):
             raise ValueError(
                 f"Checkpoint {path} is inconsistent: its encoder takes {backbone_rate} Hz but "
                 f"the data was read at {pipeline.sample_rate} Hz."
             )
-        minimum = getattr(model.backbone, "min_samples", 1)
-        pipeline = dataclasses.replace(pipeline, min_samples=minimum)
+        pipeline = dataclasses.replace(pipeline, min_samples=model.backbone.min_samples)
     return TrainedModel(model, pipeline)

@@ -12,10 +12,13 @@ Two measurements:
   loop overhead). Reports clips/s and wait / (wait + step). Unless ``--no-paired``, the
   callback also runs one step of the model alone (the quickstart's tiny AST, its own copy)
   after every timed batch, outside both the step and the next wait: ``paired_fit_over_model``
-  is fit's (wait + step) time over those reference steps' time, the ratio issue 10 asks to
-  bring to 1.10 or less. Paired, both see the same moments of a shared machine, whose speed
-  drifts by more than 10 % between minutes (on the separate runs, a model-alone run before
-  and one after the pipeline, the ratio moved between 0.83 and 1.15 in one morning's ten runs).
+  is fit's (wait + step) time over those reference steps' time: the framework's overhead per
+  step on the tiny model (issue 10 asked for 1.10 or less; issue 26 retired that target for
+  realistic models and at most one device synchronisation per training step, which
+  ``tests/test_models.py`` counts). Paired, both see the same moments of a shared machine,
+  whose speed drifts by more than 10 % between minutes (on the separate runs, a model-alone
+  run before and one after the pipeline, the ratio moved between 0.83 and 1.15 in one
+  morning's ten runs).
 
 Both report per-step medians of wall time and of this process's CPU time
 (``time.process_time``); with ``--threads 1`` the CPU time hardly moves when other jobs load
@@ -260,7 +263,7 @@ def pipeline_throughput(
         result.update(
             {
                 "reference_median_step_ms": 1000 * statistics.median(timer.references),
-                # issue 10's ratio from the paired steps: fit's (wait + step) over the model
+                # the ratio from the paired steps: fit's (wait + step) over the model
                 # alone's step timed right after it, in all (throughput) and per batch
                 "paired_fit_over_model": (wait + step) / sum(timer.references),
                 "paired_median_ratio": statistics.median(
@@ -336,7 +339,7 @@ def main() -> None:
             # shared machine, and blind to the logging steps' extra cost
             "median_step_ratio": fit_median_ms / model_median_ms,
         }
-        if "paired_fit_over_model" in pipeline:  # issue 10's target: <= 1.10
+        if "paired_fit_over_model" in pipeline:
             summary["paired_fit_over_model"] = pipeline["paired_fit_over_model"]
         results.append(summary)
     for result in results:

@@ -160,9 +160,8 @@ def test_only_the_loss_is_logged_per_step_by_default(tmp_path):
 @pytest.mark.parametrize("data", [ToyData, UnsizedToyData], ids=["sized", "unknown-length"])
 def test_steps_between_logging_steps_count_in_the_epoch_means(tmp_path, data):
     # Step values are logged only at the steps the logger writes (every 3rd here); the epoch
-    # values still average every step, and the logged step values are those steps' own. An
-    # epoch of unknown length adds each step's values to the means at once and logs the means
-    # at its first step (it has no known last step): the same values.
+    # values still average every step, and the logged step values are those steps' own, also
+    # in an epoch whose length Lightning does not know.
     trainer, recorder, metrics_csv = _fit_two_epochs(
         tmp_path, log_every_n_steps=3, data=data(size=24, batch_size=7)
     )
@@ -179,8 +178,8 @@ def test_steps_between_logging_steps_count_in_the_epoch_means(tmp_path, data):
 
 
 def test_an_epoch_without_a_logging_step_still_gets_its_epoch_means(tmp_path):
-    # 4 steps per epoch and Lightning's default interval of 50: no step is written, so each
-    # epoch's last step logs the means once (no step value); they still average every step.
+    # 4 steps per epoch and Lightning's default interval of 50: no step value is written; the
+    # epoch means still average every step.
     trainer, recorder, metrics_csv = _fit_two_epochs(tmp_path, log_every_n_steps=50)
     epochs = _epoch_rows(metrics_csv)
     _assert_epoch_losses_are_step_averages(epochs, recorder.steps)
@@ -229,8 +228,8 @@ def _hand_accuracy_and_f1(logits: list[np.ndarray], labels: list[np.ndarray]) ->
 def test_train_accuracy_f1_and_means_count_every_step_of_the_epoch(
     tmp_path, max_epochs, max_steps, epoch_steps
 ):
-    # Between logging steps (every 2nd here) the values are kept and reach the epoch metrics
-    # at the epoch's last step, also when `max_steps` ends the epoch early.
+    # Every step's values reach the epoch metrics, logging step (every 2nd here) or not, also
+    # when `max_steps` ends the epoch early.
     recorder = LogitRecorder()
     logger = CSVLogger(str(tmp_path), name="run")
     trainer = tiny_trainer(

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile
 import torch
+from console_runs import console_output
 from test_backbone_beats import TINY as TINY_BEATS
 from tiny_runs import synthetic_dataset, tiny_ast, tiny_run_config
 
@@ -28,10 +26,9 @@ from add_lightning.export import (
 )
 from add_lightning.inference import TrainedModel
 from add_lightning.models import ASTBackbone, AudioClassifier
+from add_lightning.models.backbones import Backbone
 from add_lightning.models.backbones.beats import BEATsBackbone
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
 CLASSES = ["bark", "chirp", "rain"]
 FEATURES = FbankOptions(num_mel_bins=32, target_frames=48)
 NORMALIZATION = Normalization(-5.0, 3.0)
@@ -169,7 +166,7 @@ def test_huggingface_export_refuses_a_non_empty_directory(tmp_path):
     assert (tmp_path / "hf" / "notes.txt").read_text() == "mine"
 
 
-class _MeanBackbone(torch.nn.Module):
+class _MeanBackbone(Backbone):
     embedding_dim = 32
 
     def forward(self, features):
@@ -257,14 +254,6 @@ def test_onnx_metadata_describes_the_input_of_a_real_file(tmp_path):
     np.testing.assert_allclose(torch.from_numpy(logits).softmax(-1)[0], expected, atol=1e-4)
 
 
-def _console(*arguments: str) -> subprocess.CompletedProcess:
-    script = Path(sys.executable).parent / "add-lightning"
-    environment = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{TESTS}", "HF_HUB_OFFLINE": "1"}
-    return subprocess.run(
-        [str(script), *arguments], capture_output=True, text=True, env=environment, check=False
-    )
-
-
 def test_console_script_exports_a_fitted_checkpoint(tmp_path, capsys):
     import onnxruntime
 
@@ -278,8 +267,8 @@ def test_console_script_exports_a_fitted_checkpoint(tmp_path, capsys):
     trained = load_trained_model(checkpoint)
     clips = sorted((tmp_path / "synthetic").rglob("*.wav"))[:2]
 
-    hf = _console("export", "--ckpt_path", str(checkpoint), "--format", "hf", "--output",
-                  str(tmp_path / "hf"))  # fmt: skip
+    hf = console_output(["export", "--ckpt_path", str(checkpoint), "--format", "hf", "--output",
+                         str(tmp_path / "hf")])  # fmt: skip
     assert hf.returncode == 0, hf.stderr
     assert str(tmp_path / "hf") in hf.stdout
     for clip in clips:
@@ -290,7 +279,6 @@ def test_console_script_exports_a_fitted_checkpoint(tmp_path, capsys):
         )
 
     onnx_path = tmp_path / "model.onnx"
-    # in-process (the subprocess above already checked the console script): saves a start-up
     assert console_main(["export", "--ckpt_path", str(checkpoint), "--format", "onnx",
                          "--output", str(onnx_path)]) == 0  # fmt: skip
     session = onnxruntime.InferenceSession(str(onnx_path))

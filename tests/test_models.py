@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import math
+import traceback
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader, Dataset
 
 from add_lightning.losses import ADDLoss, ClassificationLoss
@@ -354,3 +356,104 @@ def test_heatmap_rejects_bad_inputs():
         class_pair_heatmap(torch.zeros(2, 2), ["a", "b", "c"])
     figure = class_pair_heatmap(torch.tensor([[0.1, float("nan")], [0.9, 0.2]]), ["a", "b"])
     assert figure.axes[0].get_title() == ""
+
+
+# ------------------------------------------------------ device synchronisations per step
+class _HostTensor(torch.Tensor):
+    """A tensor copied to the host by ``cpu()``: reading it back does not wait for a device."""
+
+
+class _HostReads(torch.overrides.TorchFunctionMode):
+    """Counts, per training step, the calls that would wait for a GPU.
+
+    Those that read tensor values back to the host (``item``, ``bool``/``float``/``int`` of a
+    tensor, ``tolist``, ``numpy``, ``cpu``), and the ops whose output size depends on the values
+    (``nonzero``, ``unique``, ``bincount``, ``masked_select``, ``repeat_interleave`` with tensor
+    repeats). The run is on the CPU: what ``cpu()`` returns is marked a host copy, and reads of
+    host copies (and of what is computed from them) are not counted. Left out: data loading (on
+    the host, before the batch moves), the optimizer's own reads (its step counts are CPU
+    tensors on a GPU too) and the losses' target checks (``losses/functional/_targets.py``).
+    """
+
+    READS = frozenset(
+        {
+            torch.Tensor.item,
+            torch.Tensor.__bool__,
+            torch.Tensor.__float__,
+            torch.Tensor.__int__,
+            torch.Tensor.__index__,
+            torch.Tensor.tolist,
+            torch.Tensor.numpy,
+            torch.Tensor.cpu,
+            torch.nonzero,
+            torch.Tensor.nonzero,
+            torch.argwhere,
+            torch.unique,
+            torch.Tensor.unique,
+            torch.bincount,
+            torch.Tensor.bincount,
+            torch.masked_select,
+            torch.Tensor.masked_select,
+        }
+    )
+    REPEATS = frozenset({torch.repeat_interleave, torch.Tensor.repeat_interleave})
+    LEFT_OUT = ("torch/optim/", "add_lightning/losses/")  # where the read itself is
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step: int | None = None  # the global step counted, None outside the steps
+        self.reads: dict[int, list[str]] = {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        result = func(*args, **kwargs)
+        repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
+        is_read = func in self.READS or (func in self.REPEATS and torch.is_tensor(repeats))
+        on_host = bool(args) and isinstance(args[0], _HostTensor)
+        if self.step is not None and is_read and not on_host:
+            stack = traceback.extract_stack()[:-1]
+            loading = any("torch/utils/data/" in frame.filename for frame in stack)
+            if not (loading or any(part in stack[-1].filename for part in self.LEFT_OUT)):
+                caller = next(f for f in reversed(stack) if "/torch/" not in f.filename)
+                where = f"{func.__name__} at {Path(caller.filename).name}:{caller.lineno}"
+                self.reads.setdefault(self.step, []).append(where)
+        if func is torch.Tensor.cpu:
+            return result.as_subclass(_HostTensor)  # its clones and values stay host copies
+        return result
+
+
+class _StepWindow(Callback):
+    """Counts from each training batch's start (before the module's hooks) to the next one's."""
+
+    def __init__(self, reads: _HostReads) -> None:
+        self.reads = reads
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.reads.step = trainer.global_step
+        self.reads.reads[trainer.global_step] = []
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:  # after the last step's hooks
+        self.reads.step = None
+
+
+def test_a_training_step_waits_for_the_device_once(tmp_path):
+    # Two epochs of 4 steps (7, 7, 7, 3 clips), the logger writing every 3rd step: every step
+    # waits once, for the non-finite loss check; a step whose values the logger writes also
+    # copies them to the host, once. The epochs' last steps and the steps after a written one
+    # (whose progress-bar value Lightning reads again) add nothing.
+    reads = _HostReads()
+    trainer = tiny_trainer(
+        tmp_path,
+        max_epochs=2,
+        limit_val_batches=0,
+        logger=CSVLogger(str(tmp_path)),
+        log_every_n_steps=3,
+        callbacks=[_StepWindow(reads)],
+    )
+    with reads:
+        trainer.fit(tiny_model(), datamodule=ToyData(size=24, batch_size=7))
+    assert sorted(reads.reads) == list(range(8))
+    for step, found in reads.reads.items():
+        written = step in (2, 5)  # the 3rd and the 6th
+        expected = ["__bool__", "cpu"] if written else ["__bool__"]
+        assert [where.split(" at ")[0] for where in found] == expected, (step, found)

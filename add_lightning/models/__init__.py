@@ -1,7 +1,7 @@
 """Training layer: the LightningModule, backbones, LR schedules, the prediction writer and the
 test heat maps."""
 
-from add_lightning.models.backbones import ASTBackbone, BEATsBackbone, HFAudioEncoder
+from add_lightning.models.backbones import ASTBackbone, Backbone, BEATsBackbone, HFAudioEncoder
 from add_lightning.models.classifier import AudioClassifier
 from add_lightning.models.heatmaps import ClassPairHeatmaps
 from add_lightning.models.optim import WarmupConstantLR, WarmupCosineLR, WarmupExponentialLR
@@ -11,6 +11,7 @@ __all__ = [
     "ASTBackbone",
     "AudioClassifier",
     "BEATsBackbone",
+    "Backbone",
     "ClassPairHeatmaps",
     "EmbeddingWriter",
     "HFAudioEncoder",

@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from add_lightning.metrics import mask_empty_class_pairs
+from add_lightning.models.classifier import AudioClassifier
 
 __all__ = ["ClassPairHeatmaps", "class_pair_heatmap"]
 
@@ -85,15 +86,15 @@ class ClassPairHeatmaps(Callback):
     """
 
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        statistics = getattr(pl_module, "last_test_statistics", None)
+        if not isinstance(pl_module, AudioClassifier) or pl_module.last_test_statistics is None:
+            return
         logger = trainer.logger
-        if statistics is None or not isinstance(logger, TensorBoardLogger):
+        if not isinstance(logger, TensorBoardLogger) or not trainer.is_global_zero:
             return
-        if not trainer.is_global_zero:
-            return
-        unseen = getattr(pl_module, "unseen_class_names", None)
-        names = getattr(pl_module, "class_names", None) if unseen is None else unseen
-        step = getattr(pl_module, "last_test_step_number", trainer.global_step)
+        statistics = pl_module.last_test_statistics
+        unseen = pl_module.unseen_class_names
+        names = pl_module.class_names if unseen is None else unseen
+        step = pl_module.last_test_step_number
         for key, (title, label) in _HEATMAPS.items():
             count = statistics["class_count"]
             figure = class_pair_heatmap(statistics[key], names, title, label, class_count=count)

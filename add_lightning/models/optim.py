@@ -13,16 +13,40 @@ The paper's "linear from 1e-5" is read as a start *factor* of 1e-5 (a warm-up fr
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
+from collections.abc import Callable, Iterable
 from typing import Any
 
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LRScheduler
+from torch.optim.lr_scheduler import LRScheduler, ReduceLROnPlateau
 
 from add_lightning.checks import check_int, check_range
 
-__all__ = ["WarmupConstantLR", "WarmupCosineLR", "WarmupExponentialLR", "describe_optimizer"]
+__all__ = [
+    "WarmupConstantLR",
+    "WarmupCosineLR",
+    "WarmupExponentialLR",
+    "configure_optimization",
+    "describe_optimizer",
+    "fit_schedule_to_run",
+]
+
+log = logging.getLogger(__name__)
+
+# No default optimizer: the right one depends on what is trained (the paper's Adam at 6.7e-6
+# fine-tunes a pretrained AST and leaves a randomly initialised one at chance), so a model
+# without one is refused with the two settings the shipped recipes use.
+_NO_OPTIMIZER = (
+    "AudioClassifier has no `optimizer`; set `model.init_args.optimizer`, e.g. "
+    "{class_path: torch.optim.AdamW, init_args: {lr: 2.0e-3, weight_decay: 0.05}} to train a "
+    "randomly initialised backbone (configs/experiments/ast_tiny_cpu.yaml) or "
+    "{class_path: torch.optim.Adam, init_args: {lr: 6.7e-6, betas: [0.95, 0.999], "
+    "weight_decay: 5.0e-6}} to fine-tune a pretrained AST (configs/experiments/ast_esc50.yaml)"
+)
 
 
 class _WarmupLR(LRScheduler):
@@ -207,3 +231,55 @@ def describe_optimizer(optimizer: Optimizer) -> str:
         f"{key}={optimizer.defaults[key]}" for key in settings if key in optimizer.defaults
     )
     return f"{type(optimizer).__name__}({given})"
+
+
+def fit_schedule_to_run(scheduler: Any, run_epochs: int | None) -> None:
+    """Gives a schedule with a length (``WarmupCosineLR``) the run's ``trainer.max_epochs``.
+
+    ``max_epochs=None`` takes ``run_epochs``; an explicit value that differs from it is kept,
+    with a warning (the schedule then ends before or after the run). Other schedules have no
+    length and are left as they are.
+    """
+    if not isinstance(scheduler, WarmupCosineLR):
+        return
+    if scheduler.max_epochs is None:
+        scheduler.set_max_epochs(run_epochs)
+    elif scheduler.max_epochs != run_epochs:
+        rank_zero_warn(
+            f"The scheduler's max_epochs={scheduler.max_epochs} differs from "
+            f"trainer.max_epochs={run_epochs}; leave the scheduler's unset to follow the "
+            "trainer"
+        )
+
+
+def configure_optimization(
+    optimizer: Callable[[Iterable[nn.Parameter]], Optimizer] | None,
+    scheduler: Callable[[Optimizer], Any] | None,
+    parameters: list[nn.Parameter],
+    run_epochs: int | None,
+) -> Any:
+    """What ``configure_optimizers`` returns: the optimizer over ``parameters`` and, with a
+    ``scheduler``, its epoch schedule (fitted to ``run_epochs``, the trainer's ``max_epochs``,
+    unless None: no trainer), ``ReduceLROnPlateau`` monitoring ``val/loss``. Logs both.
+
+    Raises:
+        ValueError: If ``optimizer`` is None, naming the settings of the shipped recipes.
+    """
+    if optimizer is None:
+        raise ValueError(_NO_OPTIMIZER)
+    built = optimizer(parameters)
+    schedule = None if scheduler is None else scheduler(built)
+    log.info(
+        "Optimizer %s over %d trainable parameters, schedule %s",
+        describe_optimizer(built),
+        sum(p.numel() for p in parameters),
+        "none" if schedule is None else type(schedule).__name__,
+    )
+    if schedule is None:
+        return built
+    if run_epochs is not None:
+        fit_schedule_to_run(schedule, run_epochs)
+    config = {"scheduler": schedule, "interval": "epoch"}
+    if isinstance(schedule, ReduceLROnPlateau):
+        config["monitor"] = "val/loss"
+    return {"optimizer": built, "lr_scheduler": config}

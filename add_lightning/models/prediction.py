@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from add_lightning.atomic import atomic_path
+from add_lightning.models.classifier import AudioClassifier
 from add_lightning.tensor_utils import hard_targets
 
 __all__ = ["EmbeddingWriter", "save_npz_atomic"]
@@ -93,8 +94,9 @@ class EmbeddingWriter(BasePredictionWriter):
         self._rows["clip_ids"].extend(str(clip_id) for clip_id in clip_ids)
 
     def _local_arrays(self, pl_module: LightningModule) -> dict[str, np.ndarray]:
-        class_names = self.class_names or getattr(pl_module, "class_names", None)
-        num_classes = getattr(pl_module, "num_classes", 0)
+        model = pl_module if isinstance(pl_module, AudioClassifier) else None
+        class_names = self.class_names or (model.class_names if model else None)
+        num_classes = model.num_classes if model else 0
         if class_names is None:
             class_names = [str(i) for i in range(num_classes)]
         if self._rows["embeddings"]:
@@ -102,7 +104,7 @@ class EmbeddingWriter(BasePredictionWriter):
             logits = np.concatenate(self._rows["logits"]).astype(np.float32)
             targets = np.concatenate(self._rows["targets"]).astype(np.int64)
         else:
-            embedding_dim = getattr(getattr(pl_module, "backbone", None), "embedding_dim", 0)
+            embedding_dim = model.backbone.embedding_dim if model else 0
             embeddings = np.zeros((0, embedding_dim), dtype=np.float32)
             logits = np.zeros((0, num_classes), dtype=np.float32)
             targets = np.zeros(0, dtype=np.int64)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from transformers import ASTConfig, ASTModel
 
 from add_lightning.hub import checked_pretrained, offline_hint
+from add_lightning.models.backbones.base import Backbone
 
 __all__ = ["DEFAULT_AST_CHECKPOINT", "ASTBackbone", "adapt_position_embeddings"]
 
@@ -92,7 +93,7 @@ _CONFIG_ARGUMENTS = (
 )
 
 
-class ASTBackbone(nn.Module):
+class ASTBackbone(Backbone):
     """AST embedding extractor: log-mel features -> one embedding per clip.
 
     Args:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from add_lightning.models.backbones.base import Backbone
 from add_lightning.models.backbones.beats_config import DROPOUT_FIELDS, BEATsConfig
 from add_lightning.models.backbones.beats_layers import BEATsEncoder
 
@@ -87,7 +88,7 @@ def patch_padding_mask(
     return frames.all(-1).repeat_interleave(freq_patches, dim=1)
 
 
-class BEATsBackbone(nn.Module):
+class BEATsBackbone(Backbone):
     """BEATs encoder returning one embedding per clip.
 
     Built from a checkpoint (its `cfg` drives the architecture, every weight key is mapped) or

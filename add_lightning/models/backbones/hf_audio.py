@@ -19,6 +19,7 @@ from transformers.feature_extraction_utils import FeatureExtractionMixin
 from transformers.models.auto.feature_extraction_auto import FEATURE_EXTRACTOR_MAPPING
 
 from add_lightning.hub import checked_pretrained, offline_hint
+from add_lightning.models.backbones.base import Backbone
 from add_lightning.tensor_utils import valid_positions
 
 __all__ = ["HFAudioEncoder", "conv_output_lengths", "masked_mean", "normalize_waveforms"]
@@ -204,7 +205,7 @@ def _pretrained_extractor(
     return type(extractor)(**{**stored, **settings})
 
 
-class HFAudioEncoder(nn.Module):
+class HFAudioEncoder(Backbone):
     """A transformers speech encoder as embedding extractor: waveforms -> one embedding per clip.
 
     Families: every ``AutoModel`` that takes waveforms (``input_values``: wav2vec 2.0, HuBERT,
