@@ -1,21 +1,26 @@
-"""Checkpoint files: read as data (never executed), checked, and replaced whole when written.
+"""Checkpoint files: read as data (never executed), once per command, and replaced whole.
 
 A checkpoint is a zip archive holding a pickle, and unpickling can run any code that the file
-names. Every checkpoint the package reads is read first by :func:`load_checkpoint`, which loads
+names. Every checkpoint the package reads is read by :func:`load_checkpoint`, which loads
 with ``torch.load(weights_only=True)``: tensors, containers and plain values are rebuilt, any
-other object refuses the file (Lightning's own reads after it, of LightningCLI's
-hyperparameters, ``load_from_checkpoint`` and the Trainer's restore, use ``weights_only=True``
-as well). Lightning's checkpoints of this package need nothing more (the model's
-weights, optimizer and scheduler states, loop and callback states including the random states
-of :class:`~add_lightning.experiments.unit.RNGStateCheckpoint`, the hyperparameters as parsed
-config values, the data module's input pipeline), so no global is allow-listed. A new piece of
-state that needs one would be allow-listed here by name, with
+other object refuses the file. Lightning's checkpoints of this package need nothing more (the
+model's weights, optimizer and scheduler states, loop and callback states including the random
+states of :class:`~add_lightning.experiments.unit.RNGStateCheckpoint`, the hyperparameters as
+parsed config values, the data module's input pipeline), so no global is allow-listed. A new
+piece of state that needs one would be allow-listed here by name, with
 ``torch.serialization.safe_globals``, and nothing wider.
 
 Each way a file can fail to be a checkpoint gives one :class:`CheckpointError` (a ValueError)
 naming the file and what was expected. :class:`SafeCheckpointIO`, installed in every Trainer of
 the CLI, makes Lightning's own loads (``fit``/``test --ckpt_path``) use the same function, and
 writes each checkpoint to a temporary file beside it that replaces it only once complete.
+
+One read per command: ``add-lightning fit|validate|test|predict --ckpt_path`` reads the file
+when it parses its arguments (:func:`read_checkpoint`, the tensors memory-mapped); the model's
+hyperparameters, the data's input pipeline and the Trainer's restore all take that
+:class:`CheckpointRead`, which :class:`SafeCheckpointIO` hands to the restore unless the file has
+changed since. ``classify`` and ``export`` build the model from their one read as well
+(:func:`~add_lightning.inference.load_trained_model`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import os
 import pickle
 import zipfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +47,14 @@ __all__ = [
     "PIPELINE_KEY",
     "RESUME_KEYS",
     "CheckpointError",
+    "CheckpointRead",
     "DamagedCheckpointError",
     "InputPipelineCheckpoint",
     "SafeCheckpointIO",
     "UnsafeCheckpointError",
+    "hand_over",
     "load_checkpoint",
+    "read_checkpoint",
     "stored_pipeline",
 ]
 
@@ -187,6 +196,78 @@ def load_checkpoint(
     return checkpoint
 
 
+def _file_version(path: str | os.PathLike[str]) -> tuple[int, int, int, int] | None:
+    """The file's device, inode, size and modification time (ns): which file it is, and whether
+    it has been written since; None if it cannot be found."""
+    try:
+        stat = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+@dataclass(frozen=True)
+class CheckpointRead:
+    """A checkpoint file as a command read it once: its content and which version of the file.
+
+    Args:
+        content: The checkpoint, as :func:`load_checkpoint` returns it (tensors memory-mapped).
+        version: The file's device, inode, size and modification time before the read.
+    """
+
+    content: dict[str, Any]
+    version: tuple[int, int, int, int] | None
+
+    def is_read_from(self, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` is the file that was read, unchanged since."""
+        return self.version is not None and _file_version(path) == self.version
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str], *, resume: bool = False, argument: str | None = None
+) -> CheckpointRead:
+    """:func:`load_checkpoint` of a command's one read of ``path``, with the file's version.
+
+    The tensors are memory-mapped (read from the file when used, never written to it:
+    copy-on-write): a reader that needs only the small entries reads nothing more, and the
+    Trainer's restore (:class:`SafeCheckpointIO`) takes the same content instead of reading the
+    file again. The version is taken before the read, so a file written during the read no
+    longer matches it.
+
+    Args:
+        path: The ``.ckpt`` file.
+        resume: Require what ``fit`` resumes from as well (:data:`RESUME_KEYS`).
+        argument: The argument that named the file (``--ckpt_path``), for the messages.
+
+    Raises:
+        FileNotFoundError, CheckpointError: As :func:`load_checkpoint`.
+    """
+    global _handed_over
+    read, _handed_over = _handed_over, None
+    if read is not None and read.is_read_from(path) and (not resume or _resumable(read)):
+        return read
+    version = _file_version(path)
+    checkpoint = load_checkpoint(path, mmap=True, resume=resume, argument=argument)
+    return CheckpointRead(checkpoint, version)
+
+
+# A read that a caller hands to the next read_checkpoint of the same file (hand_over)
+_handed_over: CheckpointRead | None = None
+
+
+def _resumable(read: CheckpointRead) -> bool:
+    return all(key in read.content for key in RESUME_KEYS)
+
+
+def hand_over(read: CheckpointRead) -> None:
+    """Makes ``read`` the result of the next :func:`read_checkpoint` of its file, if that file
+    is unchanged by then: a caller that checked the file (the experiments runner, before a
+    unit resumes) passes its read on to the command it starts in this process, which then
+    reads nothing. Only the next call: any other read in between forgets it."""
+    global _handed_over
+    _handed_over = read
+
+
 def _is_local(path: str | os.PathLike[str]) -> bool:
     return "://" not in str(path)
 
@@ -203,8 +284,18 @@ class SafeCheckpointIO(TorchCheckpointIO):
 
     Loads: :func:`load_checkpoint` (``weights_only=True``, one clear error per kind of bad file),
     whatever ``weights_only`` Lightning passes. Remote paths (``s3://...``) keep Lightning's
-    behaviour, loading with ``weights_only=True``.
+    behaviour, loading with ``weights_only=True``. The command's read of the file, given as
+    ``read``, is the first load instead of a new read when it is of the same file, unchanged
+    since (:meth:`CheckpointRead.is_read_from`), and loaded to the CPU as it was. Only the first:
+    the restore gives its tensors to the model and optimizer, which training changes in place.
+
+    Args:
+        read: The command's read of ``--ckpt_path``, or None.
     """
+
+    def __init__(self, read: CheckpointRead | None = None) -> None:
+        super().__init__()
+        self._pending_read = read
 
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
@@ -234,6 +325,10 @@ class SafeCheckpointIO(TorchCheckpointIO):
     ) -> dict[str, Any]:
         if not _is_local(path):
             return super().load_checkpoint(path, map_location=map_location, weights_only=True)
+        read, self._pending_read = self._pending_read, None
+        if read is not None and map_location == "cpu" and read.is_read_from(path):
+            # a new top-level dict: Lightning's restore may replace entries (its migrations)
+            return dict(read.content)
         return load_checkpoint(path, map_location=map_location)
 
 

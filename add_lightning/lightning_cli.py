@@ -29,24 +29,27 @@ from lightning.pytorch.plugins import CheckpointIO
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from add_lightning.checkpoint import (
+    CheckpointRead,
     InputPipelineCheckpoint,
     SafeCheckpointIO,
-    load_checkpoint,
+    read_checkpoint,
     stored_pipeline,
 )
 from add_lightning.data.datamodule import AudioDataModule
-from add_lightning.models.classifier import (
-    AudioClassifier,
-    hyperparameters_from_config,
-)
+from add_lightning.data.waveform_datamodule import WaveformDataModule
+from add_lightning.models.classifier import AudioClassifier
+from add_lightning.models.data_contract import DataSplits
 from add_lightning.models.heatmaps import ClassPairHeatmaps
+from add_lightning.models.hyperparameters import hyperparameters_from_config
 from add_lightning.models.prediction import EmbeddingWriter
 from add_lightning.run_log import EpochSummary, is_terminal, log_to_console, quiet_lightning
 from add_lightning.workarounds import (
     ShortErrorParser,
     constructor_error,
+    merge_checkpoint_hyperparameters,
     nested_nulls_as_objects,
     predicted_last_checkpoint,
+    restore_ckpt_path,
     warn_about_replaced_model_arguments,
 )
 
@@ -91,7 +94,7 @@ _SPECIAL_CKPT_PATHS = ("last", "best", "hpc", "registry")
 
 def check_checkpoint_file(
     path: str | os.PathLike[str] | None, resume: bool = False
-) -> dict[str, Any] | None:
+) -> CheckpointRead | None:
     """Reads ``--ckpt_path`` safely, unless it is None or a name that Lightning resolves.
 
     ``torch.load`` of an empty file raises a bare ``EOFError``, of a damaged one or one holding
@@ -102,7 +105,7 @@ def check_checkpoint_file(
         resume: Whether ``fit`` resumes from it (it must hold the training state too).
 
     Returns:
-        The checkpoint (its tensors memory-mapped), None for no file.
+        The command's one read of the file (its tensors memory-mapped), None for no file.
 
     Raises:
         FileNotFoundError: If the file does not exist.
@@ -111,7 +114,7 @@ def check_checkpoint_file(
     """
     if path is None or str(path) in _SPECIAL_CKPT_PATHS or "://" in str(path):
         return None
-    return load_checkpoint(path, mmap=True, resume=resume, argument="--ckpt_path")
+    return read_checkpoint(path, resume=resume, argument="--ckpt_path")
 
 
 def _unbounded(trainer_config: dict[str, Any]) -> bool:
@@ -131,23 +134,23 @@ def _check_input_shape(datamodule: Any, model: Any) -> None:
     ``max_length`` costs nothing; at the first forward pass it costs the statistics and cache
     build first.
     """
-    backbone = getattr(model, "backbone", None)
-    data_rate, model_rate = (
-        getattr(datamodule, "sample_rate", None),
-        getattr(backbone, "sample_rate", None),
-    )
-    if isinstance(data_rate, int) and isinstance(model_rate, int) and data_rate != model_rate:
-        raise ValueError(
-            f"Expected the data's `sample_rate` {data_rate} to equal the backbone's {model_rate}: "
-            "the encoder was trained on audio at its rate. Set "
-            f"--data.init_args.sample_rate {model_rate}."
-        )
-    features = getattr(datamodule, "features", None)
-    shape = getattr(backbone, "input_shape", None)
-    if features is None or shape is None:
+    if not isinstance(model, AudioClassifier) or not isinstance(datamodule, AudioDataModule):
+        return  # another model or data module: its input is its own business
+    backbone = model.backbone
+    if isinstance(datamodule, WaveformDataModule):
+        data_rate, model_rate = datamodule.sample_rate, backbone.sample_rate
+        if model_rate is not None and data_rate != model_rate:
+            raise ValueError(
+                f"Expected the data's `sample_rate` {data_rate} to equal the backbone's "
+                f"{model_rate}: the encoder was trained on audio at its rate. Set "
+                f"--data.init_args.sample_rate {model_rate}."
+            )
+        return
+    features, shape = datamodule.features, backbone.input_shape
+    if shape is None:
         return
     frames, bins = shape
-    given = (getattr(features, "target_frames", None), getattr(features, "num_mel_bins", None))
+    given = (features.target_frames, features.num_mel_bins)
     if (frames is not None and given[0] != frames) or (bins is not None and given[1] != bins):
         raise ValueError(
             f"Expected the data's features to have the backbone's input shape: "
@@ -177,7 +180,7 @@ def _load_checkpoints_safely(section: Namespace) -> None:
 
 def _unseen_class_names(data: LightningDataModule) -> list[str] | None:
     """The data module's classes held out of training, None for data modules without any."""
-    return getattr(data, "unseen_class_names", None)
+    return data.unseen_class_names if isinstance(data, DataSplits) else None
 
 
 class AddLightningCLI(LightningCLI):
@@ -229,7 +232,6 @@ class AddLightningCLI(LightningCLI):
             self.config = parser.parse_object(args)
         else:
             self.config = parser.parse_args(args)
-        # LightningCLI reads the hyperparameters of `--ckpt_path` next: check the file first.
         subcommand = self.config.get("subcommand")
         section = self.config[subcommand] if subcommand else self.config
         if subcommand == "fit" and section.get("ckpt_path") == "last":
@@ -239,19 +241,27 @@ class AddLightningCLI(LightningCLI):
                 # rebuilt from the checkpoint (as for a file path) without its pretrained weights
                 section["ckpt_path"] = str(last)
                 rank_zero_info(f"Resuming from {last} (`--ckpt_path last`)")
-        self._checkpoint = None
-        if subcommand:
-            _load_checkpoints_safely(section)
-            self._checkpoint = check_checkpoint_file(section.get("ckpt_path"), subcommand == "fit")
-            if self._checkpoint is not None and subcommand != "fit":
-                warn_about_replaced_model_arguments(section, self._checkpoint)
         # The link from data.num_classes replaces any value given for the model; keep the
         # given one to refuse a contradiction instead of replacing it silently.
         self._given_num_classes = section.get("model.init_args.num_classes")
+        self._checkpoint = None
+        if subcommand:
+            _load_checkpoints_safely(section)
+            self._ckpt_path = section.get("ckpt_path")
+            # the command's one read of the file: the model's hyperparameters, the data's
+            # input pipeline and the Trainer's restore (SafeCheckpointIO) take it
+            self._checkpoint = check_checkpoint_file(self._ckpt_path, subcommand == "fit")
+        if self._checkpoint is not None:
+            if subcommand != "fit":
+                warn_about_replaced_model_arguments(section, self._checkpoint.content)
+            self.config = merge_checkpoint_hyperparameters(
+                parser, self.config, self._checkpoint.content
+            )
 
-    # `--ckpt_path` as parse_arguments read it (tensors memory-mapped), for
-    # _restore_data_pipeline; None for no file, or where parse_arguments is overridden.
-    _checkpoint: dict[str, Any] | None = None
+    # `--ckpt_path` as parse_arguments read it; None for no file (no `--ckpt_path`, or a name
+    # such as "hpc" that the Trainer resolves and reads), or where parse_arguments is overridden
+    _checkpoint: CheckpointRead | None = None
+    _ckpt_path: str | None = None
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments(
@@ -301,6 +311,8 @@ class AddLightningCLI(LightningCLI):
         stage = self.subcommand or "fit"
         name = "config.yaml" if stage == "fit" else f"config_{stage}.yaml"
         self.save_config_kwargs["config_filename"] = name
+        if self._checkpoint is not None:  # taken out by merge_checkpoint_hyperparameters
+            restore_ckpt_path(self.config, self._ckpt_path)
 
     def _restore_data_pipeline(self) -> None:
         """Gives the data module the state stored in ``--ckpt_path`` before the run starts.
@@ -314,8 +326,7 @@ class AddLightningCLI(LightningCLI):
         # ("last") that Lightning resolves and restores itself
         if self._checkpoint is None:
             return
-        path = self.config[self.subcommand].get("ckpt_path")
-        pipeline = stored_pipeline(self._checkpoint, f"checkpoint {path}")
+        pipeline = stored_pipeline(self._checkpoint.content, f"checkpoint {self._ckpt_path}")
         if pipeline is not None and isinstance(self.datamodule, AudioDataModule):
             self.datamodule.use_pipeline(pipeline)
 
@@ -327,9 +338,10 @@ class AddLightningCLI(LightningCLI):
         """
         if not any(isinstance(c, BasePredictionWriter) for c in self.trainer.callbacks):
             # The data's names of the predicted split: held-out classes are not the model's.
-            split_names = getattr(self.datamodule, "split_class_names", None)
-            split = getattr(self.datamodule, "predict_split", None)
-            names = split_names(split) if split_names is not None and split else None
+            data = self.datamodule
+            names = (
+                data.split_class_names(data.predict_split) if isinstance(data, DataSplits) else None
+            )
             self.trainer.callbacks.append(EmbeddingWriter(class_names=names))
         if kwargs.get("return_predictions") is None:
             kwargs["return_predictions"] = False
@@ -339,8 +351,8 @@ class AddLightningCLI(LightningCLI):
         """LightningCLI's Trainer with the run's logger and checkpoint callbacks (see the class).
 
         Its checkpoints are saved atomically and loaded safely by
-        :class:`~add_lightning.checkpoint.SafeCheckpointIO`, unless a CheckpointIO plugin is
-        given in ``trainer.plugins``.
+        :class:`~add_lightning.checkpoint.SafeCheckpointIO`, which restores ``--ckpt_path`` from
+        the command's read of it, unless a CheckpointIO plugin is given in ``trainer.plugins``.
         """
         section = self.config_init[self.subcommand] if self.subcommand else self.config_init
         trainer_config = {**section.get("trainer", {}), **kwargs}
@@ -363,7 +375,10 @@ class AddLightningCLI(LightningCLI):
             callback_keys = [
                 key for key in callback_keys if key not in ("checkpoint", "last_checkpoint")
             ]
-        if getattr(self.datamodule, "validation_is_test", False) and "checkpoint" in callback_keys:
+        validation_is_test = isinstance(self.datamodule, DataSplits) and (
+            self.datamodule.validation_is_test
+        )
+        if validation_is_test and "checkpoint" in callback_keys:
             # best.ckpt chosen by val/acc on the test clips would be model selection on test data
             callback_keys = [key for key in callback_keys if key != "checkpoint"]
             if self.subcommand == "fit":
@@ -388,7 +403,7 @@ class AddLightningCLI(LightningCLI):
         plugins = [*(given if isinstance(given, list) else [] if given is None else [given])]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             # atomic saves and safe loads of checkpoints (a CheckpointIO of the user's is kept)
-            overrides["plugins"] = [*plugins, SafeCheckpointIO()]
+            overrides["plugins"] = [*plugins, SafeCheckpointIO(self._checkpoint)]
         if self.subcommand == "fit" and _unbounded(trainer_config):
             rank_zero_warn(
                 "No `trainer.max_epochs` (nor max_steps or max_time) is set, so Lightning trains "

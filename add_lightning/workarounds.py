@@ -1,32 +1,40 @@
-"""What the CLI does around jsonargparse (4.53) and LightningCLI (2.6), one piece each.
+"""What the package does around jsonargparse (4.53) and Lightning (2.6), one piece each.
 
 Each piece names the upstream behaviour it works around or predicts, and when to delete it.
-Only :mod:`add_lightning.lightning_cli` uses them. The one-line message for an unknown config
-key, which reads jsonargparse's message text, is :mod:`add_lightning.config_errors`.
+:mod:`add_lightning.lightning_cli` uses them, and :mod:`add_lightning.inference`
+:func:`module_from_checkpoint`. The one-line message for an unknown config key, which reads
+jsonargparse's message text, is :mod:`add_lightning.config_errors`.
 """
 
 from __future__ import annotations
 
+import copy
+import inspect
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from jsonargparse import Namespace
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.cli import LightningArgumentParser
+from lightning.pytorch.cli import LightningArgumentParser, instantiate_module
 from lightning.pytorch.utilities import rank_zero_warn
 
+from add_lightning.checkpoint import CheckpointError
 from add_lightning.config_errors import unknown_key_message
 from add_lightning.exit_statuses import TRACEBACK_VARIABLE, USAGE_STATUS
-from add_lightning.models.classifier import BACKBONE_SOURCE_KEY
+from add_lightning.models.checkpoint_hooks import BACKBONE_SOURCE_KEY
 
 __all__ = [
     "ShortErrorParser",
     "constructor_error",
+    "merge_checkpoint_hyperparameters",
+    "module_from_checkpoint",
     "nested_nulls_as_objects",
     "predicted_last_checkpoint",
+    "restore_ckpt_path",
     "warn_about_replaced_model_arguments",
 ]
 
@@ -173,8 +181,9 @@ def _flat(value: Any, prefix: str = "") -> dict[str, Any]:
 def warn_about_replaced_model_arguments(section: Namespace, checkpoint: dict[str, Any]) -> None:
     """Warns when ``--ckpt_path``'s stored hyperparameters will replace given model arguments.
 
-    Upstream (predicted): LightningCLI (``_parse_ckpt_path``) rebuilds the model from the
-    checkpoint's hyperparameters (the weights fit only that architecture) and silently drops a
+    Upstream (predicted): LightningCLI (``_parse_ckpt_path``, done here by
+    :func:`merge_checkpoint_hyperparameters`) rebuilds the model from the checkpoint's
+    hyperparameters (the weights fit only that architecture) and silently drops a
     ``--model.*`` value that differs; this says which.
 
     Delete when LightningCLI warns about (or refuses) model arguments that the checkpoint's
@@ -207,3 +216,121 @@ def warn_about_replaced_model_arguments(section: Namespace, checkpoint: dict[str
             + ", ".join(f"{key} {new!r} (given {old!r})" for key, (old, new) in replaced.items())
             + ". To change the architecture, train a new model."
         )
+
+
+def merge_checkpoint_hyperparameters(
+    parser: LightningArgumentParser, config: Namespace, checkpoint: Mapping[str, Any]
+) -> Namespace:
+    """``config`` with the model's hyperparameters stored in ``--ckpt_path``, from the command's
+    read of it, and without ``ckpt_path`` until :func:`restore_ckpt_path` puts it back.
+
+    Upstream: LightningCLI's ``__init__`` calls, after ``parse_arguments`` and before
+    ``before_instantiate_classes``, a private step (``_parse_ckpt_path``) that reads
+    ``--ckpt_path`` with ``torch.load`` (the whole file) when it names a file, to merge the stored
+    hyperparameters into the config as the model's arguments (the weights fit only that
+    architecture). ``parse_arguments`` has read the file already
+    (:func:`~add_lightning.checkpoint.read_checkpoint`): the same merge is done here from that
+    read, and the path is out of the config while that step looks for it.
+
+    Delete (and restore_ckpt_path) when LightningCLI no longer reads ``--ckpt_path`` there or
+    takes the hyperparameters from a public hook (``tests/test_workarounds.py``: "LightningCLI
+    reads --ckpt_path between parse_arguments and before_instantiate_classes").
+    """
+    subcommand = config.get("subcommand")
+    # LightningCLI's merge; a copy: the parser may change what it is given, and the restore
+    # reads the checkpoint's hyperparameters (on_load_checkpoint)
+    hparams = copy.deepcopy(dict(checkpoint.get("hyper_parameters") or {}))
+    hparams.pop("_instantiator", None)
+    if hparams:
+        if "_class_path" in hparams:
+            hparams = {"class_path": hparams.pop("_class_path"), "dict_kwargs": hparams}
+        try:
+            config = parser.parse_object({subcommand: {"model": hparams}}, config)
+        except SystemExit:
+            sys.stderr.write("Parsing of ckpt_path hyperparameters failed!\n")
+            raise
+    config[subcommand]["ckpt_path"] = None
+    return config
+
+
+def restore_ckpt_path(config: Namespace, ckpt_path: Any) -> None:
+    """Puts back the ``--ckpt_path`` that :func:`merge_checkpoint_hyperparameters` took out.
+
+    Called in ``before_instantiate_classes``, before the config is saved or passed on.
+    """
+    config[config.get("subcommand")]["ckpt_path"] = ckpt_path
+
+
+# `load_from_checkpoint` runs a checkpoint's `_instantiator` only if it is LightningCLI's
+_CLI_INSTANTIATORS = (
+    "lightning.pytorch.cli.instantiate_module",
+    "pytorch_lightning.cli.instantiate_module",
+)
+
+ModuleT = TypeVar("ModuleT", bound=LightningModule)
+
+
+def _is_imported_subclass(class_path: Any, cls: type) -> bool:
+    """Whether ``class_path`` names ``cls`` or a subclass of it, already imported (no import)."""
+    if not isinstance(class_path, str):
+        return False
+    module, _, name = class_path.rpartition(".")
+    target = getattr(sys.modules.get(module), name, None)
+    return isinstance(target, type) and issubclass(target, cls)
+
+
+def module_from_checkpoint(
+    cls: type[ModuleT], checkpoint: Mapping[str, Any], source: str
+) -> ModuleT:
+    """``cls.load_from_checkpoint(path)`` of a checkpoint already read, on the CPU.
+
+    Upstream: ``LightningModule.load_from_checkpoint`` takes a file (or file object) and reads
+    it with ``torch.load``; a caller that has read the checkpoint (to check it and take its
+    input pipeline) would read it twice. This does what it does (Lightning 2.6) from the read:
+    the module is built from the stored hyperparameters, the arguments that ``cls.__init__``
+    takes: through LightningCLI's ``instantiate_module`` where they were saved under
+    LightningCLI (``_instantiator``), else as keyword arguments; then ``configure_model``,
+    ``on_load_checkpoint(checkpoint)``, and the weights loaded as strictly as the module's
+    ``strict_loading`` says. A checkpoint that names another instantiator, or a stored class
+    (``_class_path``) that is not ``cls`` or an imported subclass of it, is refused, as
+    Lightning refuses it. Not done: Lightning's migrations of checkpoints of its versions
+    before 2.0, which change only the training state (loops, callbacks).
+
+    Delete when ``load_from_checkpoint`` or another public function of Lightning builds a
+    module from a checkpoint already read (``tests/test_workarounds.py`` compares the two).
+
+    Args:
+        cls: The LightningModule class.
+        checkpoint: The checkpoint (:func:`~add_lightning.checkpoint.load_checkpoint`).
+        source: What holds it, for error messages (e.g. ``"Checkpoint <path>"``).
+
+    Raises:
+        CheckpointError: If it names another instantiator or class.
+    """
+    hparams = dict(checkpoint.get("hyper_parameters") or {})
+    instantiator = hparams.pop("_instantiator", None)
+    class_path = hparams.pop("_class_path", None)
+    if instantiator is not None and instantiator not in _CLI_INSTANTIATORS:
+        raise CheckpointError(
+            f"{source} names the instantiator {instantiator!r}, not LightningCLI's: it is not "
+            "run, as a checkpoint is data."
+        )
+    if class_path is not None and not _is_imported_subclass(class_path, cls):
+        raise CheckpointError(
+            f"{source} holds a {class_path!r} model, expected a {cls.__name__} (or an imported "
+            "subclass of it)."
+        )
+    parameters = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        hparams = {key: value for key, value in hparams.items() if key in parameters}
+    module = instantiate_module(cls, hparams) if instantiator is not None else cls(**hparams)
+    module.configure_model()  # a no-op unless cls builds its layers there
+    checkpoint = dict(checkpoint)  # the hook may replace entries (the weights it loads next)
+    module.on_load_checkpoint(checkpoint)
+    keys = module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
+    if keys.missing_keys or keys.unexpected_keys:  # only where strict_loading is False
+        rank_zero_warn(
+            f"{source} lacks the model's weights {keys.missing_keys} and holds weights that the "
+            f"model does not have {keys.unexpected_keys}."
+        )
+    return module

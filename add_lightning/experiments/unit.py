@@ -28,7 +28,12 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from add_lightning.atomic import write_json_atomic
-from add_lightning.checkpoint import CheckpointError, DamagedCheckpointError, load_checkpoint
+from add_lightning.checkpoint import (
+    CheckpointError,
+    DamagedCheckpointError,
+    hand_over,
+    read_checkpoint,
+)
 from add_lightning.experiments.aggregate import unit_is_finished
 from add_lightning.experiments.config import experiment_cli_class
 from add_lightning.experiments.files import (
@@ -92,7 +97,8 @@ class RNGStateCheckpoint(Callback):
 def _resumable_checkpoint(path: Path) -> Path | None:
     """``path`` when the unit resumes from it, None when the unit trains from the start.
 
-    The file is read as data first (:func:`~add_lightning.checkpoint.load_checkpoint`). One
+    The file is read as data first (:func:`~add_lightning.checkpoint.read_checkpoint`), and the
+    read is handed to the unit's `fit` (:func:`~add_lightning.checkpoint.hand_over`). One
     that is not a readable checkpoint (cut short by an interrupted save of an older version, a
     disk error) is renamed to ``last.ckpt.damaged``, kept for a look, and the unit trains from
     the start; nothing is deleted.
@@ -104,7 +110,8 @@ def _resumable_checkpoint(path: Path) -> Path | None:
     if not path.exists():
         return None
     try:
-        load_checkpoint(path, mmap=True, resume=True)
+        # the unit's fit takes this read instead of reading the file again
+        hand_over(read_checkpoint(path, resume=True))
     except FileNotFoundError:  # moved aside meanwhile by the unit's first process
         return None
     except DamagedCheckpointError as error:
@@ -177,6 +184,7 @@ def run_unit(
         The test metrics (``test/acc``, ``test/f1``, ``test/geometry/...``).
     """
     from add_lightning.models import EmbeddingWriter
+    from add_lightning.models.data_contract import DataSplits
 
     run_dir = Path(run_dir)
     checkpoint = _resumable_checkpoint(run_dir / "checkpoints" / "last.ckpt")
@@ -195,8 +203,7 @@ def run_unit(
 
     (metrics,) = trainer.test(model, datamodule=datamodule, verbose=False)
     # The test split's class names: the held-out classes when the data module holds some out.
-    split_names = getattr(datamodule, "split_class_names", None)
-    names = split_names("test") if split_names is not None else None
+    names = datamodule.split_class_names("test") if isinstance(datamodule, DataSplits) else None
     trainer.callbacks.append(EmbeddingWriter(str(run_dir / EMBEDDINGS_FILENAME), names))
     trainer.predict(model, dataloaders=datamodule.test_dataloader(), return_predictions=False)
 
