@@ -49,6 +49,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "top-k labels of audio files, folders or CSV lists from a checkpoint",
     ),
     "cv": (_EXPERIMENTS, "fit + test every (fold, seed); resumable, parallel, SLURM, sweeps"),
+    "search": (_EXPERIMENTS, "an Optuna search over config values (e.g. the ADD weights)"),
     "compare": (_EXPERIMENTS, "a Table-2-like comparison of several experiments"),
     "figures": (_EXPERIMENTS, "the embedding-geometry figures of experiments"),
     "export": ("add_lightning.export:main", "a checkpoint as a transformers folder or ONNX file"),

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 import types
 import warnings
@@ -13,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from console_runs import run_console
+from console_runs import console_status, run_console
 from test_models import ToyData
 from tiny_runs import tiny_ast
 
@@ -199,7 +197,7 @@ def test_print_config(tiny_config, capsys):
     assert printed["checkpoint"]["filename"] == "best"
 
 
-@pytest.mark.parametrize("command", ["cv", "compare", "figures"])
+@pytest.mark.parametrize("command", ["cv", "search", "compare", "figures"])
 def test_experiment_commands_are_dispatched(monkeypatch, command):
     calls = []
     fake = types.ModuleType("add_lightning.experiments.cli")
@@ -339,30 +337,26 @@ def test_resume_with_workers_equals_an_uninterrupted_run(tmp_path, sampling):
             assert torch.equal(checkpoint["state_dict"][name], weight), f"{run}: {name}"
 
 
-@pytest.mark.parametrize("traceback", [False, True], ids=["message", "traceback"])
-def test_console_script_reports_user_errors_in_one_line(tmp_path, traceback):
-    script = Path(sys.executable).with_name("add-lightning")
-    if not script.is_file():
-        pytest.skip("the console script is not installed next to this Python")
+def test_console_script_reports_user_errors_in_one_line(tmp_path, monkeypatch, capsys):
     missing = tmp_path / "no_esc50"
-    command = [
-        str(script),
+    argv = [
         *("fit", "--config", str(REPO / "configs/data/esc50.yaml")),
         *("--config", str(REPO / "configs/model/ast_tiny.yaml")),
         *("--data.init_args.dataset.init_args.root", str(missing)),
         *("--data.init_args.dataset.init_args.download", "false"),
     ]
-    env = {**os.environ, "ADD_LIGHTNING_TRACEBACK": "1" if traceback else ""}
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
-    assert result.returncode == 1
-    assert str(missing) in result.stderr
-    if traceback:
-        assert "Traceback (most recent call last)" in result.stderr
-    else:
-        assert "Traceback" not in result.stderr
-        errors = [line for line in result.stderr.splitlines() if "add-lightning: error:" in line]
-        assert len(errors) == 1 and "ESC50 metadata not found" in errors[0]
-        assert "ADD_LIGHTNING_TRACEBACK=1" in result.stderr
+    monkeypatch.delenv("ADD_LIGHTNING_TRACEBACK", raising=False)
+    assert console_status(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if "add-lightning: error:" in line]
+    assert len(errors) == 1 and "ESC50 metadata not found" in errors[0] and str(missing) in err
+    assert "ADD_LIGHTNING_TRACEBACK=1" in err
+    # ADD_LIGHTNING_TRACEBACK=1: the error is raised on (Python prints its traceback)
+    monkeypatch.setenv("ADD_LIGHTNING_TRACEBACK", "1")
+    with pytest.raises(FileNotFoundError, match="ESC50 metadata not found") as raised:
+        console_status(argv)
+    assert str(missing) in str(raised.value)
 
 
 @pytest.mark.parametrize(

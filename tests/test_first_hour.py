@@ -102,8 +102,7 @@ def test_a_run_logged_to_a_file_is_readable(tmp_path):
 
     before = _scalars(run)
     config, last = str(run / "config.yaml"), str(run / "checkpoints/last.ckpt")
-    test = _run("test", "--config", config, "--ckpt_path", last)
-    assert test.returncode == 0, test.stderr[-3000:]
+    assert main(["test", "--config", config, "--ckpt_path", last]) == 0  # its output is not read
     trained_steps = torch.load(last, weights_only=False, map_location="cpu")["global_step"]
     after = _scalars(run)
     # test metrics sit at the step the checkpoint was trained to, not at 0; no `epoch` point
@@ -154,8 +153,7 @@ def test_own_data_commands_of_the_readme_run_on_a_cpu(tmp_path):
     words[words.index("--trainer.default_root_dir") + 1] = str(run)
     quick = ["--trainer.max_epochs", "1", "--data.init_args.num_workers", "0"]
     cache = ["--data.init_args.cache_dir", str(tmp_path / "cache")]
-    result = _run(*words[1:], *quick, *cache)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert main([*words[1:], *quick, *cache]) == 0
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["data"]["init_args"]["dataset"]["init_args"]["num_folds"] == 5
 
@@ -165,8 +163,7 @@ def test_own_data_commands_of_the_readme_run_on_a_cpu(tmp_path):
     (audio / "manifest.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
     words = shlex.split(command.replace("path/to/my_audio", str(audio / "manifest.csv")))
     words[words.index("--trainer.default_root_dir") + 1] = str(tmp_path / "manifest_run")
-    result = _run(*words[1:], "--data.init_args.fold", "null", *quick, *cache)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert main([*words[1:], "--data.init_args.fold", "null", *quick, *cache]) == 0
     assert (tmp_path / "manifest_run" / "checkpoints" / "best.ckpt").is_file()  # own val split
 
 
@@ -231,3 +228,36 @@ def test_null_from_the_command_line_reaches_nested_classes(tmp_path):
     assert cli.datamodule.dataset.num_folds is None  # was refused: "Given value: None" (a str)
     assert cli.model.hparams["backbone"]["init_args"]["pretrained"] is None  # was "None"
     assert cli.datamodule.dataset.root.name == "my_audio"  # the other dataset values are kept
+
+
+def test_the_readme_commands_that_choose_a_loss_run_on_smaller_data(tmp_path, monkeypatch, capsys):
+    # README, "Which loss, which weights?": the commands as written (run from a folder without
+    # configs/, so the packaged quickstart is used), on 3 classes x 10 clips, 1 epoch, 1 seed
+    blocks = re.findall(r"```bash\n(.+?)\n```", (REPO / "README.md").read_text(), flags=re.S)
+    (paired,) = [block for block in blocks if "--baseline CE" in block]
+    (search,) = [block for block in blocks if "add-lightning search" in block]
+    smaller = _synthetic_args(tmp_path, tmp_path / "unused")[2:-2]  # data and epochs only
+    smaller[smaller.index("--trainer.max_epochs") + 1] = "1"
+    monkeypatch.chdir(tmp_path)
+    loop, compare = paired.splitlines()
+    losses, command = re.fullmatch(r"for loss in (.+?); do (.+); done", loop).groups()
+    for loss in losses.split():
+        words = shlex.split(command.replace("$loss", loss))
+        assert words[0] == ".venv/bin/add-lightning"
+        assert main([*words[1:], *smaller, "--seeds", "0"]) == 0
+    capsys.readouterr()
+    assert main(shlex.split(compare)[1:]) == 0
+    table = capsys.readouterr().out
+    # the paired table's row: CE + ADD minus CE over the 2 shared units, with its interval (or
+    # the note that says why there is none); the numbers are checked in test_compare_statistics
+    paired_table = table[table.index("Difference to CE") :]
+    row = re.search(r"^\| CE \+ ADD \(1,1,1,1\) \| [+-]\d+\.\d+ [\[(]", paired_table, re.M)
+    assert row is not None, table
+    assert (tmp_path / "runs/paired/differences.csv").is_file()
+
+    words = shlex.split(search)
+    assert words[:2] == [".venv/bin/add-lightning", "search"]
+    assert main([*words[1:], *smaller, "--trials", "2", "--workers", "1"]) == 0
+    best = yaml.safe_load((tmp_path / "runs/quickstart_search/best.yaml").read_text())
+    assert best["data"]["init_args"]["val_fraction"] > 0  # chosen on an inner split
+    assert (tmp_path / "runs/quickstart_search/best/results.csv").is_file()  # tested once

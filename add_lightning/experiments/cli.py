@@ -1,4 +1,4 @@
-"""``add-lightning cv | compare | figures``: the experiment commands of the console script.
+"""``add-lightning cv | search | compare | figures``: the experiment commands of the console script.
 
 ``add_lightning.cli.main`` hands these subcommands (first argument) to :func:`main`.
 """
@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from add_lightning.atomic import write_text_atomic
 from add_lightning.cli import ERROR_STATUS, USAGE_STATUS
@@ -70,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_launcher_arguments(cv)
     _add_sweep_arguments(cv)
+    _add_search_parser(commands)
 
     compare = commands.add_parser(
         "compare",
@@ -79,7 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
             "of each column in bold."
         ),
     )
-    compare.add_argument("directories", nargs="+", type=Path, help="experiment directories of `cv`")
+    compare.add_argument(
+        "directories",
+        nargs="+",
+        type=Path,
+        help="experiment directories of `cv` (a sweep: all its experiments; a search: its "
+        "complete trials, with validation metrics: --metric val/acc)",
+    )
     compare.add_argument(
         "--metric",
         nargs="+",
@@ -137,8 +145,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_launcher_arguments(cv: argparse.ArgumentParser) -> None:
-    """Where the units of ``cv`` run: this machine (in parallel) or SLURM through submitit."""
+def _add_launcher_arguments(
+    cv: argparse.ArgumentParser,
+    parallel: str = "--max-parallel",
+    parallel_help: str = "units at once (default 1: one after another); slurm: the array's "
+    "parallelism",
+) -> None:
+    """Where the units of ``cv`` (or the workers of ``search``: ``parallel="--workers"``) run:
+    this machine (in parallel) or SLURM through submitit."""
     group = cv.add_argument_group(
         "launcher",
         "Where the units run. Every launcher skips finished units, trains each unit under its "
@@ -152,10 +166,7 @@ def _add_launcher_arguments(cv: argparse.ArgumentParser) -> None:
         "submitit-local: the same submitit jobs on this machine",
     )
     group.add_argument(
-        "--max-parallel",
-        type=int,
-        default=1,
-        help="units at once (default 1: one after another); slurm: the array's parallelism",
+        parallel, dest="max_parallel", type=int, default=1, metavar="N", help=parallel_help
     )
     group.add_argument(
         "--gpus-per-unit",
@@ -234,6 +245,96 @@ def _add_sweep_arguments(cv: argparse.ArgumentParser) -> None:
         type=Path,
         default=None,
         help="YAML mapping of variant name -> {config, overrides, folds, seeds}",
+    )
+
+
+def _add_search_parser(commands: Any) -> None:
+    """``add-lightning search``: an Optuna study whose trials are cross-validated experiments."""
+    search = commands.add_parser(
+        "search",
+        allow_abbrev=False,  # as cv: unknown arguments are overrides of fit
+        help="an Optuna search over config values (the ADD weights, lr); trials are cv runs",
+        description=(
+            "Runs an Optuna study (TPE sampler, median pruner) whose trials set the values of "
+            "the search space (--space) and train the cv units (folds x seeds) of the result, "
+            "scored by a validation metric: where validation is the test fold, on an inner "
+            "split (--val-fraction) instead. Workers share the study (SQLite in OUTPUT by "
+            "default); rerunning resumes. At the end the best trial is written to "
+            "OUTPUT/best.yaml, a config for cv and fit, and run by cv in OUTPUT/best: the test "
+            "folds are evaluated once. Unknown arguments are passed to fit (e.g. "
+            "--trainer.max_epochs 10). Needs the `search` extra."
+        ),
+    )
+    search.add_argument(
+        "--config", action="append", required=True, type=Path, help="config file (repeatable)"
+    )
+    search.add_argument(
+        "--space",
+        required=True,
+        help="search-space YAML: parameters (config keys with ranges or choices) and trials "
+        "to enqueue; a file, or a packaged one by name (search/add_weights)",
+    )
+    search.add_argument("--trials", type=int, required=True, help="trials to finish")
+    search.add_argument("--folds", nargs="+", type=int, default=None, help="folds of every trial")
+    search.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="seeds of every trial (default: 0; each trial trains folds x seeds units)",
+    )
+    search.add_argument("--output", required=True, type=Path, help="search folder")
+    search.add_argument(
+        "--metric",
+        default="val/acc",
+        help="validation metric a trial is scored by, the mean over its units (default "
+        "val/acc; losses and val/geometry/* are minimized, the others maximized)",
+    )
+    search.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="where validation is the test fold: the fraction of each fold's training clips "
+        "the trials validate on instead (default 0.2)",
+    )
+    search.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
+    search.add_argument(
+        "--storage",
+        default=None,
+        metavar="URL",
+        help="Optuna storage (a database URL, e.g. postgresql://host/db); default: "
+        "sqlite:///OUTPUT/study.db",
+    )
+    search.add_argument("--study-name", default="search", help="the study's name in the storage")
+    search.add_argument(
+        "--pruner",
+        choices=("median", "none"),
+        default="median",
+        help="median: stop a trial whose metric at an epoch is worse than the median of the "
+        "finished trials' at that epoch (default); none: never",
+    )
+    search.add_argument(
+        "--pruner-startup-trials",
+        type=int,
+        default=5,
+        help="finished trials before the pruner prunes (default 5)",
+    )
+    search.add_argument(
+        "--pruner-warmup-epochs",
+        type=int,
+        default=0,
+        help="epochs of a trial's first unit that are never pruned (default 0)",
+    )
+    search.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep every trial's checkpoints (default: deleted when the trial ends)",
+    )
+    _add_launcher_arguments(
+        search,
+        "--workers",
+        "trials at once: worker processes sharing the study (default 1); slurm: the job "
+        "array's jobs",
     )
 
 
@@ -316,6 +417,62 @@ def _cv(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace, overrides: list[str]) -> int:
+    from add_lightning.experiments.search_study import import_optuna
+
+    import_optuna()  # before anything else: the one-line message when the extra is missing
+    from add_lightning.experiments.aggregate import results_markdown
+    from add_lightning.experiments.search import SearchOptions, run_search
+
+    options = SearchOptions(
+        trials=args.trials,
+        metric=args.metric,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        storage=args.storage,
+        study_name=args.study_name,
+        pruner=args.pruner,
+        pruner_startup_trials=args.pruner_startup_trials,
+        pruner_warmup_epochs=args.pruner_warmup_epochs,
+        keep_checkpoints=args.keep_checkpoints,
+    )
+    result = run_search(
+        args.config,
+        _space_file(args.space),
+        args.output,
+        options,
+        args.folds,
+        args.seeds,
+        overrides,
+        _launch(args),
+    )
+    if result is not None:
+        best = args.output / "best"
+        sys.stdout.write(
+            f"{result.markdown}\nBest: trial {result.best['number']}, written to "
+            f"{result.best_config} (a config for cv and fit).\n\n"
+            + results_markdown(result.test, title=f"Test of the best trial: {best}")
+        )
+    return 0
+
+
+def _space_file(value: str) -> str:
+    """The search-space file of ``--space``: a file, or a packaged one by name."""
+    from add_lightning.experiments.config import ExperimentConfigError
+    from add_lightning.packaged_configs import packaged_config_names, resolve_config
+
+    if Path(value).is_file():
+        return value
+    try:
+        return resolve_config(value)
+    except FileNotFoundError:
+        packaged = [name for name in packaged_config_names() if name.startswith("search/")]
+        raise ExperimentConfigError(
+            f"Expected argument `--space` to be a search-space file or a packaged one "
+            f"({', '.join(packaged)}), but {value!r} is neither"
+        ) from None
+
+
 def _unseen_overrides(args: argparse.Namespace) -> list[str]:
     """The data-module overrides of ``--unseen-classes`` and ``--unseen-seed``."""
     overrides = []
@@ -378,7 +535,7 @@ def _error_status(error: Exception) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs ``cv``, ``compare`` or ``figures``; returns the exit status.
+    """Runs ``cv``, ``search``, ``compare`` or ``figures``; returns the exit status.
 
     Errors a user can cause (bad config, wrong directory, missing files, failed units) are
     reported in one line on stderr, without a traceback; see :func:`_error_status` for the
@@ -386,13 +543,15 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args, unknown = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if unknown and args.command != "cv":
+    if unknown and args.command not in ("cv", "search"):
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "cv":
             return _cv(args, unknown)
+        if args.command == "search":
+            return _search(args, unknown)
         if args.command == "compare":
             return _compare(args)
         return _figures(args)

@@ -6,6 +6,9 @@ config (``experiment.yaml``): the data module's class, the backbone's class and 
 cell of each column is in bold. With a baseline row, a second table gives each other row's
 difference to it, paired over the (fold, seed) units both experiments have, with its 95 %
 interval and Holm-adjusted p-values (:mod:`add_lightning.experiments.statistics`).
+
+A search folder (``add-lightning search``) stands for its complete trials, one row each, with
+their validation metrics (``--metric val/acc``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import yaml
 
 from add_lightning.experiments.aggregate import (
     Summary,
+    UnitResult,
     aggregate,
     format_mean_std,
     format_value,
@@ -31,6 +35,13 @@ from add_lightning.experiments.aggregate import (
 )
 from add_lightning.experiments.config import config_hash
 from add_lightning.experiments.files import EXPERIMENT_FILENAME, SWEEP_FILENAME
+from add_lightning.experiments.search_records import (
+    BEST_DIRNAME,
+    format_params,
+    is_search,
+    load_trial_records,
+    trial_folder,
+)
 from add_lightning.experiments.statistics import (
     MIN_WILCOXON_PAIRS,
     Difference,
@@ -48,6 +59,7 @@ __all__ = [
     "describe_experiment",
     "expand_sweeps",
     "load_experiment",
+    "load_search_trials",
     "lower_is_better",
 ]
 
@@ -183,6 +195,46 @@ def expand_sweeps(directories: Sequence[str | Path]) -> list[Path]:
     return expanded
 
 
+def load_search_trials(directory: str | Path) -> list[tuple[Path, ExperimentKey, Summary]]:
+    """The complete trials of an ``add-lightning search`` folder, as experiments.
+
+    Each trial is a row ``trial N (name=value, ...)`` of its dataset × backbone column, with
+    its units' validation metrics (a search reads no test data; the best trial's test results
+    are the ``cv`` experiment ``DIR/best``).
+
+    Raises:
+        ValueError: If no trial of the search is complete.
+    """
+    directory = Path(directory)
+    experiments = []
+    for record in load_trial_records(directory):
+        if record["state"] != "COMPLETE":
+            continue
+        folder = trial_folder(directory, record["number"])
+        config = yaml.safe_load((folder / EXPERIMENT_FILENAME).read_text(encoding="utf-8"))
+        results = [
+            UnitResult(unit["fold"], unit["seed"], unit["metrics"], record["config_hash"])
+            for unit in record["units"]
+        ]
+        label = f"trial {record['number']} ({format_params(record['params'])})"
+        key = replace(describe_experiment(config), loss=label)
+        experiments.append((folder, key, aggregate(results)))
+    if not experiments:
+        raise ValueError(f"Expected complete trials in the search {directory}, found none")
+    return experiments
+
+
+def _experiments(directories: Sequence[str | Path]) -> list[tuple[Path, ExperimentKey, Summary]]:
+    """Every experiment of ``directories``: sweeps expanded, a search's trials one each."""
+    experiments = []
+    for directory in expand_sweeps(directories):
+        if is_search(directory):
+            experiments += load_search_trials(directory)
+        else:
+            experiments.append((Path(directory), *load_experiment(directory)))
+    return experiments
+
+
 def lower_is_better(metric: str) -> bool:
     """Whether smaller values of ``metric`` are better: losses and the embedding-geometry
     statistics (the four properties and the distance statistics); accuracy, F1 and retrieval
@@ -205,13 +257,19 @@ def _load_cells(
     paths: dict[tuple[str, str], Path] = {}
     rows: list[str] = []
     columns: list[str] = []
-    for directory in expand_sweeps(directories):
-        key, summary = load_experiment(directory)
+    for directory, key, summary in _experiments(directories):
         missing = [name for name in metrics if name not in summary.mean]
         if missing:
+            trial = is_search(directory.parent.parent)
+            hint = (
+                f" (a search's trials have validation metrics only; its best trial's test "
+                f"results are in {directory.parent.parent / BEST_DIRNAME})"
+                if trial
+                else ""
+            )
             raise ValueError(
                 f"Expected metric `{missing[0]}` in the results of {directory}, got "
-                f"{', '.join(summary.metrics)}"
+                f"{', '.join(summary.metrics)}{hint}"
             )
         cell = (key.loss, key.column)
         if cell in cells:
@@ -358,6 +416,9 @@ def _comparisons(
     metrics: list[str],
     baseline: str,
 ) -> list[Comparison]:
+    # a search's trial by its number alone: "trial 3" for "trial 3 (lambda_mu_p=0.5, ...)"
+    trial = [row for row in rows if row.startswith(f"{baseline} (")]
+    baseline = trial[0] if baseline not in rows and len(trial) == 1 else baseline
     if baseline not in rows:
         raise ValueError(
             f"Expected argument `baseline` to be one of the rows {rows}, got {baseline!r}"

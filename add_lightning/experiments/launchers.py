@@ -249,6 +249,9 @@ class LocalBackend:
             needs more GPUs than the machine has.
     """
 
+    #: The module each task runs, with a unit's arguments (a search's workers run another).
+    module = "add_lightning.experiments.unit"
+
     def __init__(
         self,
         max_parallel: int = 1,
@@ -294,7 +297,7 @@ class LocalBackend:
         command = [
             sys.executable,
             "-m",
-            "add_lightning.experiments.unit",
+            self.module,
             "--experiment",
             str(task.experiment),
             "--run-dir",
@@ -433,6 +436,9 @@ class SubmititBackend:
         ExperimentConfigError: If submitit rejects a parameter.
     """
 
+    #: The callable of each task's job (a search's workers run another).
+    job_class: type[UnitJob] = UnitJob
+
     def __init__(
         self,
         folder: Path,
@@ -485,7 +491,7 @@ class SubmititBackend:
         jobs = []
         with self.executor.batch():  # one SLURM job array
             for task in tasks:
-                jobs.append(self.executor.submit(UnitJob(task, self.threads)))
+                jobs.append(self.executor.submit(self.job_class(task, self.threads)))
         if self.queue is not None:
             self.queue.expire()  # an older answer would not list the new jobs
         return jobs
