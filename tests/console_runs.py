@@ -19,6 +19,8 @@ stack in the report, and one killed by SIGKILL (the kernel's out-of-memory kille
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import signal
@@ -27,7 +29,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["console_env", "console_status", "faulthandler_stacks", "run_console"]
+__all__ = ["console_env", "console_output", "console_status", "faulthandler_stacks", "run_console"]
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -121,3 +123,19 @@ def console_status(argv: Sequence[str]) -> int:
         return console_main(list(argv))
     except SystemExit as exit_:
         return 0 if exit_.code is None else exit_.code
+
+
+def console_output(argv: Sequence[str]) -> subprocess.CompletedProcess:
+    """``add-lightning ARGV`` run in this process: its exit status and what it wrote to
+    ``sys.stdout`` and ``sys.stderr``, as a completed process (the same fields as a
+    subprocess's, without the 8-s start-up of another interpreter importing Lightning).
+
+    Log records are not in ``stderr``: under pytest the root logger has pytest's handlers,
+    so the console's own handler is not added (``caplog`` has them).
+    """
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        status = console_status(argv)
+    return subprocess.CompletedProcess(
+        ["add-lightning", *argv], status, out.getvalue(), err.getvalue()
+    )

@@ -8,12 +8,11 @@ its differences (docs/method.md, the authors' recipes), written out by hand.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from console_runs import console_status
 
 from add_lightning.experiments.config import compose_config
 
@@ -290,19 +289,13 @@ def test_composed_configs_parse_to_the_values_of_the_full_files(case):
         assert _get(config, key) == value, key
 
 
-def test_the_console_script_prints_the_composed_config(tmp_path):
+def test_the_console_script_prints_the_composed_config(tmp_path, monkeypatch, capsys):
     """What ``add-lightning fit --print_config`` shows: an ablation file after a BEATs recipe."""
     names = ["data/iemocap", "experiments/beats_ks2", "loss/ablation/add_0100"]
     args = [item for path in _files(names) for item in ("--config", str(path))]
-    result = subprocess.run(
-        [sys.executable, "-m", "add_lightning.cli", "fit", "--print_config", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-        cwd=tmp_path,  # `config:` paths are relative to the file that names them
-    )
-    config = yaml.safe_load(result.stdout)
+    monkeypatch.chdir(tmp_path)  # `config:` paths are relative to the file that names them
+    assert console_status(["fit", "--print_config", *args]) == 0
+    config = yaml.safe_load(capsys.readouterr().out)
     expected = {**ER, **BEATS_KS2, **_add(0.0, 1.0, 0.0, 0.0)}
     for key, value in expected.items():
         assert _get(config, key) == value, key

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
-from console_runs import console_env, run_console
+from console_runs import console_output, run_console
 from console_runs import console_status as _status
 from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.utilities.model_summary.model_summary import get_human_readable_count
@@ -43,13 +42,7 @@ def _write(path: Path, config: dict) -> Path:
 def test_unknown_trainer_key_in_a_file_is_one_line_with_file_and_closest_key(tiny_config, tmp_path):
     typo = _write(tmp_path / "typo.yaml", {"trainer": {"max_epoch": 3}})
     configs = ["--config", str(tiny_config), "--config", str(typo)]
-    done = subprocess.run(
-        [sys.executable, "-m", "add_lightning.cli", "fit", *configs],
-        env=console_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    done = console_output(["fit", *configs])
     assert done.returncode == 2  # a config that does not parse is a usage error
     lines = done.stderr.splitlines()
     assert lines[0] == (

@@ -219,15 +219,6 @@ def test_fit_whose_feature_cache_does_not_fit_says_so(tmp_path: Path, small_disk
     assert list(disk.iterdir()) == []  # no partial array left to fill the disk
 
 
-_PREPARE = f"""
-import sys
-from add_lightning.data import AudioDataModule, FbankOptions, SyntheticDataset
-dataset = SyntheticDataset(sys.argv[1], num_classes=3, clips_per_class=4, num_folds=2,
-                           duration_s=0.5)
-features = FbankOptions(num_mel_bins={MEL_BINS}, target_frames={FRAMES})
-AudioDataModule(dataset, features=features, cache_dir=sys.argv[2]).prepare_data()
-"""
-
 _KILLED_WRITER = """
 import os, sys
 from add_lightning.atomic import atomic_path
@@ -250,8 +241,13 @@ def test_build_removes_the_partial_file_of_a_killed_build(tmp_path: Path, small_
     assert _python(_KILLED_WRITER, left, 40_000).returncode == 0
     (stale,) = disk.iterdir()
     assert stale.name.startswith(f".{left.name}.") and stale.name.endswith(".tmp")
-    result = _python(_PREPARE, tmp_path / "synthetic", disk)
-    assert result.returncode == 0, (result.returncode, result.stderr[-3000:])
+    from add_lightning.data import AudioDataModule, FbankOptions, SyntheticDataset
+
+    dataset = SyntheticDataset(
+        str(tmp_path / "synthetic"), num_classes=3, clips_per_class=4, num_folds=2, duration_s=0.5
+    )
+    features = FbankOptions(num_mel_bins=MEL_BINS, target_frames=FRAMES)
+    AudioDataModule(dataset, features=features, cache_dir=str(disk)).prepare_data()
     assert not stale.exists()
     assert sorted(p.suffix for p in disk.iterdir()) == [".json", ".npy"]
 

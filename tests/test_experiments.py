@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from console_runs import console_output
 from tiny_runs import synthetic_dataset, tiny_run_config
 
 from add_lightning.atomic import atomic_path, write_json_atomic, write_text_atomic
@@ -1207,25 +1208,14 @@ def test_slurm_options_reach_the_sbatch_script(tmp_path, monkeypatch):
         )
 
 
-def test_console_script_cv_on_slurm_without_slurm_fails_clearly(tiny_config, tmp_path):
+def test_console_script_cv_on_slurm_without_slurm_fails_clearly(tiny_config, tmp_path, monkeypatch):
     # A PATH with nothing on it stands for a machine without SLURM, also where SLURM is
     # installed (CI starts a one-node cluster for tests/test_slurm.py).
     empty = tmp_path / "empty_path"
     empty.mkdir()
-    script = Path(sys.executable).with_name("add-lightning")
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-        "PATH": str(empty),
-    }
+    monkeypatch.setenv("PATH", str(empty))
     output = tmp_path / "out"
-    process = subprocess.run(
-        [str(script), *_cv_args(tiny_config, output), "--launcher", "slurm"],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=False,
-    )
+    process = console_output([*_cv_args(tiny_config, output), "--launcher", "slurm"])
     assert process.returncode == 1
     assert (
         "add-lightning cv: error: Expected SLURM's commands (srun, sbatch) on PATH"

@@ -6,10 +6,7 @@ import csv
 import json
 import logging
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ import pytest
 import soundfile
 import torch
 import torchaudio.functional
+from console_runs import console_status
 from tiny_runs import synthetic_dataset, tiny_run_config
 
 from add_lightning.checkpoint import PIPELINE_KEY
@@ -30,7 +28,6 @@ from add_lightning.lightning_cli import AddLightningCLI
 # Synthetic data (3 classes x 4 clips of 0.5 s, 2 folds; fold 2 trains, fold 1 tests), a
 # one-layer random AST, one epoch.
 FEATURES = FbankOptions(num_mel_bins=32, target_frames=48)
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -294,23 +291,14 @@ def test_classify_files_folders_and_csv_with_a_broken_file(trained, audio_files,
         assert fields[0] == f"{row['label_1']} {float(row['probability_1']):.4f}"
 
 
-def test_classify_through_the_console_script(trained, audio_files, tmp_path):
-    script = Path(sys.executable).with_name("add-lightning")
-    if not script.is_file():
-        pytest.skip("the add-lightning console script is not installed beside this Python")
+def test_classify_through_the_console_script(trained, audio_files, tmp_path, capsys):
     output = tmp_path / "results.json"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     arguments = [str(audio_files["short"]), str(audio_files["stereo"]), "--output", str(output)]
-    done = subprocess.run(
-        [str(script), "classify", "--ckpt_path", str(trained["checkpoint"]), *arguments],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr
-    assert "classified 2 of 2 files" in done.stderr
-    assert len(done.stdout.strip().splitlines()) == 2
+    classify = ["classify", "--ckpt_path", str(trained["checkpoint"])]
+    assert console_status([*classify, *arguments]) == 0
+    done = capsys.readouterr()
+    assert "classified 2 of 2 files" in done.err
+    assert len(done.out.strip().splitlines()) == 2
     results = json.loads(output.read_text())
     model = load_trained_model(trained["checkpoint"])
     assert results["class_names"] == model.class_names
@@ -324,23 +312,10 @@ def test_classify_through_the_console_script(trained, audio_files, tmp_path):
 
     # bad arguments: one line naming the argument, exit status 1, nothing written
     wrong_output = ["--output", str(tmp_path / "results.txt")]
-    bad = subprocess.run(
-        [
-            str(script),
-            "classify",
-            "--ckpt_path",
-            str(trained["checkpoint"]),
-            "x.wav",
-            *wrong_output,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert bad.returncode == 1
-    assert "Expected `--output` to end with .csv or .json" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    assert console_status([*classify, "x.wav", *wrong_output]) == 1
+    bad = capsys.readouterr()
+    assert "Expected `--output` to end with .csv or .json" in bad.err
+    assert "Traceback" not in bad.err
     assert not (tmp_path / "results.txt").exists()
 
 

@@ -5,14 +5,11 @@ AccuracyCalculator on the exported embeddings."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from console_runs import console_output
 from test_metrics_retrieval import accuracy_calculator
 from test_models import ToyData, tiny_model, tiny_trainer
 from tiny_runs import synthetic_dataset, tiny_run_config
@@ -20,9 +17,6 @@ from tiny_runs import synthetic_dataset, tiny_run_config
 from add_lightning.data import AudioDataModule, SyntheticDataset
 from add_lightning.experiments.figures import load_run_embeddings
 from add_lightning.metrics import pairwise_retrieval
-
-CONSOLE_SCRIPT = Path(sys.executable).with_name("add-lightning")
-REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -131,21 +125,13 @@ def test_model_with_unseen_classes_tests_embeddings_only(tmp_path):
     assert model.test_geometry.num_classes == model.test_retrieval.num_classes == 3
 
 
-def _console(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": str(REPOSITORY)}
-    return subprocess.run(
-        [str(CONSOLE_SCRIPT), *args], cwd=cwd, env=environment, capture_output=True, text=True
-    )
-
-
-@pytest.mark.skipif(not CONSOLE_SCRIPT.is_file(), reason="console script not installed")
 def test_cv_with_unseen_classes_reports_retrieval_on_them(synthetic, tmp_path):
     config = tmp_path / "tiny.yaml"
     dataset = synthetic_dataset(synthetic.root, num_classes=6, clips_per_class=6)
     config.write_text(tiny_run_config(dataset, batch_size=8, add_loss=True))
     output = tmp_path / "unseen"
     common = ["--config", str(config), "--folds", "2", "--seeds", "0", "--output", str(output)]
-    done = _console("cv", *common, "--unseen-classes", "2", "--unseen-seed", "3", cwd=tmp_path)
+    done = console_output(["cv", *common, "--unseen-classes", "2", "--unseen-seed", "3"])
     assert done.returncode == 0, done.stderr[-3000:]
     unseen = _data(synthetic, unseen_classes=2, unseen_seed=3).unseen_class_names
     run_dir = output / "fold2_seed0"
@@ -164,14 +150,8 @@ def test_cv_with_unseen_classes_reports_retrieval_on_them(synthetic, tmp_path):
     assert checkpoint["state_dict"]["head.weight"].shape[0] == 4
     assert checkpoint["hyper_parameters"]["unseen_class_names"] == unseen
 
-    table = _console(
-        "compare",
-        str(output),
-        "--metric",
-        "test/retrieval/map_at_r",
-        "test/geometry/mu_p",
-        cwd=tmp_path,
-    )
+    metric = ["--metric", "test/retrieval/map_at_r", "test/geometry/mu_p"]
+    table = console_output(["compare", str(output), *metric])
     assert table.returncode == 0, table.stderr
     header, _, row = table.stdout.splitlines()[2:5]
     assert header == "| loss | test/retrieval/map_at_r | test/geometry/mu_p |"
@@ -179,7 +159,7 @@ def test_cv_with_unseen_classes_reports_retrieval_on_them(synthetic, tmp_path):
         f"| CE + ADD (1,1,1,1) | **{metrics['test/retrieval/map_at_r']:.4f}** | "
         f"**{metrics['test/geometry/mu_p']:.4f}** |"
     )
-    figures = _console("figures", str(run_dir), "--output", str(tmp_path / "f.png"), cwd=tmp_path)
+    figures = console_output(["figures", str(run_dir), "--output", str(tmp_path / "f.png")])
     assert figures.returncode == 0, figures.stderr
     assert f"{metrics['test/retrieval/map_at_r']:.4f}" in figures.stdout
     assert np.isclose(

@@ -14,7 +14,7 @@ import soundfile
 import torch
 import torchaudio
 import yaml
-from console_runs import run_console
+from console_runs import console_output, run_console
 from test_backbone_hf_audio import TINY
 from test_data_datasets import make_iemocap
 from transformers import Wav2Vec2FeatureExtractor
@@ -231,7 +231,10 @@ def test_two_process_ddp_matches_the_single_process_loss(iemocap_root, tmp_path)
         config.write_text(yaml.safe_dump(_config(iemocap_root, "mean", batch_size, **trainer)))
         run = tmp_path / name
         fit = ["fit", "--config", str(config), "--trainer.default_root_dir", str(run)]
-        run_console(fit)
+        if devices == 1:
+            assert main(fit) == 0
+        else:
+            run_console(fit)  # the ranks are processes that the console script starts
         # one step per epoch: the epoch value is the step's mean over both processes (step
         # values are each process's own, not synchronised)
         losses[name] = _scalars(run, "train/loss_epoch")
@@ -282,7 +285,8 @@ def test_predict_and_classify_a_trained_wavlm(iemocap_root, tmp_path, capsys):
     output = tmp_path / "results.json"
     # 3 files per forward pass: each pass pads clips of different lengths
     arguments = ["classify", "--ckpt_path", checkpoint, *map(str, files), "--batch_size", "3"]
-    done = run_console([*arguments, "--output", str(output), "--top_k", "2"])
+    done = console_output([*arguments, "--output", str(output), "--top_k", "2"])
+    assert done.returncode == 0, done.stderr
     assert f"classified {len(files)} of {len(files)} files" in done.stderr
     assert len(done.stdout.strip().splitlines()) == len(files)
     results = json.loads(output.read_text())
@@ -385,7 +389,7 @@ def pretrained_wavlm_run(iemocap_root, tmp_path_factory) -> dict:
         configs[epochs] = folder / f"wavlm_{epochs}.yaml"
         configs[epochs].write_text(yaml.safe_dump(config))
     run = folder / "run"
-    run_console(["fit", "--config", str(configs[1]), "--trainer.default_root_dir", str(run)])
+    assert main(["fit", "--config", str(configs[1]), "--trainer.default_root_dir", str(run)]) == 0
     checkpoint = run / "checkpoints" / "last.ckpt"
 
     args = ["--config", str(configs[1]), "--trainer.default_root_dir", str(folder / "x")]
@@ -443,7 +447,8 @@ def test_classify_a_speech_encoder_without_its_source(pretrained_wavlm_run, tmp_
     soundfile.write(files[1], _write(tmp_path / "c.wav", 2500, seed=12), RATE)
     output = tmp_path / "results.json"
     arguments = ["classify", "--ckpt_path", str(run["checkpoint"]), *map(str, files)]
-    done = run_console([*arguments, "--batch_size", "2", "--output", str(output)])
+    done = console_output([*arguments, "--batch_size", "2", "--output", str(output)])
+    assert done.returncode == 0, done.stderr
     assert "classified 2 of 2 files" in done.stderr
     for path, row in zip(files, json.loads(output.read_text())["clips"], strict=True):
         assert row["error"] is None
