@@ -478,6 +478,7 @@ def test_workers_run_as_a_slurm_job_array_sharing_the_study(files, tmp_path, mon
         ("parameters:\n  batch_size: {low: 2, high: 4.5}\n", "integers"),
         ("parameters:\n  init_args.seed: {low: 0, high: 2}\n", "names 2"),
         ("parameters:\n  lambda_mu_n: [1, 2]\nenqueue:\n  - {lr: 1}\n", "`lr`"),
+        ("parameters: {lambda_mu_n: [1, 2\n", "is not valid YAML"),
     ],
     ids=[
         "unknown",
@@ -488,6 +489,7 @@ def test_workers_run_as_a_slurm_job_array_sharing_the_study(files, tmp_path, mon
         "int",
         "ambiguous",
         "enqueue-unknown",
+        "not-yaml",
     ],
 )
 def test_bad_search_space_is_one_line_naming_the_key(files, tmp_path, space, expected):

@@ -26,6 +26,7 @@ __all__ = [
     "compose_config",
     "config_hash",
     "experiment_cli_class",
+    "read_yaml_file",
 ]
 
 # Config entries set per unit, hence not part of what identifies an experiment.
@@ -39,6 +40,22 @@ _UNIT_KEYS = (
 
 class ExperimentConfigError(ValueError):
     """The experiment directory, its config or the requested folds do not fit together."""
+
+
+def read_yaml_file(path: str | os.PathLike[str], what: str) -> Any:
+    """The content of the YAML file ``path``, the ``what`` of a command (``"variants file"``).
+
+    Raises:
+        ExperimentConfigError: In one line naming the file: it does not exist, or is not YAML.
+    """
+    try:
+        with open(path, encoding="utf-8") as stream:
+            return yaml.safe_load(stream)
+    except FileNotFoundError:
+        raise ExperimentConfigError(f"Expected a {what}, but {path} does not exist") from None
+    except yaml.YAMLError as error:
+        problem = str(error).replace("\n", " ")
+        raise ExperimentConfigError(f"The {what} {path} is not valid YAML: {problem}") from None
 
 
 def experiment_cli_class() -> type:

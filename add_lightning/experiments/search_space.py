@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from add_lightning.experiments.config import ExperimentConfigError
+from add_lightning.experiments.config import ExperimentConfigError, read_yaml_file
 
 __all__ = ["Parameter", "SearchSpace", "read_search_space", "yaml_scalar"]
 
@@ -288,17 +288,7 @@ def read_search_space(path: str | os.PathLike[str], config: dict[str, Any]) -> S
             keys for one entry, or an ``enqueue`` entry naming no parameter.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExperimentConfigError(
-            f"Expected a search-space file, but {path} does not exist"
-        ) from None
-    except yaml.YAMLError as error:
-        problem = str(error).replace("\n", " ")
-        raise ExperimentConfigError(
-            f"The search space {path} is not valid YAML: {problem}"
-        ) from None
+    data = read_yaml_file(path, "search-space file")
     if not isinstance(data, dict) or not isinstance(data.get("parameters"), dict):
         raise ExperimentConfigError(
             f"Expected {path} to map `parameters` to the searched config values, got "

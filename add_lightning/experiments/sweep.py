@@ -39,9 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from add_lightning.experiments.config import ExperimentConfigError
+from add_lightning.experiments.config import ExperimentConfigError, read_yaml_file
 from add_lightning.experiments.files import SWEEP_FILENAME
 
 __all__ = ["SWEEP_FILENAME", "Variant", "expand_sweep", "parse_grid", "read_variants"]
@@ -143,16 +141,7 @@ def read_variants(path: str | os.PathLike[str]) -> list[Variant]:
             unknown keys, or names a config file that does not exist.
     """
     path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ExperimentConfigError(
-            f"Expected a variants file, but {path} does not exist"
-        ) from None
-    except yaml.YAMLError as error:
-        raise ExperimentConfigError(
-            f"The variants file {path} is not valid YAML: {error}"
-        ) from None
+    data = read_yaml_file(path, "variants file")
     if not isinstance(data, dict) or not data:
         raise ExperimentConfigError(
             f"Expected {path} to map variant names to their settings, got {type(data).__name__}"
