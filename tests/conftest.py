@@ -42,3 +42,35 @@ def _seeded_global_random_state() -> None:
     random.seed(0)
     np.random.seed(0)  # noqa: NPY002
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_fit_run(tmp_path_factory) -> dict:
+    """One epoch of ``add-lightning fit`` of :func:`tiny_runs.tiny_run_config` on synthetic data
+    (3 classes x 4 clips of 0.5 s, 2 folds; fold 2 trains), shared by the test modules that
+    test, classify, export or resume a trained checkpoint: read-only (copy before changing).
+
+    Returns ``config``, ``root`` (the data), ``run``, ``checkpoint`` (``run``'s ``last.ckpt``)
+    and ``clip``, a 0.5-s noise file at 16 kHz that no split holds.
+    """
+    import numpy as np
+    import soundfile
+    from tiny_runs import synthetic_dataset, tiny_run_config
+
+    from add_lightning.cli import main
+
+    folder = tmp_path_factory.mktemp("tiny_fit_run")
+    config = folder / "config.yaml"
+    config.write_text(tiny_run_config(synthetic_dataset(folder / "synthetic"), folder / "cache"))
+    run = folder / "run"
+    assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(run)]) == 0
+    clip = folder / "clip.wav"
+    rng = np.random.default_rng(0)
+    soundfile.write(clip, (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
+    return {
+        "config": config,
+        "root": folder / "synthetic",
+        "run": run,
+        "checkpoint": run / "checkpoints" / "last.ckpt",
+        "clip": clip,
+    }

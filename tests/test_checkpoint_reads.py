@@ -13,30 +13,18 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile
 import torch
 import yaml
-from tiny_runs import synthetic_dataset, tiny_run_config
 
 from add_lightning.checkpoint import SafeCheckpointIO, read_checkpoint
 from add_lightning.cli import console_main
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
-    """One epoch of `add-lightning fit` (read-only): its config, run folder and a clip."""
-    folder = tmp_path_factory.mktemp("trained")
-    config = folder / "config.yaml"
-    config.write_text(tiny_run_config(synthetic_dataset(folder / "synthetic"), folder / "cache"))
-    run = folder / "run"
-    argv = ["fit", "--config", str(config), "--trainer.default_root_dir", str(run)]
-    assert console_main(argv) == 0
-    clip = folder / "clip.wav"
-    rng = np.random.default_rng(0)
-    soundfile.write(clip, (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
-    return {"config": config, "run": run, "clip": clip}
+def trained(tiny_fit_run) -> dict[str, Path]:
+    """The shared one-epoch fit (tests/conftest.py ``tiny_fit_run``): read-only."""
+    return tiny_fit_run
 
 
 @pytest.fixture

@@ -16,11 +16,8 @@ import sys
 import zipfile
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile
 import torch
-from tiny_runs import synthetic_dataset, tiny_run_config
 
 from add_lightning.cli import console_main, main
 
@@ -40,20 +37,9 @@ def _fit(config: Path, run: Path, *extra: str) -> int:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
-    """One epoch of `add-lightning fit`: its config, last checkpoint and a clip to classify."""
-    folder = tmp_path_factory.mktemp("trained")
-    config = folder / "config.yaml"
-    config.write_text(tiny_run_config(synthetic_dataset(folder / "synthetic"), folder / "cache"))
-    assert _fit(config, folder / "run") == 0
-    clip = folder / "clip.wav"
-    rng = np.random.default_rng(0)
-    soundfile.write(clip, (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
-    return {
-        "config": config,
-        "checkpoint": folder / "run" / "checkpoints" / "last.ckpt",
-        "clip": clip,
-    }
+def trained(tiny_fit_run) -> dict[str, Path]:
+    """The shared one-epoch fit (tests/conftest.py ``tiny_fit_run``): read-only."""
+    return tiny_fit_run
 
 
 def test_the_planted_object_runs_when_unpickled_without_weights_only(tmp_path):

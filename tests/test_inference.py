@@ -31,18 +31,9 @@ FEATURES = FbankOptions(num_mel_bins=32, target_frames=48)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> dict[str, Path]:
-    """One `add-lightning fit` run: its config, data root and last checkpoint."""
-    folder = tmp_path_factory.mktemp("trained")
-    config = folder / "config.yaml"
-    config.write_text(tiny_run_config(synthetic_dataset(folder / "synthetic"), folder / "cache"))
-    run = folder / "run"
-    assert main(["fit", "--config", str(config), "--trainer.default_root_dir", str(run)]) == 0
-    return {
-        "config": config,
-        "root": folder / "synthetic",
-        "checkpoint": run / "checkpoints" / "last.ckpt",
-    }
+def trained(tiny_fit_run) -> dict[str, Path]:
+    """The shared one-epoch fit (tests/conftest.py ``tiny_fit_run``): read-only."""
+    return tiny_fit_run
 
 
 def _training_files(root: Path) -> list[Path]:
