@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from console_runs import console_status, run_console
-from test_models import ToyData
+from console_runs import console_status
 from tiny_runs import tiny_ast
 
 from add_lightning.cli import main
@@ -210,46 +209,6 @@ def test_experiment_commands_are_dispatched(monkeypatch, command):
 def test_console_script_reaches_the_real_experiment_commands(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "missing")]) == 1
     assert "add-lightning compare: error" in capsys.readouterr().err
-
-
-def test_ddp_two_cpu_processes(tiny_config, tmp_path):
-    """fit (ADD statistics gathered over both processes) and predict under 2-process gloo DDP."""
-    run = tmp_path / "run"
-    ddp = ["--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"]
-    fit = [
-        "fit",
-        *_base(tiny_config, run),
-        *ddp,
-        "--model.init_args.loss.init_args.embedding.init_args.gather_distributed",
-        "true",
-        "--trainer.max_epochs",
-        "1",
-    ]
-    run_console(fit)
-    assert (run / "checkpoints" / "last.ckpt").is_file()
-
-    output = run / "predictions.npz"  # the default of `predict`: <run dir>/predictions.npz
-    predict = [
-        "predict",
-        "--config",
-        str(run / "config.yaml"),
-        *ddp,
-        "--ckpt_path",
-        str(run / "checkpoints" / "last.ckpt"),
-    ]
-    run_console(predict)
-    with np.load(output) as data:
-        order = np.argsort(data["clip_ids"])
-        assert data["clip_ids"][order].tolist() == [f"clip{i:03d}" for i in range(24)]
-        embeddings, logits = data["embeddings"][order], data["logits"][order]
-    assert sorted(p.name for p in run.glob("predictions*")) == ["predictions.npz"]
-    # reference: the checkpoint's model in this process on the 24 clips of predict's loader
-    model = AudioClassifier.load_from_checkpoint(run / "checkpoints" / "last.ckpt").eval()
-    features = ToyData().eval_set.features
-    with torch.no_grad():
-        expected = model.embed(features)
-        np.testing.assert_allclose(embeddings, expected.numpy(), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(logits, model.head(expected).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_missing_dataset_root_is_reported(tmp_path):

@@ -258,8 +258,14 @@ def audio_runs(tmp_path_factory) -> dict[str, Path]:
     test = ["test", "--config", str(root / "ddp" / "config.yaml"),
             "--ckpt_path", str(root / "ddp" / "checkpoints" / "last.ckpt")]  # fmt: skip
     _run([*test, *DDP, *_recorder(root / "test_ddp")])
-    _run([*test, "--trainer.strategy", "auto", "--trainer.devices", "1",
-          *_recorder(root / "test_single")])  # fmt: skip
+    single = ["--trainer.strategy", "auto", "--trainer.devices", "1"]
+    assert main([*test, *single, *_recorder(root / "test_single")]) == 0
+    # predict writes <default_root_dir>/predictions.npz
+    predict = ["predict", *test[1:]]
+    _run([*predict, *DDP, "--trainer.default_root_dir", str(root / "predict_ddp")])
+    assert (
+        main([*predict, *single, "--trainer.default_root_dir", str(root / "predict_single")]) == 0
+    )
     return {"root": root, "data": data, "config": configs[3]}
 
 
@@ -292,6 +298,23 @@ def test_ddp_test_metrics_equal_the_single_process_ones(audio_runs) -> None:
     assert ddp[0].keys() == single.keys()
     for key, value in single.items():
         assert ddp[0][key] == pytest.approx(value, rel=1e-5, abs=1e-12), key
+
+
+def test_ddp_predictions_are_the_single_process_ones(audio_runs) -> None:
+    # 9 test clips in 3 batches of 3, dealt 2 + 1 to the ranks: every clip once, merged by id
+    root = audio_runs["root"]
+    predictions = {}
+    for name in ("predict_ddp", "predict_single"):
+        with np.load(root / name / "predictions.npz") as data:
+            order = np.argsort(data["clip_ids"])
+            predictions[name] = {
+                key: data[key][order] for key in ("clip_ids", "embeddings", "logits")
+            }
+    ddp, single = predictions["predict_ddp"], predictions["predict_single"]
+    assert len(set(single["clip_ids"])) == len(single["clip_ids"]) == 9
+    assert ddp["clip_ids"].tolist() == single["clip_ids"].tolist()
+    for key in ("embeddings", "logits"):
+        np.testing.assert_allclose(ddp[key], single[key], rtol=1e-5, atol=1e-6, err_msg=key)
 
 
 def test_ddp_normalisation_is_computed_once_with_the_same_values(audio_runs) -> None:

@@ -544,36 +544,30 @@ def tiny_cv_config(root: Path) -> str:
 UNITS = ("fold1_seed0", "fold2_seed0", "fold1_seed1", "fold2_seed1")
 
 
-def _cv_args(config: Path, output: Path) -> list[str]:
-    return [
-        "cv",
-        "--config",
-        str(config),
-        "--folds",
-        "1",
-        "2",
-        "--seeds",
-        "0",
-        "1",
-        "--output",
-        str(output),
-    ]
+SEED0 = UNITS[:2]  # the units of `--seeds 0`
+
+
+def _cv_args(config: Path, output: Path, seeds: tuple[str, ...] = ("0", "1")) -> list[str]:
+    folds = ["--folds", "1", "2"]
+    return ["cv", "--config", str(config), *folds, "--seeds", *seeds, "--output", str(output)]
+
+
+def _same_unit_metrics(output: Path, reference: Path, names: tuple[str, ...]) -> None:
+    """The units ``names`` of ``output`` have exactly the test metrics of ``reference``'s."""
+    for name in names:
+        ours = json.loads((output / name / "test_metrics.json").read_text())["metrics"]
+        assert ours == json.loads((reference / name / "test_metrics.json").read_text())["metrics"]
 
 
 @pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("tiny")
-    path = root / "tiny.yaml"
-    path.write_text(tiny_cv_config(root / "synthetic"))
-    return path
+def tiny_config(serial_cv) -> Path:
+    return serial_cv["config"]
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tiny_config, tmp_path_factory) -> Path:
-    """An uninterrupted `add-lightning cv` of 2 folds x 2 seeds."""
-    output = tmp_path_factory.mktemp("cv") / "uninterrupted"
-    assert cli.main(_cv_args(tiny_config, output)) == 0
-    return output
+def uninterrupted(serial_cv) -> Path:
+    """An uninterrupted `add-lightning cv` of 2 folds x 2 seeds (conftest's serial_cv)."""
+    return serial_cv["output"]
 
 
 def test_cv_runs_every_fold_and_seed(uninterrupted, tmp_path):
@@ -692,23 +686,20 @@ def test_cv_names_the_signal_that_stopped_a_unit(monkeypatch, tiny_config, tmp_p
 
 
 def test_cv_killed_and_rerun_equals_uninterrupted(uninterrupted, tiny_config, tmp_path, capfd):
+    # 2 units (seed 0): the runner is killed while the second trains, after the first finished
     output = tmp_path / "killed"
-    command = [
-        sys.executable,
-        "-m",
-        "add_lightning.experiments.cli",
-        *_cv_args(tiny_config, output),
-    ]
+    args = _cv_args(tiny_config, output, seeds=("0",))
+    command = [sys.executable, "-m", "add_lightning.experiments.cli", *args]
     process = subprocess.Popen(
         command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.monotonic() + 900  # a guard against hanging, not a timing assertion
     try:
         while time.monotonic() < deadline and process.poll() is None:
-            finished = [name for name in UNITS if (output / name / "test_metrics.json").exists()]
+            finished = [name for name in SEED0 if (output / name / "test_metrics.json").exists()]
             running = [
                 name
-                for name in UNITS
+                for name in SEED0
                 if name not in finished and (output / name / "checkpoints" / "last.ckpt").exists()
             ]
             if finished and running:
@@ -725,14 +716,19 @@ def test_cv_killed_and_rerun_equals_uninterrupted(uninterrupted, tiny_config, tm
     }
 
     capfd.readouterr()
-    assert cli.main(_cv_args(tiny_config, output)) == 0
+    assert cli.main(args) == 0
     assert f"Resuming {running[0]} from" in capfd.readouterr().err
     for name in finished:  # not retrained
         assert (output / name / "test_metrics.json").read_bytes() == kept[name]
         assert (output / name / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamps[name]
-    assert (output / "results.csv").read_text() == (uninterrupted / "results.csv").read_text()
-    tables = [(d / "results.md").read_text().split("\n", 1)[1] for d in (output, uninterrupted)]
-    assert tables[0] == tables[1]
+    _same_unit_metrics(output, uninterrupted, SEED0)
+    # the table of seed 0 alone: each fold's numbers, and their mean
+    rows = {(r["fold"], r["seed"]): r for r in csv.DictReader((output / "results.csv").open())}
+    accuracy = [
+        json.loads((uninterrupted / n / "test_metrics.json").read_text())["metrics"]["test/acc"]
+        for n in SEED0
+    ]
+    assert float(rows[("mean", "mean")]["test/acc"]) == pytest.approx(sum(accuracy) / 2)
 
 
 def test_cv_reports_user_errors(tiny_config, tmp_path, capsys):
@@ -777,51 +773,13 @@ def _run_counts(output: Path) -> dict[str, int]:
     return {name: len(list((output / name).glob("events.out.tfevents.*"))) for name in UNITS}
 
 
-@pytest.fixture
-def serial_threads(monkeypatch) -> int:
-    """Parallel units with the threads of the serial run's units (torch's default in a fresh
-    process): dividing the threads changes the rounding of CPU reductions in the last digits,
-    so only the same threads per unit give a byte-identical table."""
-    process = subprocess.run(
-        [sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
-        capture_output=True,
-        text=True,
-        check=True,
-        env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"},
-    )
-    threads = int(process.stdout)
-    monkeypatch.setenv("OMP_NUM_THREADS", str(threads))
-    return threads
-
-
-def test_cv_in_parallel_equals_serial(uninterrupted, tiny_config, tmp_path, caplog, serial_threads):
-    output = tmp_path / "parallel"
-    caplog.set_level("INFO")
-    assert cli.main([*_cv_args(tiny_config, output), "--max-parallel", "2"]) == 0
-    assert (output / "results.csv").read_bytes() == (uninterrupted / "results.csv").read_bytes()
-    for name in UNITS:
-        assert (output / name / "test_embeddings.npz").is_file()
-        assert (output / name / "unit.log").read_text().startswith("==== ")
-    assert _run_counts(output) == _run_counts(uninterrupted)
-    text = caplog.text
-    assert "[queued 2 · running 2 · finished 0 · failed 0] fold2_seed0: running" in text
-    assert "[queued 0 · running 0 · finished 4 · failed 0]" in text
-    assert f"fold1_seed0: running (log {output / 'fold1_seed0' / 'unit.log'})" in text
-
-
-def test_cv_through_submitit_local_equals_serial(
-    uninterrupted, tiny_config, tmp_path, serial_threads
+def test_cv_parallel_killed_and_rerun_through_submitit_equals_serial(
+    uninterrupted, tiny_config, tmp_path, caplog
 ):
-    output = tmp_path / "submitit"
-    argv = [*_cv_args(tiny_config, output), "--launcher", "submitit-local", "--max-parallel", "2"]
-    assert cli.main(argv) == 0
-    assert (output / "results.csv").read_bytes() == (uninterrupted / "results.csv").read_bytes()
-    assert list((output / ".submitit").glob("*_log.err"))  # the jobs' logs
-
-
-def test_cv_parallel_killed_and_rerun_equals_uninterrupted(
-    uninterrupted, tiny_config, tmp_path, serial_threads
-):
+    """Two units at a time (`--max-parallel 2`), the launcher killed after a unit finished, the
+    rest run by submitit's local executor: every unit has the serial run's numbers, and no
+    finished unit is trained again. Byte-equal to the serial run because OMP_NUM_THREADS is set
+    (conftest): parallel units keep the serial run's threads."""
     output = tmp_path / "killed"
     command = [
         sys.executable,
@@ -831,9 +789,11 @@ def test_cv_parallel_killed_and_rerun_equals_uninterrupted(
         "--max-parallel",
         "2",
     ]
-    process = subprocess.Popen(
-        command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+    log = tmp_path / "launcher.log"
+    with log.open("w") as stream:
+        process = subprocess.Popen(
+            command, start_new_session=True, stdout=subprocess.DEVNULL, stderr=stream
+        )
     deadline = time.monotonic() + 900  # a guard against hanging, not a timing assertion
     finished: list[str] = []
     try:
@@ -846,11 +806,20 @@ def test_cv_parallel_killed_and_rerun_equals_uninterrupted(
         os.killpg(process.pid, signal.SIGKILL)  # the launcher and its unit processes
         process.wait()
     assert finished and len(finished) < len(UNITS), "the launcher ended before it was killed"
+    text = log.read_text()
+    assert "[queued 2 · running 2 · finished 0 · failed 0] fold2_seed0: running" in text, text
+    assert f"fold1_seed0: running (log {output / 'fold1_seed0' / 'unit.log'})" in text
     kept = {name: (output / name / "test_metrics.json").read_bytes() for name in finished}
-    assert cli.main([*_cv_args(tiny_config, output), "--max-parallel", "2"]) == 0
+
+    caplog.set_level("INFO")
+    argv = [*_cv_args(tiny_config, output), "--launcher", "submitit-local", "--max-parallel", "2"]
+    assert cli.main(argv) == 0
+    assert "[queued 0 · running 0 · finished 4 · failed 0]" in caplog.text
     for name in finished:  # not retrained
         assert (output / name / "test_metrics.json").read_bytes() == kept[name]
         assert _run_counts(output)[name] == _run_counts(uninterrupted)[name]
+        assert (output / name / "unit.log").read_text().startswith("==== ")  # the local launcher's
+    assert list((output / ".submitit").glob("*_log.err"))  # the jobs' logs
     assert (output / "results.csv").read_bytes() == (uninterrupted / "results.csv").read_bytes()
 
 
@@ -862,17 +831,21 @@ def test_two_launchers_share_an_experiment_without_training_a_unit_twice(
         sys.executable,
         "-m",
         "add_lightning.experiments.cli",
-        *_cv_args(tiny_config, output),
+        *_cv_args(tiny_config, output, seeds=("0",)),
     ]
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     processes = [
         subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("w")) for log in logs
     ]
     assert [process.wait(timeout=900) for process in processes] == [0, 0]
-    assert _run_counts(output) == _run_counts(uninterrupted)  # each unit trained exactly once
+    counts = _run_counts(output)
+    # each unit trained exactly once
+    assert {name: counts[name] for name in SEED0} == {
+        name: _run_counts(uninterrupted)[name] for name in SEED0
+    }
     texts = [log.read_text() for log in logs]
     assert not any("Resuming" in text for text in texts)
-    assert (output / "results.csv").read_bytes() == (uninterrupted / "results.csv").read_bytes()
+    _same_unit_metrics(output, uninterrupted, SEED0)
 
 
 def test_sweep_of_variants_makes_one_experiment_each_and_compare_reads_them(
@@ -882,8 +855,9 @@ def test_sweep_of_variants_makes_one_experiment_each_and_compare_reads_them(
     caplog.set_level("INFO")
     variants = tmp_path / "variants.yaml"
     variants.write_text(
-        "base: {seeds: [0]}\n"  # the config of `uninterrupted`: the same numbers
+        "base: {folds: [1], seeds: [0]}\n"  # the config of `uninterrupted`: the same numbers
         "no_sigma_n:\n"
+        "  folds: [1]\n"
         "  seeds: [0]\n"
         "  overrides: {model.init_args.loss.init_args.embedding.init_args.lambda_sigma_n: 0.0}\n"
     )
@@ -893,11 +867,12 @@ def test_sweep_of_variants_makes_one_experiment_each_and_compare_reads_them(
     assert yaml.safe_load((output / "sweep.yaml").read_text()) == {
         "experiments": ["base", "no_sigma_n"]
     }
-    for name in ("fold1_seed0", "fold2_seed0"):
-        ours = json.loads((output / "base" / name / "test_metrics.json").read_text())
-        reference = json.loads((uninterrupted / name / "test_metrics.json").read_text())
-        # Fewer threads than the serial run: the same numbers up to the rounding of reductions.
-        assert ours["metrics"] == pytest.approx(reference["metrics"], rel=1e-5, abs=1e-7)
+    assert sorted(path.name for path in (output / "base").glob("fold*")) == ["fold1_seed0"]
+    ours = json.loads((output / "base" / "fold1_seed0" / "test_metrics.json").read_text())
+    reference = json.loads((uninterrupted / "fold1_seed0" / "test_metrics.json").read_text())
+    # Threads divided between the 2 units (2 cores: 1 each, as the serial run's units here):
+    # the same numbers up to the rounding of reductions where the cores are more.
+    assert ours["metrics"] == pytest.approx(reference["metrics"], rel=1e-5, abs=1e-7)
     assert "base/fold1_seed0: running with" in caplog.text and "thread(s)" in caplog.text
     other = _experiment(output / "no_sigma_n")["model"]["init_args"]["loss"]["init_args"]
     assert other["embedding"]["init_args"]["lambda_sigma_n"] == 0.0

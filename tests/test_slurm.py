@@ -25,7 +25,6 @@ from pathlib import Path
 import pytest
 from console_runs import REPO, TESTS, console_env, run_console
 from lightning.pytorch import Callback
-from tiny_runs import synthetic_dataset, tiny_run_config
 
 from add_lightning.experiments import cli
 from add_lightning.experiments.config import ExperimentConfigError
@@ -79,14 +78,10 @@ class HoldOnce(Callback):
 
 
 @pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory) -> Path:
-    """Synthetic data (3 classes x 4 clips of 0.5 s, 2 folds), a one-layer AST, 2 epochs."""
-    root = tmp_path_factory.mktemp("slurm_tiny")
-    path = root / "tiny.yaml"
-    path.write_text(
-        tiny_run_config(synthetic_dataset(root / "synthetic"), max_epochs=2, deterministic=True)
-    )
-    return path
+def tiny_config(serial_cv) -> Path:
+    """Synthetic data (3 classes x 4 clips of 0.5 s, 2 folds), a one-layer AST, CE + ADD,
+    2 epochs."""
+    return serial_cv["config"]
 
 
 def _cv_args(config: Path, output: Path, folds=("1", "2"), seeds=("0", "1")) -> list[str]:
@@ -97,11 +92,9 @@ def _cv_args(config: Path, output: Path, folds=("1", "2"), seeds=("0", "1")) -> 
 
 
 @pytest.fixture(scope="module")
-def serial(tiny_config, tmp_path_factory) -> Path:
-    """The serial `cv` of 2 folds x 2 seeds on this machine (read-only)."""
-    output = tmp_path_factory.mktemp("slurm_serial") / "serial"
-    assert cli.main(_cv_args(tiny_config, output)) == 0
-    return output
+def serial(serial_cv) -> Path:
+    """The serial `cv` of 2 folds x 2 seeds on this machine (conftest's serial_cv, read-only)."""
+    return serial_cv["output"]
 
 
 def _rows(output: Path) -> dict[tuple[str, str], dict[str, str]]:
@@ -140,10 +133,17 @@ def _job_state(job_id: str) -> str:
 
 
 def _release_when_pending(job_id: str, *updates: str) -> None:
-    """Once SLURM has put the job back in the queue: starts it now, not after the 2 minutes
-    that SLURM holds a requeued job, with ``updates`` (``TimeLimit=10``)."""
+    """Once SLURM has put the job back in the queue: starts it in 2 s, not after the 2 minutes
+    that SLURM holds a requeued job, with ``updates`` (``TimeLimit=10``).
+
+    Not at once: the requeue revokes the job's credential, and slurmd refuses to start the job
+    with a credential created in the same second as the revocation ("Killing non-startable
+    batch JobId=…: Job credential revoked": the job ends FAILED without running). Released
+    within that second (on a loaded machine, 0.1 s after the requeue), the unit ended without
+    a result.
+    """
     _wait_for(lambda: _job_state(job_id) == "PENDING", f"job {job_id} to be requeued")
-    _scontrol("update", f"JobId={job_id}", "StartTime=now", *updates)
+    _scontrol("update", f"JobId={job_id}", "StartTime=now+2", *updates)
 
 
 class _Launcher(threading.Thread):
