@@ -302,17 +302,25 @@ def test_ddp_test_metrics_equal_the_single_process_ones(audio_runs) -> None:
 
 def test_ddp_predictions_are_the_single_process_ones(audio_runs) -> None:
     # 9 test clips in 3 batches of 3, dealt 2 + 1 to the ranks: every clip once, merged by id
+    from add_lightning.data.datasets.synthetic import synthetic_class_names
+
     root = audio_runs["root"]
     predictions = {}
     for name in ("predict_ddp", "predict_single"):
         with np.load(root / name / "predictions.npz") as data:
             order = np.argsort(data["clip_ids"])
-            predictions[name] = {
-                key: data[key][order] for key in ("clip_ids", "embeddings", "logits")
-            }
+            keys = ("clip_ids", "embeddings", "logits", "targets")
+            predictions[name] = {key: data[key][order] for key in keys}
+            predictions[name]["class_names"] = data["class_names"].tolist()
+    # rank 0 merged the processes' parts and removed them
+    assert [path.name for path in (root / "predict_ddp").glob("predictions*")] == [
+        "predictions.npz"
+    ]
     ddp, single = predictions["predict_ddp"], predictions["predict_single"]
     assert len(set(single["clip_ids"])) == len(single["clip_ids"]) == 9
     assert ddp["clip_ids"].tolist() == single["clip_ids"].tolist()
+    assert ddp["targets"].tolist() == single["targets"].tolist()
+    assert ddp["class_names"] == single["class_names"] == synthetic_class_names(3)
     for key in ("embeddings", "logits"):
         np.testing.assert_allclose(ddp[key], single[key], rtol=1e-5, atol=1e-6, err_msg=key)
 

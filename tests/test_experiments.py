@@ -721,6 +721,8 @@ def test_cv_killed_and_rerun_equals_uninterrupted(uninterrupted, tiny_config, tm
     for name in finished:  # not retrained
         assert (output / name / "test_metrics.json").read_bytes() == kept[name]
         assert (output / name / "checkpoints" / "last.ckpt").stat().st_mtime_ns == stamps[name]
+    # the killed fit, the resumed one and the test each wrote an event file
+    assert _run_counts(output)[running[0]] == _run_counts(uninterrupted)[running[0]] + 1
     _same_unit_metrics(output, uninterrupted, SEED0)
     # the table of seed 0 alone: each fold's numbers, and their mean
     rows = {(r["fold"], r["seed"]): r for r in csv.DictReader((output / "results.csv").open())}
@@ -729,6 +731,7 @@ def test_cv_killed_and_rerun_equals_uninterrupted(uninterrupted, tiny_config, tm
         for n in SEED0
     ]
     assert float(rows[("mean", "mean")]["test/acc"]) == pytest.approx(sum(accuracy) / 2)
+    assert (output / "results.md").read_text().startswith("# Results: killed")
 
 
 def test_cv_reports_user_errors(tiny_config, tmp_path, capsys):
@@ -806,6 +809,7 @@ def test_cv_parallel_killed_and_rerun_through_submitit_equals_serial(
         os.killpg(process.pid, signal.SIGKILL)  # the launcher and its unit processes
         process.wait()
     assert finished and len(finished) < len(UNITS), "the launcher ended before it was killed"
+    assert not (output / "results.csv").exists()
     text = log.read_text()
     assert "[queued 2 · running 2 · finished 0 · failed 0] fold2_seed0: running" in text, text
     assert f"fold1_seed0: running (log {output / 'fold1_seed0' / 'unit.log'})" in text
@@ -819,7 +823,8 @@ def test_cv_parallel_killed_and_rerun_through_submitit_equals_serial(
         assert (output / name / "test_metrics.json").read_bytes() == kept[name]
         assert _run_counts(output)[name] == _run_counts(uninterrupted)[name]
         assert (output / name / "unit.log").read_text().startswith("==== ")  # the local launcher's
-    assert list((output / ".submitit").glob("*_log.err"))  # the jobs' logs
+    # one submitit job (and its log) for each unit the killed launcher left unfinished
+    assert len(list((output / ".submitit").glob("*_log.err"))) == len(UNITS) - len(finished)
     assert (output / "results.csv").read_bytes() == (uninterrupted / "results.csv").read_bytes()
 
 
@@ -845,6 +850,10 @@ def test_two_launchers_share_an_experiment_without_training_a_unit_twice(
     }
     texts = [log.read_text() for log in logs]
     assert not any("Resuming" in text for text in texts)
+    for text in texts:  # each launcher waited for all units and wrote the whole table
+        assert "[queued 0 · running 0 · finished 2 · failed 0]" in text
+    rows = {(r["fold"], r["seed"]) for r in csv.DictReader((output / "results.csv").open())}
+    assert {("1", "0"), ("2", "0"), ("mean", "mean")} <= rows
     _same_unit_metrics(output, uninterrupted, SEED0)
 
 

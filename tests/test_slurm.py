@@ -133,17 +133,19 @@ def _job_state(job_id: str) -> str:
 
 
 def _release_when_pending(job_id: str, *updates: str) -> None:
-    """Once SLURM has put the job back in the queue: starts it in 2 s, not after the 2 minutes
+    """Once SLURM has put the job back in the queue: starts it now, not after the 2 minutes
     that SLURM holds a requeued job, with ``updates`` (``TimeLimit=10``).
 
-    Not at once: the requeue revokes the job's credential, and slurmd refuses to start the job
-    with a credential created in the same second as the revocation ("Killing non-startable
-    batch JobId=…: Job credential revoked": the job ends FAILED without running). Released
-    within that second (on a loaded machine, 0.1 s after the requeue), the unit ended without
-    a result.
+    Not in the second of the requeue: the requeue revokes the job's credential, and slurmd
+    refuses to start the job with a credential created in the same second as the revocation
+    ("Killing non-startable batch JobId=…: Job credential revoked": the job ends FAILED
+    without running). Released 0.1 s after the requeue on a loaded machine, the unit ended
+    without a result. (`StartTime=now+2` instead waits for the scheduler's next pass, up to
+    30 s.)
     """
     _wait_for(lambda: _job_state(job_id) == "PENDING", f"job {job_id} to be requeued")
-    _scontrol("update", f"JobId={job_id}", "StartTime=now+2", *updates)
+    time.sleep(1.05 - time.time() % 1)  # into the next second of the clock
+    _scontrol("update", f"JobId={job_id}", "StartTime=now", *updates)
 
 
 class _Launcher(threading.Thread):
