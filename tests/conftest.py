@@ -93,17 +93,14 @@ def serial_cv(tmp_path_factory) -> dict:
 
     Returns ``config`` (the YAML file) and ``output`` (the experiment folder).
     """
-    from tiny_runs import synthetic_dataset, tiny_run_config
+    from tiny_runs import tiny_cv_config
 
     from add_lightning.experiments import cli
 
     with _once_per_session(tmp_path_factory, "serial_cv") as (folder, build):
         config, output = folder / "tiny.yaml", folder / "uninterrupted"
         if build:
-            dataset = synthetic_dataset(folder / "synthetic")
-            config.write_text(
-                tiny_run_config(dataset, max_epochs=2, add_loss=True, deterministic=True)
-            )
+            config.write_text(tiny_cv_config(folder / "synthetic"))
             arguments = ["--folds", "1", "2", "--seeds", "0", "1", "--output", str(output)]
             assert cli.main(["cv", "--config", str(config), *arguments]) == 0
     return {"config": config, "output": output}

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 from console_runs import console_status
-from tiny_runs import tiny_ast
+from tiny_runs import tiny_ast, tiny_cv_config
 
 from add_lightning.cli import main
 from add_lightning.lightning_cli import AddLightningCLI
@@ -242,8 +242,6 @@ def _audio_config(root: Path, cache: Path) -> str:
     """The synthetic-audio config of the cv tests with every epoch-dependent randomness on
     (shuffling, mixup, SpecAugment), so that an epoch replayed in the wrong order changes the
     weights."""
-    from test_experiments import tiny_cv_config
-
     config = yaml.safe_load(tiny_cv_config(root))
     data = config["data"]["init_args"]
     data["dataset"]["init_args"]["clips_per_class"] = 6

@@ -263,9 +263,8 @@ def audio_runs(tmp_path_factory) -> dict[str, Path]:
     # predict writes <default_root_dir>/predictions.npz
     predict = ["predict", *test[1:]]
     _run([*predict, *DDP, "--trainer.default_root_dir", str(root / "predict_ddp")])
-    assert (
-        main([*predict, *single, "--trainer.default_root_dir", str(root / "predict_single")]) == 0
-    )
+    single_root = ["--trainer.default_root_dir", str(root / "predict_single")]
+    assert main([*predict, *single, *single_root]) == 0
     return {"root": root, "data": data, "config": configs[3]}
 
 

@@ -24,7 +24,6 @@ import pytest
 import torch
 import yaml
 from console_runs import console_output
-from tiny_runs import synthetic_dataset, tiny_run_config
 
 from add_lightning.atomic import atomic_path, write_json_atomic, write_text_atomic
 from add_lightning.experiments import cli
@@ -533,12 +532,6 @@ def test_figures_errors(tmp_path):
 
 
 # ------------------------------------------------------------------------------ end to end
-
-
-def tiny_cv_config(root: Path) -> str:
-    """Synthetic data (3 classes x 4 clips of 0.5 s, 2 folds), a one-layer random AST, CE + ADD."""
-    dataset = synthetic_dataset(root)
-    return tiny_run_config(dataset, max_epochs=2, add_loss=True, deterministic=True)
 
 
 UNITS = ("fold1_seed0", "fold2_seed0", "fold1_seed1", "fold2_seed1")

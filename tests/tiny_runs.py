@@ -97,3 +97,9 @@ def tiny_run_config(
         },
     }
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def tiny_cv_config(root: Path) -> str:
+    """Synthetic data written to ``root`` (3 classes x 4 clips of 0.5 s, 2 folds), a one-layer
+    random AST, CE + ADD, 2 epochs, deterministic: the config of the `cv` tests."""
+    return tiny_run_config(synthetic_dataset(root), max_epochs=2, add_loss=True, deterministic=True)
