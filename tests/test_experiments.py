@@ -921,6 +921,63 @@ def test_unit_job_requeued_after_preemption_resumes(uninterrupted, tiny_config, 
     assert ours["metrics"] == reference["metrics"]
 
 
+def test_a_signal_handlers_exit_is_raised_at_the_next_batch_end(tmp_path):
+    """submitit's preemption handler raises SystemExit wherever the main thread is (inside
+    TensorBoard's queue put it lost the writer's wake-up, and the exit then waited for the
+    writer's 120-s flush). Under ExitAtBatchEnd the handler runs when the signal comes, its exit
+    at the end of the batch it came in; outside a trainer at once."""
+    from lightning.pytorch import Trainer
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from add_lightning.experiments.unit import ExitAtBatchEnd
+
+    handled: list[int] = []  # the batches during which the handler ran
+
+    def requeue_and_exit(signum, frame):
+        handled.append(model.batch_index)
+        sys.exit(3)
+
+    class SignalledModel(BoringModel):
+        batch_index = -1
+
+        def training_step(self, batch, batch_idx):
+            self.batch_index = batch_idx
+            if batch_idx == 2:
+                os.kill(os.getpid(), signal.SIGUSR2)
+                self.after_signal = True  # the step goes on after the handler ran
+            return super().training_step(batch, batch_idx)
+
+    model = SignalledModel()
+    previous = signal.signal(signal.SIGUSR2, requeue_and_exit)
+    try:
+        exit_at_batch_end = ExitAtBatchEnd(signal.SIGUSR2)
+        trainer = Trainer(
+            default_root_dir=tmp_path,
+            max_epochs=1,
+            limit_train_batches=6,
+            limit_val_batches=0,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[exit_at_batch_end],
+        )
+        with pytest.raises(SystemExit) as raised:
+            trainer.fit(model)
+        assert raised.value.code == 3
+        assert handled == [2] and model.after_signal
+        assert trainer.global_step == 3  # the signalled batch's optimizer step was taken
+        # between trainer runs the exit is not held back
+        with pytest.raises(SystemExit):
+            os.kill(os.getpid(), signal.SIGUSR2)
+            time.sleep(1)  # the handler runs at the next bytecode; never reached
+        assert handled == [2, 2]
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    with pytest.raises(ValueError, match="SIGUSR1 has no handler"):
+        ExitAtBatchEnd(signal.SIGUSR1)
+
+
 # ------------------------------------------------------------- launchers with fake unit commands
 
 

@@ -399,14 +399,24 @@ class UnitJob(Checkpointable):
         self.threads = threads
 
     def __call__(self) -> int:
-        from add_lightning.experiments.unit import execute_unit
+        from submitit import JobEnvironment
+
+        from add_lightning.experiments.unit import ExitAtBatchEnd, execute_unit
 
         if not logging.getLogger().handlers:
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         log_submitit_once()  # its signal handler's lines, once in the job's log
         task = self.task
+        # submitit's preemption handler, installed before this call: its exit at a batch end
+        exit_at_batch_end = ExitAtBatchEnd(getattr(signal, f"SIG{JobEnvironment.USR_SIG}"))
         return execute_unit(
-            task.experiment, task.run_dir, task.seed, task.config_hash, task.fold, self.threads
+            task.experiment,
+            task.run_dir,
+            task.seed,
+            task.config_hash,
+            task.fold,
+            self.threads,
+            [exit_at_batch_end],
         )
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:

@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from add_lightning.experiments.files import (
 
 __all__ = [
     "UNIT_BUSY_STATUS",
+    "ExitAtBatchEnd",
     "RNGStateCheckpoint",
     "execute_unit",
     "main",
@@ -92,6 +94,65 @@ class RNGStateCheckpoint(Callback):
         torch.set_rng_state(state_dict["torch"])
         if "cuda" in state_dict and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state_dict["cuda"])
+
+
+class ExitAtBatchEnd(Callback):
+    """Raises the ``SystemExit`` of ``signum``'s handler at the next batch end, not where the
+    signal lands.
+
+    submitit's preemption handler (SIGUSR2 before a SLURM time limit or preemption) requeues
+    the job and then raises ``SystemExit`` in whatever the main thread is running. Raised
+    inside another library's critical section it leaves that library broken: in
+    ``queue.Queue.put`` of TensorBoard's event writer it loses the writer thread's wake-up, and
+    the job's exit then waits for the writer's next timed flush, up to 120 s. With this
+    callback the handler still runs at once (the requeue is registered when the signal comes),
+    and its exit is raised at the next batch end of a running trainer (fit, test, predict,
+    within one batch) or at once between them.
+    """
+
+    def __init__(self, signum: int) -> None:
+        handler = signal.getsignal(signum)
+        if not callable(handler):
+            raise ValueError(f"{signal.Signals(signum).name} has no handler whose exit to defer")
+        self._pending: SystemExit | None = None
+        self._trainer_running = False
+
+        def deferred(number: int, frame: Any) -> None:
+            try:
+                handler(number, frame)
+            except SystemExit as exit_:
+                if not self._trainer_running:
+                    raise
+                self._pending = exit_
+
+        signal.signal(signum, deferred)
+
+    def _exit_if_asked(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            raise pending
+
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._trainer_running = True
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        self._trainer_running = False
+        self._exit_if_asked()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self._trainer_running = False  # no teardown follows
+
+    def on_train_batch_end(self, *args: Any) -> None:
+        self._exit_if_asked()
+
+    def on_validation_batch_end(self, *args: Any) -> None:
+        self._exit_if_asked()
+
+    def on_test_batch_end(self, *args: Any) -> None:
+        self._exit_if_asked()
+
+    def on_predict_batch_end(self, *args: Any) -> None:
+        self._exit_if_asked()
 
 
 def _resumable_checkpoint(path: Path) -> Path | None:
@@ -170,6 +231,7 @@ def run_unit(
     seed: int,
     config_hash: str,
     fold: int | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, float]:
     """Fits (or resumes), tests and exports the test embeddings of one unit.
 
@@ -179,6 +241,7 @@ def run_unit(
         seed: ``--seed_everything``.
         config_hash: Recorded in ``test_metrics.json`` to tie the result to the config.
         fold: ``--data.init_args.fold``; None to keep the configured one.
+        callbacks: More trainer callbacks.
 
     Returns:
         The test metrics (``test/acc``, ``test/f1``, ``test/geometry/...``).
@@ -190,7 +253,7 @@ def run_unit(
     checkpoint = _resumable_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     cli = experiment_cli_class()(args=unit_arguments(experiment, run_dir, seed, fold), run=False)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    trainer.callbacks.append(RNGStateCheckpoint())
+    trainer.callbacks += [RNGStateCheckpoint(), *callbacks]
 
     if checkpoint is not None:
         log.info("Resuming %s from %s", run_dir.name, checkpoint)
@@ -237,6 +300,7 @@ def execute_unit(
     config_hash: str,
     fold: int | None = None,
     threads: int | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> int:
     """:func:`run_unit` under the unit's lock, unless the unit is finished or busy.
 
@@ -247,6 +311,7 @@ def execute_unit(
     Args:
         experiment, run_dir, seed, config_hash, fold: As for :func:`run_unit`.
         threads: ``torch.set_num_threads`` for units sharing the CPUs; None keeps torch's.
+        callbacks: More trainer callbacks.
 
     Returns:
         0 when the unit is finished, :data:`UNIT_BUSY_STATUS` when another worker holds it.
@@ -256,14 +321,14 @@ def execute_unit(
     if threads is not None:
         torch.set_num_threads(threads)
     if not _is_rank_zero():
-        run_unit(experiment, run_dir, seed, config_hash, fold)
+        run_unit(experiment, run_dir, seed, config_hash, fold, callbacks)
         return 0
     try:
         with hold_lock(run_dir, exclusive=True):
             if unit_is_finished(run_dir, config_hash):
                 log.info("Unit %s is finished already (by another worker)", run_dir)
                 return 0
-            run_unit(experiment, run_dir, seed, config_hash, fold)
+            run_unit(experiment, run_dir, seed, config_hash, fold, callbacks)
     except LockBusyError:
         log.warning("Unit %s is being trained by another worker; leaving it to it", run_dir)
         return UNIT_BUSY_STATUS
