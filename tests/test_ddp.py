@@ -9,6 +9,7 @@ they are the slowest part of the suite.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,15 @@ class RankRecorder(Callback):
         path = self.out_dir / f"{name}.rank{trainer.global_rank}.json"
         path.write_text(json.dumps(content))
 
+    def on_train_start(self, trainer, module) -> None:
+        self.first_step = trainer.global_step
+
+    def on_train_epoch_start(self, trainer, module) -> None:
+        # the run's last.ckpt of epoch 0, where a run stopped after one epoch resumes
+        last = Path(trainer.default_root_dir, "checkpoints", "last.ckpt")
+        if trainer.current_epoch == 1 and trainer.is_global_zero and last.exists():
+            shutil.copy(last, self.out_dir)
+
     def on_train_end(self, trainer, module) -> None:
         weights = {k: v.detach().clone() for k, v in module.state_dict().items()}
         torch.save(weights, self.out_dir / f"weights.rank{trainer.global_rank}.pt")
@@ -91,6 +101,7 @@ class RankRecorder(Callback):
             "fit",
             {
                 "steps": self.steps,
+                "first_step": self.first_step,
                 "computed": self.computed,
                 "normalization": None
                 if normalization is None
@@ -253,8 +264,15 @@ def audio_runs(tmp_path_factory) -> dict[str, Path]:
     # a resumed run replayed other epochs (final weights differed by up to 1.38 before the fix).
     ddp = [*DDP, "--data.init_args.num_workers", "1"]
     _run([*fit(configs[3], "ddp", *ddp, *_recorder(root / "ddp_record"))])
-    _run([*fit(configs[3], "resumed", *ddp, "--trainer.max_epochs", "1")])
-    _run([*fit(configs[3], "resumed", *ddp, "--ckpt_path", "last")])
+    # resumed from the uninterrupted run's last.ckpt of epoch 0, as a run stopped there would be
+    (root / "resumed" / "checkpoints").mkdir(parents=True)
+    shutil.copy(root / "ddp_record" / "last.ckpt", root / "resumed" / "checkpoints")
+    _run(
+        [
+            *fit(configs[3], "resumed", *ddp, "--ckpt_path", "last"),
+            *_recorder(root / "resumed_record"),
+        ]
+    )
     test = ["test", "--config", str(root / "ddp" / "config.yaml"),
             "--ckpt_path", str(root / "ddp" / "checkpoints" / "last.ckpt")]  # fmt: skip
     _run([*test, *DDP, *_recorder(root / "test_ddp")])
@@ -279,6 +297,9 @@ def test_ddp_loss_is_the_single_process_loss_on_the_global_batch(audio_runs) -> 
 
 def test_ddp_resume_equals_the_uninterrupted_run(audio_runs) -> None:
     root = audio_runs["root"]
+    # 18 clips, 2 ranks x 3 clips a step: 3 steps an epoch; the resumed run trained epoch 1 only
+    assert [record["first_step"] for record in _read(root / "ddp_record", "fit")] == [0, 0]
+    assert [record["first_step"] for record in _read(root / "resumed_record", "fit")] == [3, 3]
     _assert_same_weights(
         _weights(root / "resumed" / "checkpoints" / "last.ckpt"),
         _weights(root / "ddp" / "checkpoints" / "last.ckpt"),

@@ -233,7 +233,7 @@ def test_null_from_the_command_line_reaches_nested_classes(tmp_path):
 def test_the_readme_commands_that_choose_a_loss_run_on_smaller_data(tmp_path, monkeypatch, capsys):
     # README, "Which loss, which weights?": the commands as written (run from a folder without
     # configs/, so the packaged quickstart is used), on 3 classes x 10 clips, 1 epoch, 1 seed
-    # and 1 search trial (the search itself is tested in test_search.py)
+    # and 1 search trial on 1 fold (the search itself is tested in test_search.py)
     blocks = re.findall(r"```bash\n(.+?)\n```", (REPO / "README.md").read_text(), flags=re.S)
     (paired,) = [block for block in blocks if "--baseline CE" in block]
     (search,) = [block for block in blocks if "add-lightning search" in block]
@@ -258,7 +258,7 @@ def test_the_readme_commands_that_choose_a_loss_run_on_smaller_data(tmp_path, mo
 
     words = shlex.split(search)
     assert words[:2] == [".venv/bin/add-lightning", "search"]
-    assert main([*words[1:], *smaller, "--trials", "1", "--workers", "1"]) == 0
+    assert main([*words[1:], *smaller, "--trials", "1", "--workers", "1", "--folds", "1"]) == 0
     best = yaml.safe_load((tmp_path / "runs/quickstart_search/best.yaml").read_text())
     assert best["data"]["init_args"]["val_fraction"] > 0  # chosen on an inner split
     assert (tmp_path / "runs/quickstart_search/best/results.csv").is_file()  # tested once
