@@ -47,6 +47,7 @@ __all__ = [
     "SubmititBackend",
     "Task",
     "UnitJob",
+    "preemption_signal",
     "schedule",
     "visible_gpus",
 ]
@@ -383,6 +384,14 @@ def _tee(source: Any, log_stream: Any) -> None:
 # ------------------------------------------------------------------------------------ submitit
 
 
+def preemption_signal() -> int:
+    """The signal of submitit's preemption and time-limit handler in a job (SIGUSR2 unless
+    ``SUBMITIT_PREEMPT_SIGNAL`` names another)."""
+    from submitit import JobEnvironment
+
+    return getattr(signal, f"SIG{JobEnvironment.USR_SIG}")
+
+
 class UnitJob(Checkpointable):
     """The callable a submitit job runs: one unit, in the job's own process.
 
@@ -399,8 +408,6 @@ class UnitJob(Checkpointable):
         self.threads = threads
 
     def __call__(self) -> int:
-        from submitit import JobEnvironment
-
         from add_lightning.experiments.unit import ExitAtBatchEnd, execute_unit
 
         if not logging.getLogger().handlers:
@@ -408,7 +415,7 @@ class UnitJob(Checkpointable):
         log_submitit_once()  # its signal handler's lines, once in the job's log
         task = self.task
         # submitit's preemption handler, installed before this call: its exit at a batch end
-        exit_at_batch_end = ExitAtBatchEnd(getattr(signal, f"SIG{JobEnvironment.USR_SIG}"))
+        exit_at_batch_end = ExitAtBatchEnd(preemption_signal())
         return execute_unit(
             task.experiment,
             task.run_dir,

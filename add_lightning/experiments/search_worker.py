@@ -23,6 +23,7 @@ import math
 import shutil
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from submitit.helpers import DelayedSubmission
 
 from add_lightning.experiments.config import EXPERIMENT_FILENAME, compose_config, config_hash
 from add_lightning.experiments.files import UNIT_BUSY_STATUS
-from add_lightning.experiments.launchers import UnitJob
+from add_lightning.experiments.launchers import UnitJob, preemption_signal
 from add_lightning.experiments.locks import LOCK_FILENAME, LockBusyError, hold_lock
 from add_lightning.experiments.runner import Unit, plan_units, prepare_experiment
 from add_lightning.experiments.search_records import BASE_FILENAME, format_params, trial_folder
@@ -50,7 +51,12 @@ from add_lightning.experiments.search_study import (
     write_trial_records,
 )
 from add_lightning.experiments.slurm import log_submitit_once
-from add_lightning.experiments.unit import RNGStateCheckpoint, _exit_with_parent, unit_arguments
+from add_lightning.experiments.unit import (
+    ExitAtBatchEnd,
+    RNGStateCheckpoint,
+    _exit_with_parent,
+    unit_arguments,
+)
 
 __all__ = ["UNIT_STEPS", "PruneTrial", "WorkerJob", "fit_and_validate", "main", "run_worker"]
 
@@ -139,8 +145,11 @@ def _clear(folder: Path) -> None:
             path.unlink()
 
 
-def _run_trial(study: Any, trial: Any, search: Search, units: list[Unit]) -> None:
-    """Trains and scores one trial, and tells the study how it ended."""
+def _run_trial(
+    study: Any, trial: Any, search: Search, units: list[Unit], callbacks: list[Callback]
+) -> None:
+    """Trains and scores one trial (``callbacks`` added to each unit's trainer), and tells the
+    study how it ended."""
     optuna = import_optuna()
     from optuna.trial import TrialState
 
@@ -158,7 +167,7 @@ def _run_trial(study: Any, trial: Any, search: Search, units: list[Unit]) -> Non
         for index, unit in enumerate(units):
             pruning = PruneTrial(trial, search.metric, UNIT_STEPS * index, unit.name)
             metrics = fit_and_validate(
-                folder / EXPERIMENT_FILENAME, folder / unit.name, unit, [pruning]
+                folder / EXPERIMENT_FILENAME, folder / unit.name, unit, [pruning, *callbacks]
             )
             results.append({"fold": unit.fold, "seed": unit.seed, "metrics": metrics})
             trial.set_user_attr("units", results)
@@ -215,6 +224,7 @@ def run_worker(
     worker: int,
     digest: str,
     threads: int | None = None,
+    callbacks: Sequence[Callback] = (),
 ) -> int:
     """Runs trials of the search until it needs no more.
 
@@ -224,6 +234,7 @@ def run_worker(
         worker: The worker's index (seeds its sampler).
         digest: The search's digest: a changed ``search.yaml`` is not run.
         threads: ``torch.set_num_threads`` for workers sharing the CPUs; None keeps torch's.
+        callbacks: More callbacks of every unit's trainer.
 
     Returns:
         0, or :data:`UNIT_BUSY_STATUS` when a worker of this index runs already.
@@ -251,7 +262,7 @@ def run_worker(
                 if trial is None:
                     break
                 try:
-                    _run_trial(study, trial, search, units)
+                    _run_trial(study, trial, search, units, list(callbacks))
                 finally:
                     write_trial_records(study, search)
         log.info("The search needs no more trials: worker %d ends", worker)
@@ -270,7 +281,14 @@ class WorkerJob(UnitJob):
             logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         log_submitit_once()
         task = self.task
-        return run_worker(task.experiment, task.run_dir, task.seed, task.config_hash, self.threads)
+        return run_worker(
+            task.experiment,
+            task.run_dir,
+            task.seed,
+            task.config_hash,
+            self.threads,
+            [ExitAtBatchEnd(preemption_signal())],  # as a cv unit's job
+        )
 
     def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
         log.warning("Search worker %s preempted or out of time: requeued", self.task.run_dir)

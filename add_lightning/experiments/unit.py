@@ -107,15 +107,16 @@ class ExitAtBatchEnd(Callback):
     the job's exit then waits for the writer's next timed flush, up to 120 s. With this
     callback the handler still runs at once (the requeue is registered when the signal comes),
     and its exit is raised at the next batch end of a running trainer (fit, test, predict,
-    within one batch) or at once between them.
+    within one batch) or at once between them. Without a Python handler for ``signum`` (a job
+    of submitit's ``debug`` executor, in the calling process) it changes nothing.
     """
 
     def __init__(self, signum: int) -> None:
-        handler = signal.getsignal(signum)
-        if not callable(handler):
-            raise ValueError(f"{signal.Signals(signum).name} has no handler whose exit to defer")
         self._pending: SystemExit | None = None
         self._trainer_running = False
+        handler = signal.getsignal(signum)
+        if not callable(handler):
+            return
 
         def deferred(number: int, frame: Any) -> None:
             try:
