@@ -43,6 +43,17 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         )
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # ADD_LIGHTNING_TEST_ORDER=SEED runs every test, and the test files, in an order shuffled
+    # by SEED (the same in every xdist worker, which must collect the same order): no test may
+    # depend on another having run before it.
+    seed = os.environ.get("ADD_LIGHTNING_TEST_ORDER")
+    if seed:
+        import random
+
+        random.Random(int(seed)).shuffle(items)
+
+
 @pytest.fixture(autouse=True)
 def _seeded_global_random_state() -> None:
     # Draws a test does not seed itself (a model's initial weights, dropout, an unseeded
