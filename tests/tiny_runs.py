@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-__all__ = ["synthetic_dataset", "tiny_ast", "tiny_run_config"]
+__all__ = ["synthetic_dataset", "tiny_ast", "tiny_cv_config", "tiny_run_config"]
 
 
 def tiny_ast(max_length: int = 48, num_mel_bins: int = 32, **changes: object) -> dict:

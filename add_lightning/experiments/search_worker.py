@@ -146,7 +146,7 @@ def _clear(folder: Path) -> None:
 
 
 def _run_trial(
-    study: Any, trial: Any, search: Search, units: list[Unit], callbacks: list[Callback]
+    study: Any, trial: Any, search: Search, units: list[Unit], callbacks: Sequence[Callback]
 ) -> None:
     """Trains and scores one trial (``callbacks`` added to each unit's trainer), and tells the
     study how it ended."""
@@ -262,7 +262,7 @@ def run_worker(
                 if trial is None:
                     break
                 try:
-                    _run_trial(study, trial, search, units, list(callbacks))
+                    _run_trial(study, trial, search, units, callbacks)
                 finally:
                     write_trial_records(study, search)
         log.info("The search needs no more trials: worker %d ends", worker)

@@ -254,7 +254,8 @@ def run_unit(
     checkpoint = _resumable_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     cli = experiment_cli_class()(args=unit_arguments(experiment, run_dir, seed, fold), run=False)
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    trainer.callbacks += [RNGStateCheckpoint(), *callbacks]
+    trainer.callbacks.append(RNGStateCheckpoint())
+    trainer.callbacks.extend(callbacks)
 
     if checkpoint is not None:
         log.info("Resuming %s from %s", run_dir.name, checkpoint)
