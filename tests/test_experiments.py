@@ -37,6 +37,7 @@ from add_lightning.experiments.aggregate import (
 from add_lightning.experiments.compare import compare_table, describe_experiment, describe_loss
 from add_lightning.experiments.config import EXPERIMENT_FILENAME, ExperimentConfigError, config_hash
 from add_lightning.experiments.figures import load_run_embeddings, make_figures, select_classes
+from add_lightning.experiments.locks import hold_lock
 from add_lightning.experiments.runner import (
     Unit,
     _claim_run_dir,
@@ -758,6 +759,37 @@ def test_claim_run_dir_protects_other_experiments(tmp_path):
     _claim_run_dir(run_dir, Unit(1, 0), "new", force=True)
     assert not (run_dir / "checkpoints").exists()
     assert json.loads((run_dir / "unit.json").read_text())["config_hash"] == "new"
+    (run_dir / "checkpoints").mkdir()
+    with hold_lock(run_dir), pytest.raises(ExperimentConfigError, match="a worker holds"):
+        _claim_run_dir(run_dir, Unit(1, 0), "newer", force=True)  # never cleared under a worker
+    assert (run_dir / "checkpoints").is_dir()
+
+
+def test_a_launcher_waits_for_another_launchers_claim_of_the_same_unit(tmp_path):
+    """Two launchers sharing an experiment claim its units at the same moment: the second
+    must wait for the first's ``unit.json``, not take its temporary file (written next to it,
+    then renamed) for the files of another experiment. It did, about once in 40 claims."""
+    import threading
+
+    run_dir = tmp_path / "fold1_seed0"
+    errors: list[Exception] = []
+
+    def claim() -> None:
+        try:
+            _claim_run_dir(run_dir, Unit(1, 0), "abc", force=False)
+        except Exception as error:  # reported by the assertion below
+            errors.append(error)
+
+    second = threading.Thread(target=claim)
+    with hold_lock(run_dir):  # the first launcher, writing unit.json
+        with atomic_path(run_dir / "unit.json") as temporary:
+            temporary.write_text(json.dumps({"config_hash": "abc", "fold": 1, "seed": 0}))
+            second.start()
+            second.join(0.5)
+            assert second.is_alive()  # waits for the lock
+    second.join(30)
+    assert not second.is_alive() and errors == []
+    assert json.loads((run_dir / "unit.json").read_text())["config_hash"] == "abc"
 
 
 # ------------------------------------------------------------------- launchers and parallelism
@@ -835,7 +867,8 @@ def test_two_launchers_share_an_experiment_without_training_a_unit_twice(
     processes = [
         subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=log.open("w")) for log in logs
     ]
-    assert [process.wait(timeout=900) for process in processes] == [0, 0]
+    statuses = [process.wait(timeout=900) for process in processes]
+    assert statuses == [0, 0], "\n".join(log.read_text()[-3000:] for log in logs)
     counts = _run_counts(output)
     # each unit trained exactly once
     assert {name: counts[name] for name in SEED0} == {

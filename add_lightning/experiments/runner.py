@@ -62,7 +62,6 @@ from add_lightning.experiments.locks import (
     LockBusyError,
     downgrade,
     hold_lock,
-    lock_is_free,
 )
 from add_lightning.experiments.progress import Progress
 from add_lightning.experiments.slurm import (
@@ -220,31 +219,53 @@ def _join_experiment(
     return digest
 
 
+def _marker_hash(run_dir: Path) -> str | None:
+    """The config hash in ``run_dir/unit.json``; None when it is missing or unreadable."""
+    try:
+        return json.loads((run_dir / UNIT_FILENAME).read_text(encoding="utf-8")).get("config_hash")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _claim_run_dir(run_dir: Path, unit: Unit, expected_hash: str, force: bool) -> None:
-    """Marks ``run_dir`` as belonging to the experiment, clearing a stale one under ``force``."""
-    marker = run_dir / UNIT_FILENAME
-    owner = None
-    if marker.is_file():
-        try:
-            owner = json.loads(marker.read_text(encoding="utf-8")).get("config_hash")
-        except (OSError, ValueError, AttributeError):
-            owner = None
-        if owner == expected_hash:
-            return
-    if run_dir.exists() and any(path.name != LOCK_FILENAME for path in run_dir.iterdir()):
-        if not force:
-            raise ExperimentConfigError(
-                f"Expected {run_dir} to belong to the experiment config {expected_hash}, but "
-                f"{marker} says {owner}; use --force to retrain it from scratch"
+    """Marks ``run_dir`` as belonging to the experiment, clearing a stale one under ``force``.
+
+    The claim is made under the unit's lock: a launcher sharing the experiment that claims the
+    unit at the same moment waits for it, then finds the marker written, rather than taking the
+    marker's temporary file for another experiment's files.
+    """
+    if _marker_hash(run_dir) == expected_hash:
+        return
+    try:
+        lock = hold_lock(run_dir, exclusive=True, wait_s=0.0 if force else 10.0)
+        with lock:
+            owner = _marker_hash(run_dir)
+            if owner == expected_hash:
+                return
+            leftovers = [path for path in run_dir.iterdir() if path.name != LOCK_FILENAME]
+            if leftovers:
+                if not force:
+                    raise ExperimentConfigError(
+                        f"Expected {run_dir} to belong to the experiment config "
+                        f"{expected_hash}, but {run_dir / UNIT_FILENAME} says {owner}; use "
+                        "--force to retrain it from scratch"
+                    )
+                log.warning("Clearing %s, left by another experiment config (--force)", run_dir)
+                for path in leftovers:
+                    if path.is_dir():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+            write_json_atomic(
+                run_dir / UNIT_FILENAME,
+                {"config_hash": expected_hash, "fold": unit.fold, "seed": unit.seed},
             )
-        if not lock_is_free(run_dir):
-            raise ExperimentConfigError(
-                f"Expected nobody to train {run_dir} while --force clears it, but a worker "
-                f"holds {run_dir / LOCK_FILENAME}"
-            )
-        log.warning("Clearing %s, left by another experiment config (--force)", run_dir)
-        shutil.rmtree(run_dir)
-    write_json_atomic(marker, {"config_hash": expected_hash, "fold": unit.fold, "seed": unit.seed})
+    except LockBusyError as error:
+        raise ExperimentConfigError(
+            f"Expected nobody to train {run_dir} while this launcher claims it"
+            f"{' and --force clears it' if force else ''}, but a worker holds "
+            f"{run_dir / LOCK_FILENAME}"
+        ) from error
 
 
 def _aggregate_experiment(output: Path, expected_hash: str, units: Sequence[Unit]) -> Summary:
