@@ -56,6 +56,7 @@ from add_lightning.data.splits import (
     shared_audio,
     split_off_validation,
 )
+from add_lightning.data.workers import worker_context
 
 log = logging.getLogger(__name__)
 
@@ -572,6 +573,7 @@ class AudioDataModule(LightningDataModule):
             "num_workers": workers,
             "pin_memory": self.pin_memory,
             "persistent_workers": workers > 0,
+            "multiprocessing_context": worker_context() if workers > 0 else None,
         }
 
     def transfer_batch_to_device(

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from add_lightning.checks import check_number, check_positive
+from add_lightning.data.workers import worker_context
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,13 @@ class RawFeatures(Dataset[Tensor]):
 def raw_feature_loader(source: RawFeatureSource, num_workers: int = 0) -> DataLoader:
     """Every item's raw features in index order, one tensor at a time, from ``num_workers``
     DataLoader workers (0: in this process)."""
-    return DataLoader(RawFeatures(source), batch_size=None, num_workers=num_workers)
+    context = worker_context() if num_workers > 0 else None
+    return DataLoader(
+        RawFeatures(source),
+        batch_size=None,
+        num_workers=num_workers,
+        multiprocessing_context=context,
+    )
 
 
 def compute_normalization(features: Iterable[Tensor]) -> Normalization:
