@@ -765,6 +765,23 @@ def test_claim_run_dir_protects_other_experiments(tmp_path):
     assert (run_dir / "checkpoints").is_dir()
 
 
+def test_clearing_a_folder_keeps_its_held_lock_and_what_links_point_to(tmp_path):
+    from add_lightning.experiments.locks import clear_besides_lock, files_besides_lock, lock_is_free
+
+    folder, outside = tmp_path / "trial3", tmp_path / "outside"
+    (outside / "data").mkdir(parents=True)
+    assert files_besides_lock(folder) == []  # not there yet
+    with hold_lock(folder):
+        (folder / "checkpoints").mkdir()
+        (folder / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        (folder / "unit.json").write_text("{}")
+        (folder / "link").symlink_to(outside, target_is_directory=True)
+        assert len(files_besides_lock(folder)) == 3
+        clear_besides_lock(folder)
+        assert [path.name for path in folder.iterdir()] == [".lock"]
+        assert not lock_is_free(folder) and (outside / "data").is_dir()
+
+
 def test_a_launcher_waits_for_another_launchers_claim_of_the_same_unit(tmp_path):
     """Two launchers sharing an experiment claim its units at the same moment: the second
     must wait for the first's ``unit.json``, not take its temporary file (written next to it,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,15 @@ from typing import IO
 
 from add_lightning.experiments.files import LOCK_FILENAME
 
-__all__ = ["LOCK_FILENAME", "LockBusyError", "downgrade", "hold_lock", "lock_is_free"]
+__all__ = [
+    "LOCK_FILENAME",
+    "LockBusyError",
+    "clear_besides_lock",
+    "downgrade",
+    "files_besides_lock",
+    "hold_lock",
+    "lock_is_free",
+]
 
 
 class LockBusyError(RuntimeError):
@@ -87,3 +96,20 @@ def lock_is_free(directory: str | os.PathLike[str]) -> bool:
         return True
     with open(path, "a") as handle:
         return _flock(handle, exclusive=True)  # released when the file closes
+
+
+def files_besides_lock(directory: str | os.PathLike[str]) -> list[Path]:
+    """What ``directory`` holds besides its lock file (nothing when it does not exist)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    return [path for path in directory.iterdir() if path.name != LOCK_FILENAME]
+
+
+def clear_besides_lock(directory: str | os.PathLike[str]) -> None:
+    """Removes everything in ``directory`` but its lock file, which a holder may have open."""
+    for path in files_besides_lock(directory):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

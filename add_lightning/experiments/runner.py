@@ -26,7 +26,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +59,9 @@ from add_lightning.experiments.launchers import (
 from add_lightning.experiments.locks import (
     LOCK_FILENAME,
     LockBusyError,
+    clear_besides_lock,
     downgrade,
+    files_besides_lock,
     hold_lock,
 )
 from add_lightning.experiments.progress import Progress
@@ -242,8 +243,7 @@ def _claim_run_dir(run_dir: Path, unit: Unit, expected_hash: str, force: bool) -
             owner = _marker_hash(run_dir)
             if owner == expected_hash:
                 return
-            leftovers = [path for path in run_dir.iterdir() if path.name != LOCK_FILENAME]
-            if leftovers:
+            if files_besides_lock(run_dir):
                 if not force:
                     raise ExperimentConfigError(
                         f"Expected {run_dir} to belong to the experiment config "
@@ -251,11 +251,7 @@ def _claim_run_dir(run_dir: Path, unit: Unit, expected_hash: str, force: bool) -
                         "--force to retrain it from scratch"
                     )
                 log.warning("Clearing %s, left by another experiment config (--force)", run_dir)
-                for path in leftovers:
-                    if path.is_dir():
-                        shutil.rmtree(path)
-                    else:
-                        path.unlink()
+                clear_besides_lock(run_dir)
             write_json_atomic(
                 run_dir / UNIT_FILENAME,
                 {"config_hash": expected_hash, "fold": unit.fold, "seed": unit.seed},

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import logging
 import math
-import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -37,7 +36,12 @@ from submitit.helpers import DelayedSubmission
 from add_lightning.experiments.config import EXPERIMENT_FILENAME, compose_config, config_hash
 from add_lightning.experiments.files import UNIT_BUSY_STATUS
 from add_lightning.experiments.launchers import UnitJob, preemption_signal
-from add_lightning.experiments.locks import LOCK_FILENAME, LockBusyError, hold_lock
+from add_lightning.experiments.locks import (
+    LockBusyError,
+    clear_besides_lock,
+    files_besides_lock,
+    hold_lock,
+)
 from add_lightning.experiments.runner import Unit, plan_units, prepare_experiment
 from add_lightning.experiments.search_records import BASE_FILENAME, format_params, trial_folder
 from add_lightning.experiments.search_study import (
@@ -135,14 +139,9 @@ def fit_and_validate(
 def _clear(folder: Path) -> None:
     """Empties a new trial's folder but for its lock: anything there was left by a study
     of another storage (trial numbers are never reused within one)."""
-    leftovers = [path for path in folder.iterdir() if path.name != LOCK_FILENAME]
-    if leftovers:
+    if files_besides_lock(folder):
         log.warning("Clearing %s: left by an earlier study", folder)
-    for path in leftovers:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+        clear_besides_lock(folder)
 
 
 def _run_trial(
