@@ -309,7 +309,7 @@ def test_ddp_resume_equals_the_uninterrupted_run(audio_runs) -> None:
     # 18 clips, 2 ranks x 3 clips a step: 3 steps an epoch; the resumed run trained epoch 1 only
     assert [record["first_step"] for record in _read(root / "ddp_record", "fit")] == [0, 0]
     assert [record["first_step"] for record in _read(root / "resumed_record", "fit")] == [3, 3]
-    # A DataLoader worker forked by a rank of a gloo run hung about once in 180 runs (a lock
+    # A DataLoader worker forked by a rank of a gloo run hung in 2 of about 300 runs (a lock
     # that the process group's threads held at the fork): the ranks never fork, a fork server
     # (a new program: fork + exec, no Python code between them) starts the workers.
     for run in ("ddp_record", "resumed_record"):

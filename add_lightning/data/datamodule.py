@@ -573,7 +573,7 @@ class AudioDataModule(LightningDataModule):
             "num_workers": workers,
             "pin_memory": self.pin_memory,
             "persistent_workers": workers > 0,
-            "multiprocessing_context": worker_context() if workers > 0 else None,
+            "multiprocessing_context": worker_context(workers),
         }
 
     def transfer_batch_to_device(

@@ -107,12 +107,11 @@ class RawFeatures(Dataset[Tensor]):
 def raw_feature_loader(source: RawFeatureSource, num_workers: int = 0) -> DataLoader:
     """Every item's raw features in index order, one tensor at a time, from ``num_workers``
     DataLoader workers (0: in this process)."""
-    context = worker_context() if num_workers > 0 else None
     return DataLoader(
         RawFeatures(source),
         batch_size=None,
         num_workers=num_workers,
-        multiprocessing_context=context,
+        multiprocessing_context=worker_context(num_workers),
     )
 
 

@@ -2,7 +2,7 @@
 
 A forked child inherits only the forking thread, and CPython's after-fork code takes locks that
 the process group's C++ threads (gloo's ``pt_gloo_runloop``, which hold Python thread states)
-may hold at that moment: about 1 in 180 two-process CPU runs left a worker hanging there for
+may hold at that moment: 2 of about 300 two-process CPU runs left a worker hanging there for
 ever. Under an initialized process group the workers therefore start from a fork server: a new
 program (fork + exec, no Python code between them) that imports torch and this package once,
 then forks each worker from itself, a process without those threads. A worker receives its
@@ -20,10 +20,13 @@ import torch
 __all__ = ["worker_context"]
 
 
-def worker_context() -> BaseContext | None:
-    """The ``multiprocessing_context`` of a DataLoader with workers: None (torch's default,
-    fork on Linux) outside a distributed run, else the fork server's."""
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+def worker_context(num_workers: int) -> BaseContext | None:
+    """The ``multiprocessing_context`` of a DataLoader with ``num_workers`` workers: None
+    without workers (torch refuses a context then) or outside a distributed run (torch's
+    default, fork on Linux), else the fork server's."""
+    if num_workers == 0 or not (
+        torch.distributed.is_available() and torch.distributed.is_initialized()
+    ):
         return None
     context = multiprocessing.get_context("forkserver")
     # the modules a worker needs to unpickle its dataset, imported once by the server

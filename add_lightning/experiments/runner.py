@@ -238,8 +238,7 @@ def _claim_run_dir(run_dir: Path, unit: Unit, expected_hash: str, force: bool) -
     if _marker_hash(run_dir) == expected_hash:
         return
     try:
-        lock = hold_lock(run_dir, exclusive=True, wait_s=0.0 if force else 10.0)
-        with lock:
+        with hold_lock(run_dir, exclusive=True, wait_s=0.0 if force else 10.0):
             owner = _marker_hash(run_dir)
             if owner == expected_hash:
                 return
