@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -173,6 +174,20 @@ def test_evaluation_sampler_deals_whole_batches_without_repeats() -> None:
     ]
     with pytest.raises(ValueError, match="3 evaluation clips between 4 processes"):
         EvaluationSampler(3, 8, num_replicas=4, rank=0)
+
+
+def test_the_fork_server_of_dataloader_workers_imports_no_lightning() -> None:
+    # Under DDP every rank starts a fork server for its DataLoader workers (data/workers.py);
+    # what it preloads should cost torch's import, not Lightning's as well (3 s more per rank)
+    code = (
+        "import sys, importlib; from add_lightning.data.workers import WORKER_MODULES; "
+        "[importlib.import_module(name) for name in WORKER_MODULES]; "
+        "heavy = ('lightning', 'torchmetrics', 'transformers'); "
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 # ----------------------------------------------------- BEATs with layer drop under DDP (item 1)

@@ -17,7 +17,11 @@ from multiprocessing.context import BaseContext
 
 import torch
 
-__all__ = ["worker_context"]
+__all__ = ["WORKER_MODULES", "worker_context"]
+
+#: What a worker needs to unpickle its dataset, imported once by the fork server (not Lightning:
+#: ``add_lightning.data`` imports its data modules on first use).
+WORKER_MODULES = ("torch", "add_lightning.data.clip_dataset")
 
 
 def worker_context(num_workers: int) -> BaseContext | None:
@@ -29,6 +33,5 @@ def worker_context(num_workers: int) -> BaseContext | None:
     ):
         return None
     context = multiprocessing.get_context("forkserver")
-    # the modules a worker needs to unpickle its dataset, imported once by the server
-    context.set_forkserver_preload(["torch", "add_lightning.data.clip_dataset"])
+    context.set_forkserver_preload(list(WORKER_MODULES))
     return context
