@@ -27,6 +27,10 @@ class InterruptAtFirstBatch(Callback):
     """Sends this process SIGINT, as Ctrl+C in a terminal does, when training starts."""
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        # Python's own handler, which a process started from a terminal has: one started in the
+        # background by a shell without job control (`cmd &` in a script, nohup) inherits SIGINT
+        # ignored, and Python then leaves it ignored (the fit ran to its end, exit status 0)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         os.kill(os.getpid(), signal.SIGINT)
 
 
