@@ -19,6 +19,7 @@ stack in the report, and one killed by SIGKILL (the kernel's out-of-memory kille
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import os
@@ -29,7 +30,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["console_env", "console_output", "console_status", "faulthandler_stacks", "run_console"]
+__all__ = [
+    "console_env",
+    "console_output",
+    "console_status",
+    "faulthandler_stacks",
+    "heavy_modules_loaded_by",
+    "run_console",
+]
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -139,3 +147,15 @@ def console_output(argv: Sequence[str]) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(
         ["add-lightning", *argv], status, out.getvalue(), err.getvalue()
     )
+
+
+def heavy_modules_loaded_by(code: str) -> list[str]:
+    """Which of Lightning, torchmetrics and transformers a fresh interpreter has imported after
+    running ``code`` (some imports, say), sorted."""
+    probe = (
+        f"{code}\nimport sys\nheavy = ('lightning', 'torchmetrics', 'transformers')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return ast.literal_eval(result.stdout.strip().splitlines()[-1])

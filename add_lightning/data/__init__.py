@@ -12,7 +12,7 @@ that start (about 4.5 s instead of 1.5 s here).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from add_lightning.data.audio import load_audio
 from add_lightning.data.augment import Mixup, SpecAugment
@@ -29,6 +29,7 @@ from add_lightning.data.fbank import FbankOptions, compute_fbank
 from add_lightning.data.normalization import Normalization
 from add_lightning.data.pipeline import FbankPipeline, InputPipeline, WaveformPipeline
 from add_lightning.data.sampler import ClassBalancedBatches
+from add_lightning.lazy_imports import lazy_attributes
 
 __all__ = [
     "ESC50",
@@ -61,10 +62,4 @@ _DATA_MODULES = {
     "WaveformDataModule": "add_lightning.data.waveform_datamodule",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _DATA_MODULES:
-        import importlib
-
-        return getattr(importlib.import_module(_DATA_MODULES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _DATA_MODULES)

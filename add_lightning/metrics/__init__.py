@@ -6,8 +6,7 @@ The torchmetrics classes are imported on first use, so that the functional metri
 
 from __future__ import annotations
 
-from typing import Any
-
+from add_lightning.lazy_imports import lazy_attributes
 from add_lightning.metrics.functional import (
     GEOMETRY_SCALAR_KEYS,
     mask_empty_class_pairs,
@@ -35,10 +34,4 @@ _METRIC_MODULES = {
     "EmbeddingRetrieval": "add_lightning.metrics.retrieval",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _METRIC_MODULES:
-        import importlib
-
-        return getattr(importlib.import_module(_METRIC_MODULES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_attributes(__name__, _METRIC_MODULES)
